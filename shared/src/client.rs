@@ -1,0 +1,123 @@
+//! A reference Rust client: open a token-block stream and decode it batch by batch.
+//!
+//! Used by `flightlm-pipeline consume` and by the trainer; other languages follow
+//! `docs/protocol.md` instead (see `scripts/read_stream.py`).
+
+use std::time::Duration;
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::Ticket;
+use futures::{StreamExt, TryStreamExt};
+use thiserror::Error;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::request::StreamRequest;
+use crate::schema::{tokenizer_from_schema, SchemaError, TokenBlocks, TokenizerInfo};
+
+/// Largest message the client accepts: well above one zstd batch of the largest sane request.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("invalid pipeline URL `{url}`: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("cannot reach pipeline at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("pipeline refused the request: {0}")]
+    Refused(String),
+    #[error("stream from pipeline broke: {0}")]
+    Stream(String),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+}
+
+/// The whole `source()` chain of an error on one line: tonic's own message is only "transport error".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// Connects to a pipeline, failing fast with a readable reason when nothing listens there.
+pub async fn connect(url: &str) -> Result<FlightServiceClient<Channel>, ClientError> {
+    let endpoint =
+        Endpoint::from_shared(url.to_string()).map_err(|error| ClientError::InvalidUrl {
+            url: url.to_string(),
+            reason: error_chain(&error),
+        })?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .initial_stream_window_size(Some(8 * 1024 * 1024))
+        .connect()
+        .await
+        .map_err(|error| ClientError::Unreachable {
+            url: url.to_string(),
+            reason: error_chain(&error),
+        })?;
+    Ok(FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// An open stream of token blocks.
+pub struct BlockStream {
+    batches: FlightRecordBatchStream,
+    tokenizer: Option<TokenizerInfo>,
+}
+
+impl BlockStream {
+    /// Sends `request` to the pipeline at `url` and returns the stream of its answer.
+    pub async fn open(url: &str, request: &StreamRequest) -> Result<Self, ClientError> {
+        let mut client = connect(url).await?;
+        let ticket = Ticket::new(request.to_ticket_bytes());
+        let response = client
+            .do_get(ticket)
+            .await
+            .map_err(|status| ClientError::Refused(status.message().to_string()))?;
+        let flight_data = response
+            .into_inner()
+            .map_err(|status| arrow_flight::error::FlightError::Tonic(Box::new(status)));
+        Ok(BlockStream {
+            batches: FlightRecordBatchStream::new_from_flight_data(flight_data),
+            tokenizer: None,
+        })
+    }
+
+    /// The tokenizer that produced the ids; known once the first batch has arrived.
+    pub fn tokenizer(&self) -> Option<&TokenizerInfo> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The next batch, or `None` at the end of a finite stream.
+    pub async fn next(&mut self) -> Option<Result<TokenBlocks, ClientError>> {
+        let batch = match self.batches.next().await? {
+            Ok(batch) => batch,
+            Err(error) => return Some(Err(stream_error(error))),
+        };
+        if self.tokenizer.is_none() {
+            match tokenizer_from_schema(batch.schema().as_ref()) {
+                Ok(tokenizer) => self.tokenizer = Some(tokenizer),
+                Err(error) => return Some(Err(error.into())),
+            }
+        }
+        Some(TokenBlocks::from_record_batch(&batch).map_err(ClientError::from))
+    }
+}
+
+fn stream_error(error: arrow_flight::error::FlightError) -> ClientError {
+    match error {
+        arrow_flight::error::FlightError::Tonic(status) => {
+            ClientError::Stream(status.message().to_string())
+        }
+        other => ClientError::Stream(error_chain(&other)),
+    }
+}

@@ -1,0 +1,15 @@
+//! The contract between a flightlm pipeline and the trainers that read from it.
+//!
+//! Everything a consumer needs to speak to a pipeline lives here: the stream request that travels
+//! as a Flight ticket ([`request`]), the Arrow schema of the token-block batches and the tokenizer
+//! description carried in its metadata ([`schema`]), stable hashing used for fingerprints and the
+//! train/valid split ([`hashing`]), and a reference Rust client ([`client`]). The same contract is
+//! documented for other languages in `docs/protocol.md`.
+
+pub mod client;
+pub mod hashing;
+pub mod request;
+pub mod schema;
+
+pub use request::{Split, StreamRequest, CONTRACT_VERSION};
+pub use schema::{TokenBlocks, TokenizerInfo};

@@ -1,0 +1,191 @@
+//! The stream request: what a consumer asks a pipeline for, sent as the Flight `Ticket` bytes.
+//!
+//! The ticket is UTF-8 JSON so that any language can build it by hand, e.g. from pyarrow:
+//! `flight.Ticket(json.dumps({"version": 1, "split": "train", "seq_len": 128, "batch_size": 32}))`.
+//! Unknown fields are refused rather than ignored, so a consumer never believes the server honoured
+//! an option it does not know.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The contract version this build speaks. Bumped on any incompatible change.
+pub const CONTRACT_VERSION: u32 = 1;
+
+/// Which split of the corpus a stream reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Every document not chosen for `valid`; repeats epoch after epoch unless bounded.
+    Train,
+    /// A fixed fraction of documents chosen by hash; always a finite stream.
+    Valid,
+}
+
+impl std::str::FromStr for Split {
+    type Err = RequestError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "train" => Ok(Split::Train),
+            "valid" => Ok(Split::Valid),
+            other => Err(RequestError::Invalid(format!(
+                "unknown split `{other}` (expected `train` or `valid`)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Split::Train => "train",
+            Split::Valid => "valid",
+        })
+    }
+}
+
+/// A request for a stream of token blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRequest {
+    /// Must equal [`CONTRACT_VERSION`].
+    pub version: u32,
+    pub split: Split,
+    /// Tokens per block (row). Blocks are always full: no padding.
+    pub seq_len: usize,
+    /// Blocks per record batch sent on the wire.
+    pub batch_size: usize,
+    /// Number of passes over the split; `None` means train repeats until the client stops.
+    /// `valid` is always a single pass.
+    #[serde(default)]
+    pub epochs: Option<u64>,
+}
+
+/// Largest accepted values: beyond these a request is a mistake, not a workload.
+pub const MAX_SEQ_LEN: usize = 65_536;
+pub const MAX_BATCH_SIZE: usize = 65_536;
+
+#[derive(Debug, Error)]
+pub enum RequestError {
+    #[error("stream request is not valid JSON: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("invalid stream request: {0}")]
+    Invalid(String),
+}
+
+impl StreamRequest {
+    pub fn new(split: Split, seq_len: usize, batch_size: usize) -> Self {
+        StreamRequest {
+            version: CONTRACT_VERSION,
+            split,
+            seq_len,
+            batch_size,
+            epochs: None,
+        }
+    }
+
+    pub fn with_epochs(mut self, epochs: Option<u64>) -> Self {
+        self.epochs = epochs;
+        self
+    }
+
+    /// The bytes of the Flight ticket.
+    pub fn to_ticket_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a StreamRequest always serializes")
+    }
+
+    /// Parses and validates ticket bytes.
+    pub fn from_ticket_bytes(bytes: &[u8]) -> Result<Self, RequestError> {
+        let request: StreamRequest = serde_json::from_slice(bytes)?;
+        request.validate()?;
+        Ok(request)
+    }
+
+    pub fn validate(&self) -> Result<(), RequestError> {
+        if self.version != CONTRACT_VERSION {
+            return Err(RequestError::Invalid(format!(
+                "contract version {} is not supported (this server speaks {CONTRACT_VERSION})",
+                self.version
+            )));
+        }
+        if self.seq_len < 2 || self.seq_len > MAX_SEQ_LEN {
+            return Err(RequestError::Invalid(format!(
+                "seq_len {} is out of range 2..={MAX_SEQ_LEN}",
+                self.seq_len
+            )));
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
+            return Err(RequestError::Invalid(format!(
+                "batch_size {} is out of range 1..={MAX_BATCH_SIZE}",
+                self.batch_size
+            )));
+        }
+        if self.epochs == Some(0) {
+            return Err(RequestError::Invalid("epochs must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// How many passes this request reads: valid is always one.
+    pub fn epoch_limit(&self) -> Option<u64> {
+        match self.split {
+            Split::Valid => Some(1),
+            Split::Train => self.epochs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_round_trip() {
+        let request = StreamRequest::new(Split::Valid, 128, 16).with_epochs(Some(3));
+        let parsed = StreamRequest::from_ticket_bytes(&request.to_ticket_bytes()).unwrap();
+        assert_eq!(parsed, request);
+        assert_eq!(parsed.epoch_limit(), Some(1));
+    }
+
+    #[test]
+    fn hand_written_json_is_accepted() {
+        let parsed = StreamRequest::from_ticket_bytes(
+            br#"{"version":1,"split":"train","seq_len":64,"batch_size":8}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.epochs, None);
+        assert_eq!(parsed.epoch_limit(), None);
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_reasons() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"not json", "not valid JSON"),
+            (
+                br#"{"version":9,"split":"train","seq_len":64,"batch_size":8}"#,
+                "version 9",
+            ),
+            (
+                br#"{"version":1,"split":"train","seq_len":1,"batch_size":8}"#,
+                "seq_len 1",
+            ),
+            (
+                br#"{"version":1,"split":"test","seq_len":64,"batch_size":8}"#,
+                "not valid JSON",
+            ),
+            (
+                br#"{"version":1,"split":"train","seq_len":64,"batch_size":8,"shuffle":true}"#,
+                "unknown field",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let message = StreamRequest::from_ticket_bytes(bytes)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(expected),
+                "{message} should mention {expected}"
+            );
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The Arrow schema of a token-block stream and the tokenizer description in its metadata.
+//!
+//! One row is one block of exactly `seq_len` token ids. Per-row columns (not Flight
+//! `app_metadata`, which only rides on the first message of a split batch) carry what a consumer
+//! needs to account for each block:
+//!
+//! | column      | type                               | meaning                                   |
+//! |-------------|------------------------------------|-------------------------------------------|
+//! | `input_ids` | `FixedSizeList<Int32>[seq_len]`    | the token ids, `<s> doc </s><s> doc …`     |
+//! | `block_seq` | `UInt64`                           | position of the block in the stream, from 0 |
+//! | `epoch`     | `UInt32`                           | the pass over the split the block is from  |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, FixedSizeListArray, Int32Array, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::CONTRACT_VERSION;
+
+pub const INPUT_IDS: &str = "input_ids";
+pub const BLOCK_SEQ: &str = "block_seq";
+pub const EPOCH: &str = "epoch";
+
+/// Schema metadata keys.
+pub const META_CONTRACT_VERSION: &str = "flightlm.contract_version";
+pub const META_TOKENIZER: &str = "flightlm.tokenizer";
+
+/// What a consumer must know about the tokenizer that produced the ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    /// Stable hash of the tokenizer file (hex), so a consumer can check it uses the same one.
+    pub hash: String,
+    pub vocab_size: u32,
+    pub bos_id: u32,
+    pub pad_id: u32,
+    pub eos_id: u32,
+    pub unk_id: u32,
+    pub mask_id: u32,
+}
+
+impl TokenizerInfo {
+    /// Ids the MLM collator must never mask.
+    pub fn special_ids(&self) -> [u32; 5] {
+        [
+            self.bos_id,
+            self.pad_id,
+            self.eos_id,
+            self.unk_id,
+            self.mask_id,
+        ]
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SchemaError {
+    #[error("batch schema is missing `{0}` metadata: is this a flightlm pipeline?")]
+    MissingMetadata(&'static str),
+    #[error("pipeline speaks contract version {0}, this client speaks {CONTRACT_VERSION}")]
+    VersionMismatch(String),
+    #[error("bad tokenizer metadata: {0}")]
+    BadTokenizer(#[from] serde_json::Error),
+    #[error("batch column `{0}` is missing or has the wrong type")]
+    BadColumn(&'static str),
+    #[error("arrow error: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+/// The schema of a stream of `seq_len`-token blocks.
+pub fn block_schema(seq_len: usize, tokenizer: &TokenizerInfo) -> SchemaRef {
+    let item = Arc::new(Field::new("item", DataType::Int32, false));
+    let fields = vec![
+        Field::new(
+            INPUT_IDS,
+            DataType::FixedSizeList(item, seq_len as i32),
+            false,
+        ),
+        Field::new(BLOCK_SEQ, DataType::UInt64, false),
+        Field::new(EPOCH, DataType::UInt32, false),
+    ];
+    let metadata = HashMap::from([
+        (
+            META_CONTRACT_VERSION.to_string(),
+            CONTRACT_VERSION.to_string(),
+        ),
+        (
+            META_TOKENIZER.to_string(),
+            serde_json::to_string(tokenizer).expect("TokenizerInfo always serializes"),
+        ),
+    ]);
+    Arc::new(Schema::new_with_metadata(fields, metadata))
+}
+
+/// Reads the tokenizer description from a stream's schema, checking the contract version.
+pub fn tokenizer_from_schema(schema: &Schema) -> Result<TokenizerInfo, SchemaError> {
+    let metadata = schema.metadata();
+    let version = metadata
+        .get(META_CONTRACT_VERSION)
+        .ok_or(SchemaError::MissingMetadata(META_CONTRACT_VERSION))?;
+    if version != &CONTRACT_VERSION.to_string() {
+        return Err(SchemaError::VersionMismatch(version.clone()));
+    }
+    let tokenizer = metadata
+        .get(META_TOKENIZER)
+        .ok_or(SchemaError::MissingMetadata(META_TOKENIZER))?;
+    Ok(serde_json::from_str(tokenizer)?)
+}
+
+/// A batch of blocks decoded into plain vectors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenBlocks {
+    pub seq_len: usize,
+    /// Row-major `[rows, seq_len]`.
+    pub ids: Vec<u32>,
+    pub block_seq: Vec<u64>,
+    pub epoch: Vec<u32>,
+}
+
+impl TokenBlocks {
+    pub fn new(seq_len: usize) -> Self {
+        TokenBlocks {
+            seq_len,
+            ..Default::default()
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.block_seq.len()
+    }
+
+    pub fn row(&self, index: usize) -> &[u32] {
+        &self.ids[index * self.seq_len..(index + 1) * self.seq_len]
+    }
+
+    pub fn push(&mut self, block: &[u32], block_seq: u64, epoch: u32) {
+        debug_assert_eq!(block.len(), self.seq_len);
+        self.ids.extend_from_slice(block);
+        self.block_seq.push(block_seq);
+        self.epoch.push(epoch);
+    }
+
+    /// Moves the first `count` rows out into a new value.
+    pub fn take_front(&mut self, count: usize) -> TokenBlocks {
+        let count = count.min(self.rows());
+        let rest_ids = self.ids.split_off(count * self.seq_len);
+        let rest_seq = self.block_seq.split_off(count);
+        let rest_epoch = self.epoch.split_off(count);
+        TokenBlocks {
+            seq_len: self.seq_len,
+            ids: std::mem::replace(&mut self.ids, rest_ids),
+            block_seq: std::mem::replace(&mut self.block_seq, rest_seq),
+            epoch: std::mem::replace(&mut self.epoch, rest_epoch),
+        }
+    }
+
+    pub fn append(&mut self, other: &TokenBlocks) {
+        debug_assert_eq!(other.seq_len, self.seq_len);
+        self.ids.extend_from_slice(&other.ids);
+        self.block_seq.extend_from_slice(&other.block_seq);
+        self.epoch.extend_from_slice(&other.epoch);
+    }
+
+    pub fn to_record_batch(&self, schema: SchemaRef) -> Result<RecordBatch, SchemaError> {
+        let values: Int32Array = self.ids.iter().map(|id| *id as i32).collect();
+        let item = Arc::new(Field::new("item", DataType::Int32, false));
+        let input_ids =
+            FixedSizeListArray::try_new(item, self.seq_len as i32, Arc::new(values), None)?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(input_ids),
+            Arc::new(UInt64Array::from(self.block_seq.clone())),
+            Arc::new(UInt32Array::from(self.epoch.clone())),
+        ];
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    pub fn from_record_batch(batch: &RecordBatch) -> Result<Self, SchemaError> {
+        let input_ids = batch
+            .column_by_name(INPUT_IDS)
+            .and_then(|column| column.as_any().downcast_ref::<FixedSizeListArray>())
+            .ok_or(SchemaError::BadColumn(INPUT_IDS))?;
+        let seq_len = input_ids.value_length() as usize;
+        // `values()` ignores the slice offset of a sliced list, so slice explicitly.
+        let values = input_ids
+            .values()
+            .slice(input_ids.offset() * seq_len, input_ids.len() * seq_len);
+        let values = values
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .ok_or(SchemaError::BadColumn(INPUT_IDS))?;
+        let block_seq = batch
+            .column_by_name(BLOCK_SEQ)
+            .and_then(|column| column.as_any().downcast_ref::<UInt64Array>())
+            .ok_or(SchemaError::BadColumn(BLOCK_SEQ))?;
+        let epoch = batch
+            .column_by_name(EPOCH)
+            .and_then(|column| column.as_any().downcast_ref::<UInt32Array>())
+            .ok_or(SchemaError::BadColumn(EPOCH))?;
+        Ok(TokenBlocks {
+            seq_len,
+            ids: values.values().iter().map(|id| *id as u32).collect(),
+            block_seq: block_seq.values().to_vec(),
+            epoch: epoch.values().to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> TokenizerInfo {
+        TokenizerInfo {
+            hash: "abc".into(),
+            vocab_size: 100,
+            bos_id: 0,
+            pad_id: 1,
+            eos_id: 2,
+            unk_id: 3,
+            mask_id: 4,
+        }
+    }
+
+    #[test]
+    fn record_batch_round_trip_and_slices() {
+        let schema = block_schema(3, &tokenizer());
+        let mut blocks = TokenBlocks::new(3);
+        blocks.push(&[0, 10, 2], 0, 0);
+        blocks.push(&[0, 11, 2], 1, 0);
+        blocks.push(&[0, 12, 2], 2, 1);
+        let batch = blocks.to_record_batch(schema.clone()).unwrap();
+        assert_eq!(TokenBlocks::from_record_batch(&batch).unwrap(), blocks);
+        let tail = TokenBlocks::from_record_batch(&batch.slice(1, 2)).unwrap();
+        assert_eq!(tail.row(0), &[0, 11, 2]);
+        assert_eq!(tail.block_seq, vec![1, 2]);
+        assert_eq!(tokenizer_from_schema(&schema).unwrap(), tokenizer());
+    }
+
+    #[test]
+    fn take_front_splits_rows() {
+        let mut blocks = TokenBlocks::new(2);
+        for index in 0..5 {
+            blocks.push(&[index, index], u64::from(index), 0);
+        }
+        let front = blocks.take_front(2);
+        assert_eq!(front.ids, vec![0, 0, 1, 1]);
+        assert_eq!(blocks.block_seq, vec![2, 3, 4]);
+    }
+}
