@@ -1,0 +1,210 @@
+//! The Arrow Flight service: `do_get` streams token blocks for a [`StreamRequest`] ticket.
+//!
+//! Batches are Arrow IPC with zstd body compression. `get_schema` describes a stream before it is
+//! opened (a `FlightDescriptor` whose `cmd` is the same JSON request), and the `health` action
+//! answers liveness probes. Every stream is independent: see [`crate::block_stream`].
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow::ipc::CompressionType;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+};
+use flightlm_shared::client::MAX_MESSAGE_BYTES;
+use flightlm_shared::schema::block_schema;
+use flightlm_shared::{Split, StreamRequest};
+use futures::stream;
+use futures::{Future, StreamExt};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::block_stream::{start_stream, Corpus};
+
+pub const HEALTH_ACTION: &str = "health";
+
+type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+pub struct PipelineService {
+    corpus: Arc<Corpus>,
+}
+
+impl PipelineService {
+    pub fn new(corpus: Arc<Corpus>) -> Self {
+        PipelineService { corpus }
+    }
+
+    fn parse_request(&self, bytes: &[u8]) -> Result<StreamRequest, Status> {
+        let request = StreamRequest::from_ticket_bytes(bytes)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        if request.split == Split::Valid && self.corpus.valid_fraction <= 0.0 {
+            return Err(Status::failed_precondition(
+                "this pipeline serves no valid split (it was started with --valid-fraction 0)",
+            ));
+        }
+        Ok(request)
+    }
+}
+
+fn ipc_options() -> IpcWriteOptions {
+    IpcWriteOptions::default()
+        .try_with_compression(Some(CompressionType::ZSTD))
+        .expect("arrow-ipc is built with zstd")
+}
+
+/// Serves `corpus` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    corpus: Arc<Corpus>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let service = FlightServiceServer::new(PipelineService::new(corpus))
+        .max_decoding_message_size(1024 * 1024)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .initial_stream_window_size(Some(8 * 1024 * 1024))
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Binds `address`; port 0 picks a free port (read it back from the listener).
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+#[tonic::async_trait]
+impl FlightService for PipelineService {
+    type HandshakeStream = FlightStream<HandshakeResponse>;
+    type ListFlightsStream = FlightStream<FlightInfo>;
+    type DoGetStream = FlightStream<FlightData>;
+    type DoPutStream = FlightStream<PutResult>;
+    type DoExchangeStream = FlightStream<FlightData>;
+    type DoActionStream = FlightStream<arrow_flight::Result>;
+    type ListActionsStream = FlightStream<ActionType>;
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let stream_request = self.parse_request(&request.into_inner().ticket)?;
+        tracing::info!(?stream_request, "stream opened");
+        let schema = block_schema(stream_request.seq_len, &self.corpus.tokenizer_info);
+        let batches = ReceiverStream::new(start_stream(self.corpus.clone(), &stream_request))
+            .map(|batch| batch.map_err(|error| FlightError::ExternalError(Box::new(error))));
+        let flight_data = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_options(ipc_options())
+            .build(batches)
+            .map(|data| {
+                data.map_err(|error| match error {
+                    FlightError::ExternalError(inner) => Status::internal(inner.to_string()),
+                    other => Status::internal(other.to_string()),
+                })
+            });
+        Ok(Response::new(Box::pin(flight_data)))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let stream_request = self.parse_request(&request.into_inner().cmd)?;
+        let schema = block_schema(stream_request.seq_len, &self.corpus.tokenizer_info);
+        let options = ipc_options();
+        let result = SchemaResult::try_from(SchemaAsIpc::new(&schema, &options))
+            .map_err(|error| Status::internal(error.to_string()))?;
+        Ok(Response::new(result))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        match action.r#type.as_str() {
+            HEALTH_ACTION => {
+                let body = serde_json::json!({
+                    "status": "ok",
+                    "tokenizer": self.corpus.tokenizer_info,
+                    "files": self.corpus.manifest.len(),
+                });
+                let result = arrow_flight::Result {
+                    body: body.to_string().into(),
+                };
+                Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown action `{other}` (known: {HEALTH_ACTION})"
+            ))),
+        }
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let health = ActionType {
+            r#type: HEALTH_ACTION.into(),
+            description: "liveness probe; answers JSON with the tokenizer description".into(),
+        };
+        Ok(Response::new(Box::pin(stream::iter([Ok(health)]))))
+    }
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented("this pipeline needs no handshake"))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Ok(Response::new(Box::pin(stream::empty())))
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented(
+            "send the stream request as a do_get ticket; get_schema describes it",
+        ))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "streams start immediately; nothing to poll",
+        ))
+    }
+
+    async fn do_put(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented(
+            "the pipeline does not accept uploads",
+        ))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("the pipeline does not exchange data"))
+    }
+}

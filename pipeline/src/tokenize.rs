@@ -1,0 +1,176 @@
+//! The tokenizer worker pool: encodes batches of documents on plain threads, off the async runtime.
+//!
+//! Jobs carry a sequence number so the single packing stage can restore corpus order whatever
+//! order the workers finish in; the block sequence therefore never depends on thread timing.
+//! Channels are bounded, so a slow consumer stalls the workers and the reader instead of growing
+//! memory.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::StringArray;
+use crossbeam_channel::{Receiver, Sender};
+use flightlm_shared::hashing::is_valid_document;
+use flightlm_shared::Split;
+use tokenizers::Tokenizer;
+
+use crate::error::PipelineError;
+use crate::reader::documents;
+
+/// Which documents of the corpus a stream keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitFilter {
+    pub split: Split,
+    pub valid_fraction: f64,
+    pub seed: u64,
+}
+
+impl SplitFilter {
+    pub fn keeps(&self, text: &str) -> bool {
+        let valid = is_valid_document(self.seed, text, self.valid_fraction);
+        valid == (self.split == Split::Valid)
+    }
+}
+
+/// Work handed to the pool, in corpus order.
+pub enum Job {
+    Texts {
+        sequence: u64,
+        texts: StringArray,
+    },
+    /// Passes through the pool untouched so the packer sees it in order.
+    EndOfPass {
+        sequence: u64,
+    },
+    Failed {
+        sequence: u64,
+        error: PipelineError,
+    },
+}
+
+impl Job {
+    fn sequence(&self) -> u64 {
+        match self {
+            Job::Texts { sequence, .. }
+            | Job::EndOfPass { sequence }
+            | Job::Failed { sequence, .. } => *sequence,
+        }
+    }
+}
+
+/// What the pool hands to the packer.
+pub enum Encoded {
+    Documents {
+        /// Token ids of each kept document, without special tokens.
+        documents: Vec<Vec<u32>>,
+        /// Null or blank rows, which are not documents.
+        skipped: u64,
+    },
+    EndOfPass,
+    Failed(PipelineError),
+}
+
+/// Starts `workers` threads; they exit when `jobs` closes or the packer goes away.
+pub fn spawn_workers(
+    workers: usize,
+    tokenizer: Arc<Tokenizer>,
+    filter: SplitFilter,
+    jobs: Receiver<Job>,
+    results: Sender<(u64, Encoded)>,
+) {
+    for index in 0..workers.max(1) {
+        let tokenizer = tokenizer.clone();
+        let jobs = jobs.clone();
+        let results = results.clone();
+        std::thread::Builder::new()
+            .name(format!("tokenizer-{index}"))
+            .spawn(move || {
+                for job in jobs {
+                    let sequence = job.sequence();
+                    let encoded = match job {
+                        Job::Texts { texts, .. } => encode(&tokenizer, &filter, &texts),
+                        Job::EndOfPass { .. } => Encoded::EndOfPass,
+                        Job::Failed { error, .. } => Encoded::Failed(error),
+                    };
+                    if results.send((sequence, encoded)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning a tokenizer thread");
+    }
+}
+
+fn encode(tokenizer: &Tokenizer, filter: &SplitFilter, texts: &StringArray) -> Encoded {
+    let (texts, skipped) = documents(texts);
+    let mut encoded = Vec::with_capacity(texts.len());
+    for text in texts.into_iter().filter(|text| filter.keeps(text)) {
+        match tokenizer.encode_fast(text, false) {
+            Ok(encoding) => encoded.push(encoding.get_ids().to_vec()),
+            Err(error) => return Encoded::Failed(PipelineError::Encode(error.to_string())),
+        }
+    }
+    Encoded::Documents {
+        documents: encoded,
+        skipped,
+    }
+}
+
+/// Restores sequence order over results that arrive in any order.
+pub struct Reorder {
+    next: u64,
+    waiting: BTreeMap<u64, Encoded>,
+}
+
+impl Default for Reorder {
+    fn default() -> Self {
+        Reorder {
+            next: 0,
+            waiting: BTreeMap::new(),
+        }
+    }
+}
+
+impl Reorder {
+    /// Accepts one result and returns every result now ready, in order.
+    pub fn accept(&mut self, sequence: u64, encoded: Encoded) -> Vec<Encoded> {
+        self.waiting.insert(sequence, encoded);
+        let mut ready = Vec::new();
+        while let Some(encoded) = self.waiting.remove(&self.next) {
+            ready.push(encoded);
+            self.next += 1;
+        }
+        ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reorder_releases_in_sequence() {
+        let mut reorder = Reorder::default();
+        assert!(reorder.accept(1, Encoded::EndOfPass).is_empty());
+        assert!(reorder.accept(2, Encoded::EndOfPass).is_empty());
+        assert_eq!(reorder.accept(0, Encoded::EndOfPass).len(), 3);
+        assert_eq!(reorder.accept(3, Encoded::EndOfPass).len(), 1);
+    }
+
+    #[test]
+    fn split_filter_partitions_documents() {
+        let train = SplitFilter {
+            split: Split::Train,
+            valid_fraction: 0.3,
+            seed: 1,
+        };
+        let valid = SplitFilter {
+            split: Split::Valid,
+            ..train
+        };
+        for index in 0..1000 {
+            let text = format!("doc {index}");
+            assert_ne!(train.keeps(&text), valid.keeps(&text), "{text}");
+        }
+    }
+}
