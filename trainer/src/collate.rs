@@ -1,0 +1,185 @@
+//! Turns a batch of token blocks into model inputs and labels for the configured objective.
+//!
+//! Both objectives reduce to the same shape of work: corrupted (or plain) input ids, plus a list
+//! of flat positions whose hidden states the head must map to a target id. MLM picks ~15 % of the
+//! positions (see [`crate::masking`]); causal LM predicts token `t + 1` from position `t`, which is
+//! HF's in-model label shift written out on the host.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use flightlm_shared::{TokenBlocks, TokenizerInfo};
+
+use crate::config::Objective;
+use crate::masking::MlmMasking;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Collator {
+    Mlm(MlmMasking),
+    Causal,
+}
+
+/// One collated batch, still on the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LmBatch {
+    pub rows: usize,
+    pub seq_len: usize,
+    /// Row-major `[rows, seq_len]`.
+    pub inputs: Vec<u32>,
+    /// Flat indices into `[rows * seq_len]` whose hidden state predicts `targets`.
+    pub positions: Vec<u32>,
+    pub targets: Vec<u32>,
+}
+
+/// Predicted positions are padded up to a multiple of this. MLM picks a different number of
+/// positions in every batch, and GPU backends compile and autotune kernels per shape; rounding
+/// keeps the number of distinct head shapes to a handful at the cost of a few idle rows.
+pub const TARGET_BUCKET: usize = 32;
+
+/// A collated batch on the device.
+#[derive(Clone, Debug)]
+pub struct BatchTensors<B: Backend> {
+    pub input_ids: Tensor<B, 2, Int>, // [rows, seq]
+    pub positions: Tensor<B, 1, Int>, // [padded targets]
+    pub targets: Tensor<B, 1, Int>,   // [padded targets]
+    /// 1 for real targets, 0 for the padding rows.
+    pub weights: Tensor<B, 1>, // [padded targets]
+    /// Real (unpadded) targets.
+    pub count: usize,
+}
+
+impl Collator {
+    pub fn new(objective: Objective, tokenizer: &TokenizerInfo, mlm_probability: f64) -> Self {
+        match objective {
+            Objective::Mlm => Collator::Mlm(MlmMasking::new(tokenizer, mlm_probability)),
+            Objective::Causal => Collator::Causal,
+        }
+    }
+
+    /// Collates `blocks`; MLM masking draws from the generator for `(seed, stream)`.
+    pub fn collate(&self, blocks: &TokenBlocks, seed: u64, stream: u64) -> LmBatch {
+        let rows = blocks.rows();
+        let seq_len = blocks.seq_len;
+        match self {
+            Collator::Mlm(masking) => {
+                let masked = masking.apply_seeded(&blocks.ids, seed, stream);
+                LmBatch {
+                    rows,
+                    seq_len,
+                    inputs: masked.inputs,
+                    positions: masked.positions,
+                    targets: masked.targets,
+                }
+            }
+            Collator::Causal => {
+                let predicted = rows * seq_len.saturating_sub(1);
+                let mut positions = Vec::with_capacity(predicted);
+                let mut targets = Vec::with_capacity(predicted);
+                for row in 0..rows {
+                    for column in 0..seq_len.saturating_sub(1) {
+                        let index = row * seq_len + column;
+                        positions.push(index as u32);
+                        targets.push(blocks.ids[index + 1]);
+                    }
+                }
+                LmBatch {
+                    rows,
+                    seq_len,
+                    inputs: blocks.ids.clone(),
+                    positions,
+                    targets,
+                }
+            }
+        }
+    }
+}
+
+impl LmBatch {
+    /// Input tokens the model reads (what throughput is measured in).
+    pub fn input_tokens(&self) -> usize {
+        self.rows * self.seq_len
+    }
+
+    /// Uploads the batch, padding the targets to a multiple of [`TARGET_BUCKET`] with
+    /// zero-weight copies of position 0.
+    pub fn to_tensors<B: Backend>(&self, device: &B::Device) -> BatchTensors<B> {
+        let count = self.targets.len();
+        let padded = count.div_ceil(TARGET_BUCKET) * TARGET_BUCKET;
+        let padded_i32 = |values: &[u32]| {
+            let mut out: Vec<i32> = values.iter().map(|value| *value as i32).collect();
+            out.resize(padded, 0);
+            out
+        };
+        let mut weights = vec![1.0f32; count];
+        weights.resize(padded, 0.0);
+        let inputs: Vec<i32> = self.inputs.iter().map(|value| *value as i32).collect();
+        BatchTensors {
+            input_ids: Tensor::from_data(
+                TensorData::new(inputs, [self.rows, self.seq_len]),
+                device,
+            ),
+            positions: Tensor::from_data(
+                TensorData::new(padded_i32(&self.positions), [padded]),
+                device,
+            ),
+            targets: Tensor::from_data(
+                TensorData::new(padded_i32(&self.targets), [padded]),
+                device,
+            ),
+            weights: Tensor::from_data(TensorData::new(weights, [padded]), device),
+            count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> TokenizerInfo {
+        TokenizerInfo {
+            hash: "test".into(),
+            vocab_size: 100,
+            bos_id: 0,
+            pad_id: 1,
+            eos_id: 2,
+            unk_id: 3,
+            mask_id: 4,
+        }
+    }
+
+    fn blocks() -> TokenBlocks {
+        let mut blocks = TokenBlocks::new(4);
+        blocks.push(&[0, 10, 11, 2], 0, 0);
+        blocks.push(&[0, 20, 21, 22], 1, 0);
+        blocks
+    }
+
+    #[test]
+    fn causal_predicts_the_next_token_within_each_row() {
+        let batch = Collator::new(Objective::Causal, &tokenizer(), 0.15).collate(&blocks(), 0, 0);
+        assert_eq!(batch.inputs, blocks().ids);
+        assert_eq!(batch.positions, vec![0, 1, 2, 4, 5, 6]);
+        assert_eq!(batch.targets, vec![10, 11, 2, 20, 21, 22]);
+    }
+
+    #[test]
+    fn mlm_targets_are_the_original_ids() {
+        let collator = Collator::new(Objective::Mlm, &tokenizer(), 0.5);
+        let batch = collator.collate(&blocks(), 3, 1);
+        assert_eq!(batch.input_tokens(), 8);
+        for (position, target) in batch.positions.iter().zip(&batch.targets) {
+            assert_eq!(blocks().ids[*position as usize], *target);
+        }
+    }
+
+    #[test]
+    fn targets_are_padded_to_the_bucket_with_zero_weights() {
+        let batch = Collator::new(Objective::Causal, &tokenizer(), 0.15).collate(&blocks(), 0, 0);
+        let tensors = batch.to_tensors::<burn::backend::NdArray<f32>>(&Default::default());
+        assert_eq!(tensors.count, 6);
+        assert_eq!(tensors.positions.dims(), [TARGET_BUCKET]);
+        let weights: Vec<f32> = tensors.weights.into_data().to_vec().expect("f32 data");
+        assert_eq!(weights.iter().sum::<f32>(), 6.0);
+        assert!(weights[6..].iter().all(|weight| *weight == 0.0));
+    }
+}

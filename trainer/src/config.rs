@@ -1,0 +1,267 @@
+//! The training run's configuration: one typed value, validated once, saved next to the metrics.
+//!
+//! Defaults follow the seed recipe (RoBERTa pre-training as run with HuggingFace `run_mlm.py`):
+//! lr 5e-4, 1000 warmup steps, linear decay, weight decay 0.1, batch 32 x accumulation 4,
+//! mlm probability 0.15, dropout 0.1, AdamW betas (0.9, 0.98) and eps 1e-6.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// What the model learns to predict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Masked language modelling: predict 15 % of the tokens, corrupted 80/10/10.
+    Mlm,
+    /// Causal language modelling: predict each next token, attention only looks back.
+    Causal,
+}
+
+/// Model sizes, named like the RoBERTa family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Tiny,
+    Small,
+    Base,
+    Large,
+}
+
+/// The encoder's dimensions, as a preset fixes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+}
+
+impl Preset {
+    pub fn shape(self) -> ModelShape {
+        let (layers, hidden, heads, intermediate) = match self {
+            Preset::Tiny => (2, 128, 2, 512),
+            Preset::Small => (4, 256, 4, 1024),
+            Preset::Base => (12, 768, 12, 3072),
+            Preset::Large => (24, 1024, 16, 4096),
+        };
+        ModelShape {
+            layers,
+            hidden,
+            heads,
+            intermediate,
+        }
+    }
+}
+
+/// Where the tensors live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub objective: Objective,
+    pub preset: Preset,
+    /// The encoder's dimensions; filled from `preset` unless set explicitly.
+    pub model: ModelShape,
+    /// Tokens per block, as requested from the pipeline.
+    pub seq_len: usize,
+    /// Blocks per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are averaged into one optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate, reached at the end of warmup.
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    /// Global gradient-norm clipping threshold; `None` disables clipping.
+    pub max_grad_norm: Option<f64>,
+    /// Optimizer steps to run; the learning rate reaches 0 at this step.
+    pub max_steps: usize,
+    pub log_every: usize,
+    pub eval_every: usize,
+    pub seed: u64,
+    pub mlm_probability: f64,
+    /// Dropout on embeddings, attention probabilities and residual branches.
+    pub dropout: f64,
+    pub device: DeviceKind,
+    pub out_dir: PathBuf,
+    pub pipeline: String,
+}
+
+/// Seed used for the masking of the valid split: fixed, so every evaluation sees the same inputs.
+pub const EVAL_MASKING_SEED: u64 = 0x5eed_e7a1;
+
+impl TrainConfig {
+    /// The seed recipe for `preset`, reading from `pipeline` and writing into `out_dir`.
+    pub fn new(pipeline: impl Into<String>, out_dir: impl Into<PathBuf>, preset: Preset) -> Self {
+        TrainConfig {
+            objective: Objective::Mlm,
+            preset,
+            model: preset.shape(),
+            seq_len: 128,
+            batch_size: 32,
+            grad_accum: 4,
+            lr: 5e-4,
+            warmup_steps: 1000,
+            weight_decay: 0.1,
+            adam_beta1: 0.9,
+            adam_beta2: 0.98,
+            adam_epsilon: 1e-6,
+            max_grad_norm: Some(1.0),
+            max_steps: 10_000,
+            log_every: 10,
+            eval_every: 500,
+            seed: 42,
+            mlm_probability: 0.15,
+            dropout: 0.1,
+            device: DeviceKind::Cpu,
+            out_dir: out_dir.into(),
+            pipeline: pipeline.into(),
+        }
+    }
+
+    /// Checks everything that would otherwise fail deep inside the model or the loop.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let fail = |message: String| Err(TrainError::InvalidConfig(message));
+        let shape = &self.model;
+        if shape.layers == 0 || shape.hidden == 0 || shape.heads == 0 || shape.intermediate == 0 {
+            return fail(format!("model dimensions must be positive: {shape:?}"));
+        }
+        if !shape.hidden.is_multiple_of(shape.heads) {
+            return fail(format!(
+                "hidden size {} is not a multiple of the {} attention heads",
+                shape.hidden, shape.heads
+            ));
+        }
+        if self.seq_len < 2 {
+            return fail(format!("seq_len must be at least 2, got {}", self.seq_len));
+        }
+        for (name, value) in [
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("max_steps", self.max_steps),
+            ("log_every", self.log_every),
+            ("eval_every", self.eval_every),
+        ] {
+            if value == 0 {
+                return fail(format!("{name} must be at least 1"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return fail(format!("lr must be positive, got {}", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return fail(format!(
+                "weight_decay must be >= 0, got {}",
+                self.weight_decay
+            ));
+        }
+        for (name, value) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&value) {
+                return fail(format!("{name} must be in [0, 1), got {value}"));
+            }
+        }
+        if !(self.adam_epsilon.is_finite() && self.adam_epsilon > 0.0) {
+            return fail(format!(
+                "adam_epsilon must be positive, got {}",
+                self.adam_epsilon
+            ));
+        }
+        if let Some(norm) = self.max_grad_norm {
+            if !(norm.is_finite() && norm > 0.0) {
+                return fail(format!("max_grad_norm must be positive, got {norm}"));
+            }
+        }
+        if !(self.mlm_probability > 0.0 && self.mlm_probability < 1.0) {
+            return fail(format!(
+                "mlm_probability must be in (0, 1), got {}",
+                self.mlm_probability
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return fail(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        Ok(())
+    }
+
+    /// Writes the configuration as `DIR/config.json`, creating the directory.
+    pub fn save(&self, dir: &Path) -> Result<PathBuf, TrainError> {
+        fs::create_dir_all(dir).map_err(|source| TrainError::io(dir, source))?;
+        let path = dir.join("config.json");
+        let text = serde_json::to_string_pretty(self).map_err(|source| TrainError::Json {
+            what: "the training configuration",
+            source,
+        })?;
+        fs::write(&path, text + "\n").map_err(|source| TrainError::io(&path, source))?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_the_documented_shapes() {
+        assert_eq!(
+            Preset::Base.shape(),
+            ModelShape {
+                layers: 12,
+                hidden: 768,
+                heads: 12,
+                intermediate: 3072
+            }
+        );
+        for preset in [Preset::Tiny, Preset::Small, Preset::Base, Preset::Large] {
+            TrainConfig::new("http://x", "out", preset)
+                .validate()
+                .expect("every preset is valid");
+        }
+    }
+
+    #[test]
+    fn rejects_heads_that_do_not_divide_hidden() {
+        let mut config = TrainConfig::new("http://x", "out", Preset::Tiny);
+        config.model.heads = 3;
+        assert!(matches!(
+            config.validate(),
+            Err(TrainError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_short_sequences_and_zero_counts() {
+        let mut config = TrainConfig::new("http://x", "out", Preset::Tiny);
+        config.seq_len = 1;
+        assert!(config.validate().is_err());
+        let mut config = TrainConfig::new("http://x", "out", Preset::Tiny);
+        config.grad_accum = 0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let dir = std::env::temp_dir().join(format!("flightlm-config-{}", std::process::id()));
+        let config = TrainConfig::new("http://127.0.0.1:50051", &dir, Preset::Small);
+        let path = config.save(&dir).expect("saves");
+        let text = std::fs::read_to_string(&path).expect("reads");
+        let loaded: TrainConfig = serde_json::from_str(&text).expect("parses");
+        assert_eq!(loaded, config);
+        assert!(text.contains("\"objective\": \"mlm\""));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

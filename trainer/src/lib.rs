@@ -1,0 +1,35 @@
+//! flightlm trainer: pre-trains RoBERTa-style models in burn on token blocks streamed from a
+//! flightlm pipeline.
+//!
+//! The binary is a thin CLI over [`train::train`]; everything else is here so tests and other
+//! front-ends can drive the same loop with any [`source::BlockSource`].
+
+pub mod collate;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod loss;
+pub mod masking;
+pub mod metrics;
+pub mod model;
+pub mod optimizer;
+pub mod rng;
+pub mod schedule;
+pub mod source;
+pub mod synthetic;
+pub mod train;
+
+pub use config::{DeviceKind, Objective, Preset, TrainConfig};
+pub use error::TrainError;
+pub use eval::{evaluate, Evaluation};
+pub use train::{train, TrainSummary};
+
+/// Serializes tests that draw from a backend's random generator: burn's CPU backends keep one
+/// process-wide generator, so concurrent tests would otherwise perturb each other's seeded runs.
+#[cfg(test)]
+pub(crate) fn backend_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
