@@ -28,6 +28,10 @@ pub struct ConsumeSummary {
     pub seconds: f64,
     pub tokens_per_s: f64,
     pub first_batch_ms: f64,
+    /// Flight message bytes received (zstd-compressed IPC bodies plus headers) per token.
+    pub wire_bytes_per_token: f64,
+    /// The same blocks as uncompressed Arrow buffers, per token.
+    pub uncompressed_bytes_per_token: f64,
 }
 
 pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
@@ -44,6 +48,7 @@ pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
     let mut stream = BlockStream::open(&options.url, &options.request).await?;
     let mut first_batch_ms = None;
     let mut blocks = 0u64;
+    let mut uncompressed_bytes = 0u64;
     let limit = options.max_blocks.unwrap_or(u64::MAX);
     while blocks < limit {
         let Some(batch) = stream.next().await else {
@@ -52,6 +57,7 @@ pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
         let batch = batch?;
         first_batch_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
         let take = (batch.rows() as u64).min(limit - blocks) as usize;
+        uncompressed_bytes += arrow_bytes(&batch);
         if let Some(writer) = dump.as_mut() {
             for row in 0..take {
                 write_block(writer, batch.row(row)).map_err(|source| PipelineError::Write {
@@ -70,13 +76,21 @@ pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let tokens = blocks * options.request.seq_len as u64;
+    let per_token = |bytes: u64| bytes as f64 / tokens.max(1) as f64;
     Ok(ConsumeSummary {
         blocks,
         tokens,
         seconds,
         tokens_per_s: tokens as f64 / seconds.max(1e-9),
         first_batch_ms: first_batch_ms.unwrap_or(0.0),
+        wire_bytes_per_token: per_token(stream.wire_bytes()),
+        uncompressed_bytes_per_token: per_token(uncompressed_bytes),
     })
+}
+
+/// Buffer bytes of a batch in Arrow's layout: 4 per id, 8 per `block_seq`, 4 per `epoch`.
+fn arrow_bytes(batch: &flightlm_shared::TokenBlocks) -> u64 {
+    (batch.ids.len() * 4 + batch.rows() * (8 + 4)) as u64
 }
 
 fn write_block(writer: &mut impl Write, block: &[u32]) -> std::io::Result<()> {

@@ -3,6 +3,8 @@
 //! Used by `flightlm-pipeline consume` and by the trainer; other languages follow
 //! `docs/protocol.md` instead (see `scripts/read_stream.py`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_flight::decode::FlightRecordBatchStream;
@@ -72,6 +74,7 @@ pub async fn connect(url: &str) -> Result<FlightServiceClient<Channel>, ClientEr
 pub struct BlockStream {
     batches: FlightRecordBatchStream,
     tokenizer: Option<TokenizerInfo>,
+    wire_bytes: Arc<AtomicU64>,
 }
 
 impl BlockStream {
@@ -83,13 +86,25 @@ impl BlockStream {
             .do_get(ticket)
             .await
             .map_err(|status| ClientError::Refused(status.message().to_string()))?;
+        let wire_bytes = Arc::new(AtomicU64::new(0));
+        let counter = wire_bytes.clone();
         let flight_data = response
             .into_inner()
+            .inspect_ok(move |data| {
+                let bytes = data.data_header.len() + data.data_body.len() + data.app_metadata.len();
+                counter.fetch_add(bytes as u64, Ordering::Relaxed);
+            })
             .map_err(|status| arrow_flight::error::FlightError::Tonic(Box::new(status)));
         Ok(BlockStream {
             batches: FlightRecordBatchStream::new_from_flight_data(flight_data),
             tokenizer: None,
+            wire_bytes,
         })
+    }
+
+    /// Bytes of Flight messages (IPC headers and compressed bodies) received so far.
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire_bytes.load(Ordering::Relaxed)
     }
 
     /// The tokenizer that produced the ids; known once the first batch has arrived.
