@@ -1,0 +1,203 @@
+//! A small harness for end-to-end tests: locate the built binaries, start a pipeline on
+//! 127.0.0.1:0, run commands with a deadline, and prepare sample corpora and tokenizers.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` puts beside this test executable;
+//! `scripts/test.sh` builds them before running the tests.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built in the same profile as the running test.
+pub fn binary(name: &str) -> PathBuf {
+    let test_executable = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = test_executable
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A fresh directory under the target dir, removed and recreated per test.
+pub fn scratch_dir(test_name: &str) -> PathBuf {
+    let base = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("flightlm-e2e")
+        .join(test_name);
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).expect("creating scratch dir");
+    base
+}
+
+/// Runs a command to completion, killing it past `timeout`.
+pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning command");
+    let deadline = Instant::now() + timeout;
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = stdout.read_to_end(&mut buffer);
+        buffer
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = stderr.read_to_end(&mut buffer);
+        buffer
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for command") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command {command:?} ran past {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// Runs a command that must succeed, returning its stdout.
+pub fn run_ok(command: &mut Command, timeout: Duration) -> String {
+    let output = run_with_timeout(command, timeout);
+    assert!(
+        output.status.success(),
+        "command {command:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 stdout")
+}
+
+/// The last line of `text` parsed as JSON.
+pub fn last_json_line(text: &str) -> serde_json::Value {
+    let line = text.lines().last().unwrap_or_else(|| panic!("no output"));
+    serde_json::from_str(line).unwrap_or_else(|error| panic!("`{line}` is not JSON: {error}"))
+}
+
+/// A running `flightlm-pipeline serve`, killed on drop.
+pub struct Pipeline {
+    child: Child,
+    pub url: String,
+}
+
+impl Pipeline {
+    /// Starts a server on 127.0.0.1:0 with `extra` arguments and waits until it listens.
+    pub fn start(inputs: &[&Path], tokenizer: &Path, extra: &[&str]) -> Pipeline {
+        let mut command = Command::new(binary("flightlm-pipeline"));
+        command.arg("serve").arg("--input");
+        for input in inputs {
+            command.arg(input);
+        }
+        command
+            .arg("--tokenizer")
+            .arg(tokenizer)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("starting the pipeline");
+        let stdout = child.stdout.take().expect("pipeline stdout");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = sender.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = receiver
+            .recv_timeout(Duration::from_secs(60))
+            .expect("pipeline did not report its address within 60 s");
+        let announced: serde_json::Value = serde_json::from_str(&line).expect("JSON address line");
+        let url = announced["url"].as_str().expect("url field").to_string();
+        Pipeline { child, url }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first `lines` lines of the sample corpus, written as plain text to `dir/sample.txt`.
+pub fn sample_corpus(dir: &Path, lines: usize) -> PathBuf {
+    let lines = sample_lines(lines);
+    let path = dir.join("sample.txt");
+    std::fs::write(&path, lines.join("\n") + "\n").expect("writing sample corpus");
+    path
+}
+
+/// The first `count` lines of the committed sample corpus (`data/kjv.txt.zst`).
+pub fn sample_lines(count: usize) -> Vec<String> {
+    let file = std::fs::File::open(repo_root().join("data/kjv.txt.zst")).expect("sample corpus");
+    let decoder = zstd::stream::read::Decoder::new(file).expect("zstd stream");
+    BufReader::new(decoder)
+        .lines()
+        .take(count)
+        .map(|line| line.expect("utf-8 line"))
+        .collect()
+}
+
+/// Trains a tokenizer on `corpus` into `dir/tokenizer/tokenizer.json`.
+pub fn train_tokenizer(dir: &Path, corpus: &Path, vocab_size: usize) -> PathBuf {
+    let out = dir.join("tokenizer");
+    run_ok(
+        Command::new(binary("flightlm-pipeline"))
+            .args(["train-tokenizer", "--input"])
+            .arg(corpus)
+            .args(["--vocab-size", &vocab_size.to_string(), "--out"])
+            .arg(&out),
+        Duration::from_secs(120),
+    );
+    out.join("tokenizer.json")
+}
+
+/// The Python interpreter with `transformers`, `tokenizers` and `pyarrow` (set by scripts/test.sh).
+pub fn python() -> PathBuf {
+    std::env::var_os("FLIGHTLM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// Reads a `consume --dump` file: one block of ids per line.
+pub fn read_dump(path: &Path) -> Vec<Vec<u32>> {
+    std::fs::read_to_string(path)
+        .expect("dump file")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON block"))
+        .collect()
+}
