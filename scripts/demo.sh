@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: train a tokenizer on the sample corpus, start the pipeline,
+# and train a tiny RoBERTa (masked LM) on CPU from its stream. Prints the eval perplexity as it
+# falls. Usage: bash scripts/demo.sh [extra flightlm-trainer train flags]
+set -euo pipefail
+FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$FLIGHTLM_REPO"
+source scripts/env.sh
+cargo build --workspace --bins
+
+RUN="${FLIGHTLM_RUN:-runs/demo}"
+CORPUS=data/kjv.txt.zst
+rm -rf "$RUN"
+mkdir -p "$RUN"
+
+echo "== training a byte-level BPE tokenizer on $CORPUS"
+"$FLIGHTLM_BIN/flightlm-pipeline" train-tokenizer --input "$CORPUS" --vocab-size 8192 --out "$RUN/tokenizer"
+
+echo "== starting the pipeline"
+"$FLIGHTLM_BIN/flightlm-pipeline" serve --input "$CORPUS" --tokenizer "$RUN/tokenizer/tokenizer.json" \
+    --listen 127.0.0.1:0 --valid-fraction 0.01 > "$RUN/pipeline.out" 2> "$RUN/pipeline.log" &
+PIPELINE_PID=$!
+trap 'kill $PIPELINE_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+    [ -s "$RUN/pipeline.out" ] && break
+    kill -0 $PIPELINE_PID 2>/dev/null || { cat "$RUN/pipeline.log"; exit 1; }
+    sleep 0.1
+done
+URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' "$RUN/pipeline.out" | head -1)
+[ -n "$URL" ] || { echo "the pipeline did not start"; cat "$RUN/pipeline.log"; exit 1; }
+echo "   pipeline at $URL"
+
+echo "== training a tiny RoBERTa (masked LM) on CPU"
+"$FLIGHTLM_BIN/flightlm-trainer" train --pipeline "$URL" --objective mlm --preset tiny \
+    --max-steps 600 --seq-len 128 --batch-size 16 --grad-accum 1 --lr 1e-3 --warmup-steps 50 \
+    --log-every 25 --eval-every 100 --out "$RUN" "$@"
+
+echo "== eval perplexity, step by step"
+grep '"eval_perplexity"' "$RUN/metrics.jsonl" | sed -n 's/.*"step":\([0-9]*\).*"eval_perplexity":\([0-9.e+-]*\).*/   step \1: \2/p'

@@ -1,0 +1,17 @@
+# Shared settings for the scripts: one cargo target dir and one Python venv outside the clone, so
+# repeated runs (and CI runs of later clones) build incrementally.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flightlm-target}"
+FLIGHTLM_VENV="${FLIGHTLM_VENV:-$HOME/.cache/flightlm-venv}"
+FLIGHTLM_BIN="$CARGO_TARGET_DIR/debug"
+
+# Creates the venv with scripts/requirements.txt unless it already satisfies it.
+ensure_python() {
+    local stamp="$FLIGHTLM_VENV/.requirements"
+    if ! cmp -s "$FLIGHTLM_REPO/scripts/requirements.txt" "$stamp" 2>/dev/null; then
+        python3 -m venv "$FLIGHTLM_VENV"
+        "$FLIGHTLM_VENV/bin/pip" install --quiet --disable-pip-version-check \
+            -r "$FLIGHTLM_REPO/scripts/requirements.txt"
+        cp "$FLIGHTLM_REPO/scripts/requirements.txt" "$stamp"
+    fi
+    export FLIGHTLM_PYTHON="$FLIGHTLM_VENV/bin/python"
+}
