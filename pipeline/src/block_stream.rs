@@ -6,6 +6,7 @@
 //! reader's job channel closes.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
@@ -18,6 +19,7 @@ use crate::error::PipelineError;
 use crate::packing::Packer;
 use crate::reader::CorpusReader;
 use crate::sources::CorpusFile;
+use crate::stats::StreamStats;
 use crate::tokenize::{spawn_workers, Encoded, Job, Reorder, SplitFilter};
 
 /// Record batches waiting for the network: a little slack so encoding overlaps sending.
@@ -38,7 +40,11 @@ pub struct Corpus {
 pub type BatchReceiver = tokio::sync::mpsc::Receiver<Result<RecordBatch, PipelineError>>;
 
 /// Starts the stages of one stream and returns the receiving end of its record batches.
-pub fn start_stream(corpus: Arc<Corpus>, request: &StreamRequest) -> BatchReceiver {
+pub fn start_stream(
+    corpus: Arc<Corpus>,
+    request: &StreamRequest,
+    stats: Arc<StreamStats>,
+) -> BatchReceiver {
     let (batches, receiver) = tokio::sync::mpsc::channel(BATCHES_IN_FLIGHT);
     let in_flight = corpus.workers.max(1) * 2;
     let (jobs, job_receiver) = bounded::<Job>(in_flight);
@@ -64,7 +70,10 @@ pub fn start_stream(corpus: Arc<Corpus>, request: &StreamRequest) -> BatchReceiv
     let request = request.clone();
     std::thread::Builder::new()
         .name("packer".into())
-        .spawn(move || pack(&corpus, &request, result_receiver, batches))
+        .spawn(move || {
+            pack(&corpus, &request, &stats, result_receiver, batches);
+            stats.active.store(false, Ordering::Relaxed);
+        })
         .expect("spawning the packer thread");
     receiver
 }
@@ -123,13 +132,24 @@ fn read_passes(corpus: &Corpus, passes: Option<u64>, jobs: Sender<Job>) {
 fn pack(
     corpus: &Corpus,
     request: &StreamRequest,
+    stats: &StreamStats,
     results: Receiver<(u64, Encoded)>,
     batches: tokio::sync::mpsc::Sender<Result<RecordBatch, PipelineError>>,
 ) {
     let seq_len = request.seq_len;
     let schema = block_schema(seq_len, &corpus.tokenizer_info);
     let send = |blocks: TokenBlocks| match blocks.to_record_batch(schema.clone()) {
-        Ok(batch) => batches.blocking_send(Ok(batch)).is_ok(),
+        Ok(batch) => {
+            let rows = batch.num_rows() as u64;
+            let sent = batches.blocking_send(Ok(batch)).is_ok();
+            if sent {
+                // Counted once handed to the network stage, so totals match what consumers get.
+                stats.blocks.fetch_add(rows, Ordering::Relaxed);
+            }
+            let queued = batches.max_capacity() - batches.capacity();
+            stats.queued_batches.store(queued as u64, Ordering::Relaxed);
+            sent
+        }
         Err(error) => {
             let _ = batches.blocking_send(Err(error.into()));
             false
@@ -152,6 +172,10 @@ fn pack(
                 Encoded::Documents { documents, skipped } => {
                     pass.skipped += skipped;
                     pass.documents += documents.len() as u64;
+                    stats.skipped_rows.fetch_add(skipped, Ordering::Relaxed);
+                    stats
+                        .documents
+                        .fetch_add(documents.len() as u64, Ordering::Relaxed);
                     for document in &documents {
                         pass.tokens += document.len() as u64 + 2;
                         packer.push_document(document, &mut packed);
@@ -170,6 +194,9 @@ fn pack(
                 }
                 Encoded::EndOfPass => {
                     let dropped = packer.finish_pass();
+                    stats
+                        .dropped_tokens
+                        .fetch_add(dropped as u64, Ordering::Relaxed);
                     tracing::info!(
                         split = %request.split, seq_len, epoch, documents = pass.documents,
                         tokens = pass.tokens, blocks = pass.blocks, dropped_tokens = dropped,
@@ -181,6 +208,7 @@ fn pack(
                     }
                     pass = PassCounts::default();
                     epoch += 1;
+                    stats.epoch.store(u64::from(epoch), Ordering::Relaxed);
                     if request.epoch_limit() == Some(u64::from(epoch)) {
                         if pending.rows() > 0 {
                             send(pending.take_front(pending.rows()));

@@ -1,8 +1,8 @@
 //! The Arrow Flight service: `do_get` streams token blocks for a [`StreamRequest`] ticket.
 //!
 //! Batches are Arrow IPC with zstd body compression. `get_schema` describes a stream before it is
-//! opened (a `FlightDescriptor` whose `cmd` is the same JSON request), and the `health` action
-//! answers liveness probes. Every stream is independent: see [`crate::block_stream`].
+//! opened (a `FlightDescriptor` whose `cmd` is the same JSON request), the `health` action
+//! answers liveness probes and `stats` reports every stream's counters. Every stream is independent: see [`crate::block_stream`].
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,18 +27,24 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::block_stream::{start_stream, Corpus};
+use crate::stats::StreamRegistry;
 
 pub const HEALTH_ACTION: &str = "health";
+pub const STATS_ACTION: &str = "stats";
 
 type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 pub struct PipelineService {
     corpus: Arc<Corpus>,
+    streams: StreamRegistry,
 }
 
 impl PipelineService {
     pub fn new(corpus: Arc<Corpus>) -> Self {
-        PipelineService { corpus }
+        PipelineService {
+            corpus,
+            streams: StreamRegistry::default(),
+        }
     }
 
     fn parse_request(&self, bytes: &[u8]) -> Result<StreamRequest, Status> {
@@ -99,8 +105,10 @@ impl FlightService for PipelineService {
         let stream_request = self.parse_request(&request.into_inner().ticket)?;
         tracing::info!(?stream_request, "stream opened");
         let schema = block_schema(stream_request.seq_len, &self.corpus.tokenizer_info);
-        let batches = ReceiverStream::new(start_stream(self.corpus.clone(), &stream_request))
-            .map(|batch| batch.map_err(|error| FlightError::ExternalError(Box::new(error))));
+        let stats = self.streams.register(&stream_request);
+        let batches =
+            ReceiverStream::new(start_stream(self.corpus.clone(), &stream_request, stats))
+                .map(|batch| batch.map_err(|error| FlightError::ExternalError(Box::new(error))));
         let flight_data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .with_options(ipc_options())
@@ -131,33 +139,48 @@ impl FlightService for PipelineService {
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         let action = request.into_inner();
-        match action.r#type.as_str() {
-            HEALTH_ACTION => {
-                let body = serde_json::json!({
-                    "status": "ok",
-                    "tokenizer": self.corpus.tokenizer_info,
-                    "files": self.corpus.manifest.len(),
-                });
-                let result = arrow_flight::Result {
-                    body: body.to_string().into(),
-                };
-                Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
+        let body = match action.r#type.as_str() {
+            HEALTH_ACTION => serde_json::json!({
+                "status": "ok",
+                "tokenizer": self.corpus.tokenizer_info,
+                "files": self.corpus.manifest.len(),
+            }),
+            STATS_ACTION => {
+                let mut stats = self.streams.snapshot();
+                stats["files"] = self.corpus.manifest.len().into();
+                stats["tokenizer"] = serde_json::json!(self.corpus.tokenizer_info);
+                stats
             }
-            other => Err(Status::invalid_argument(format!(
-                "unknown action `{other}` (known: {HEALTH_ACTION})"
-            ))),
-        }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action `{other}` (known: {HEALTH_ACTION}, {STATS_ACTION})"
+                )))
+            }
+        };
+        let result = arrow_flight::Result {
+            body: body.to_string().into(),
+        };
+        Ok(Response::new(Box::pin(stream::iter([Ok(result)]))))
     }
 
     async fn list_actions(
         &self,
         _request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
-        let health = ActionType {
-            r#type: HEALTH_ACTION.into(),
-            description: "liveness probe; answers JSON with the tokenizer description".into(),
-        };
-        Ok(Response::new(Box::pin(stream::iter([Ok(health)]))))
+        let actions = [
+            ActionType {
+                r#type: HEALTH_ACTION.into(),
+                description: "liveness probe; answers JSON with the tokenizer description".into(),
+            },
+            ActionType {
+                r#type: STATS_ACTION.into(),
+                description:
+                    "JSON counters of every stream: blocks, tokens, tokens/s, queue depth, \
+                              skipped rows"
+                        .into(),
+            },
+        ];
+        Ok(Response::new(Box::pin(stream::iter(actions.map(Ok)))))
     }
 
     async fn handshake(

@@ -3,7 +3,7 @@
 //!
 //! Stages, in the order data flows: [`sources`] (manifest) → [`reader`] / [`text_table`]
 //! (DataFusion) → [`tokenize`] (worker pool) → [`packing`] → [`block_stream`] (one stream per
-//! request) → [`flight_server`]. [`tokenizer_training`] trains the tokenizer from the same
+//! request, counted in [`stats`]) → [`flight_server`]. [`tokenizer_training`] trains the tokenizer from the same
 //! sources, and [`consume`] is the command-line client.
 
 pub mod block_stream;
@@ -13,6 +13,7 @@ pub mod flight_server;
 pub mod packing;
 pub mod reader;
 pub mod sources;
+pub mod stats;
 pub mod text_table;
 pub mod tokenize;
 pub mod tokenizer_file;

@@ -9,11 +9,12 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use flightlm_pipeline::block_stream::Corpus;
 use flightlm_pipeline::consume::{consume, ConsumeOptions};
-use flightlm_pipeline::flight_server::{bind, serve};
+use flightlm_pipeline::flight_server::{bind, serve, STATS_ACTION};
 use flightlm_pipeline::reader::CorpusReader;
 use flightlm_pipeline::sources::resolve_inputs;
 use flightlm_pipeline::tokenizer_file::load_tokenizer;
 use flightlm_pipeline::tokenizer_training::{train_tokenizer, TokenizerTrainingConfig};
+use flightlm_shared::client::run_action;
 use flightlm_shared::{Split, StreamRequest};
 
 #[derive(Parser)]
@@ -80,6 +81,11 @@ enum Command {
         /// Write one JSON array of token ids per block, one block per line.
         #[arg(long)]
         dump: Option<PathBuf>,
+    },
+    /// Print a running pipeline's counters (per stream: blocks, tokens, tokens/s, queue depth).
+    Stats {
+        #[arg(long)]
+        pipeline: String,
     },
 }
 
@@ -189,6 +195,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let summary = runtime.block_on(consume(&options))?;
             println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
+        Command::Stats { pipeline } => {
+            let body = runtime.block_on(run_action(&pipeline, STATS_ACTION))?;
+            println!("{}", String::from_utf8_lossy(&body));
             Ok(())
         }
     }

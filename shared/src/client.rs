@@ -70,6 +70,27 @@ pub async fn connect(url: &str) -> Result<FlightServiceClient<Channel>, ClientEr
     Ok(FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
 }
 
+/// Runs a Flight action (`health`, `stats`) and returns the body of its first result.
+pub async fn run_action(url: &str, name: &str) -> Result<Vec<u8>, ClientError> {
+    let mut client = connect(url).await?;
+    let action = arrow_flight::Action {
+        r#type: name.to_string(),
+        body: Default::default(),
+    };
+    let mut results = client
+        .do_action(action)
+        .await
+        .map_err(|status| ClientError::Refused(status.message().to_string()))?
+        .into_inner();
+    match results.next().await {
+        Some(Ok(result)) => Ok(result.body.to_vec()),
+        Some(Err(status)) => Err(ClientError::Refused(status.message().to_string())),
+        None => Err(ClientError::Stream(format!(
+            "action `{name}` returned nothing"
+        ))),
+    }
+}
+
 /// An open stream of token blocks.
 pub struct BlockStream {
     batches: FlightRecordBatchStream,

@@ -1,0 +1,86 @@
+"""Read a flightlm stream from Python with pyarrow.flight: the way a PyTorch trainer uses it.
+
+    python scripts/read_stream.py --pipeline grpc://127.0.0.1:50051 --seq-len 128 --batch-size 32 \
+        [--split train|valid] [--epochs 1] [--max-blocks N] [--dump blocks.jsonl]
+
+The request is the JSON ticket of docs/protocol.md. Each record batch arrives as Arrow: the
+`input_ids` FixedSizeList column becomes a [rows, seq_len] numpy array with no copy, ready for
+`torch.from_numpy`. Ends with one JSON summary line.
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+import pyarrow.flight as flight
+
+CONTRACT_VERSION = 1
+
+
+def request_ticket(split, seq_len, batch_size, epochs):
+    request = {
+        "version": CONTRACT_VERSION,
+        "split": split,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "epochs": epochs,
+    }
+    return flight.Ticket(json.dumps(request).encode())
+
+
+def blocks(reader, seq_len):
+    """Yields (input_ids [rows, seq_len] int32, block_seq [rows] uint64, epoch [rows]) per batch."""
+    for chunk in reader:
+        batch = chunk.data
+        # flatten() honours slice offsets; .values would not.
+        ids = batch.column("input_ids").flatten().to_numpy().reshape(-1, seq_len)
+        yield ids, batch.column("block_seq").to_numpy(), batch.column("epoch").to_numpy()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pipeline", required=True, help="grpc://host:port (http:// also accepted)")
+    parser.add_argument("--seq-len", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--split", default="train", choices=["train", "valid"])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-blocks", type=int)
+    parser.add_argument("--dump", help="write one JSON array of ids per block, per line")
+    args = parser.parse_args()
+
+    location = args.pipeline.replace("http://", "grpc://", 1)
+    client = flight.connect(location)
+    started = time.perf_counter()
+    reader = client.do_get(request_ticket(args.split, args.seq_len, args.batch_size, args.epochs))
+    tokenizer = json.loads(reader.schema.metadata[b"flightlm.tokenizer"])
+    dump = open(args.dump, "w") if args.dump else None
+    total = 0
+    last_seq = -1
+    for ids, block_seq, _epoch in blocks(reader, args.seq_len):
+        if args.max_blocks is not None:
+            ids, block_seq = ids[: args.max_blocks - total], block_seq[: args.max_blocks - total]
+        # Sequence numbers are consecutive: a gap would mean a lost block.
+        expected = np.arange(last_seq + 1, last_seq + 1 + len(block_seq), dtype=np.uint64)
+        if not np.array_equal(block_seq, expected):
+            raise SystemExit(f"block_seq jumped after {last_seq}: got {block_seq[:3]}...")
+        last_seq += len(block_seq)
+        if dump:
+            for row in ids:
+                dump.write(json.dumps(row.tolist(), separators=(",", ":")) + "\n")
+        total += len(ids)
+        if args.max_blocks is not None and total >= args.max_blocks:
+            break
+    if dump:
+        dump.close()
+    seconds = time.perf_counter() - started
+    print(json.dumps({
+        "blocks": total,
+        "tokens": total * args.seq_len,
+        "seconds": seconds,
+        "tokenizer": tokenizer,
+    }))
+
+
+if __name__ == "__main__":
+    main()

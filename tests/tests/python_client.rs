@@ -1,0 +1,64 @@
+//! Other trainers read the same stream: the pyarrow.flight example decodes exactly the blocks the
+//! Rust client does, with consecutive sequence numbers and the tokenizer description.
+
+use std::process::Command;
+use std::time::Duration;
+
+use flightlm_tests::{
+    binary, last_json_line, python, read_dump, repo_root, run_ok, sample_corpus, scratch_dir,
+    train_tokenizer, Pipeline,
+};
+
+#[test]
+fn pyarrow_reads_the_same_blocks_as_the_rust_client() {
+    let dir = scratch_dir("python_client");
+    let corpus = sample_corpus(&dir, 1200);
+    let tokenizer = train_tokenizer(&dir, &corpus, 700);
+    let pipeline = Pipeline::start(&[&corpus], &tokenizer, &["--valid-fraction", "0.05"]);
+
+    for split in ["train", "valid"] {
+        let rust_dump = dir.join(format!("{split}-rust.blocks"));
+        run_ok(
+            Command::new(binary("flightlm-pipeline"))
+                .args(["consume", "--pipeline", &pipeline.url, "--split", split])
+                .args([
+                    "--seq-len",
+                    "40",
+                    "--batch-size",
+                    "6",
+                    "--epochs",
+                    "2",
+                    "--dump",
+                ])
+                .arg(&rust_dump),
+            Duration::from_secs(60),
+        );
+        let python_dump = dir.join(format!("{split}-python.blocks"));
+        let stdout = run_ok(
+            Command::new(python())
+                .arg(repo_root().join("scripts/read_stream.py"))
+                .args(["--pipeline", &pipeline.url, "--split", split])
+                .args([
+                    "--seq-len",
+                    "40",
+                    "--batch-size",
+                    "6",
+                    "--epochs",
+                    "2",
+                    "--dump",
+                ])
+                .arg(&python_dump),
+            Duration::from_secs(120),
+        );
+        let summary = last_json_line(&stdout);
+        let rust = read_dump(&rust_dump);
+        assert!(!rust.is_empty());
+        assert_eq!(
+            read_dump(&python_dump),
+            rust,
+            "{split}: pyarrow and Rust disagree"
+        );
+        assert_eq!(summary["blocks"].as_u64(), Some(rust.len() as u64));
+        assert_eq!(summary["tokenizer"]["mask_id"], 4);
+    }
+}
