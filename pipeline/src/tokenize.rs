@@ -117,18 +117,10 @@ fn encode(tokenizer: &Tokenizer, filter: &SplitFilter, texts: &StringArray) -> E
 }
 
 /// Restores sequence order over results that arrive in any order.
+#[derive(Default)]
 pub struct Reorder {
     next: u64,
     waiting: BTreeMap<u64, Encoded>,
-}
-
-impl Default for Reorder {
-    fn default() -> Self {
-        Reorder {
-            next: 0,
-            waiting: BTreeMap::new(),
-        }
-    }
 }
 
 impl Reorder {
