@@ -8,10 +8,10 @@ use thiserror::Error;
 pub enum PipelineError {
     #[error("input not found: {0}")]
     InputNotFound(PathBuf),
-    #[error("directory {0} has no readable corpus (expected .txt, .jsonl or .parquet files, optionally .gz/.zst)")]
+    #[error("directory {0} has no readable corpus (expected .txt, .jsonl, .csv or .parquet files, optionally .gz/.zst)")]
     EmptyDirectory(PathBuf),
     #[error(
-        "unsupported corpus file {0} (expected .txt, .jsonl or .parquet, optionally .gz/.zst)"
+        "unsupported corpus file {0} (expected .txt, .jsonl, .csv or .parquet, optionally .gz/.zst)"
     )]
     UnsupportedFile(PathBuf),
     #[error("file {path} has no `text` column (columns: {columns})")]

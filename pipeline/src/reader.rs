@@ -14,7 +14,7 @@ use datafusion::datasource::file_format::file_compression_type::FileCompressionT
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{
-    cast, col, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
+    cast, col, CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
 };
 use futures::StreamExt;
 
@@ -58,16 +58,24 @@ impl CorpusReader {
                     .map_err(query_error)?
             }
             Format::JsonLines => {
-                let extension = json_extension(file);
+                let extension = compound_extension(file, ".json");
                 let options = JsonReadOptions::default()
                     .file_extension(&extension)
-                    .file_compression_type(match file.compression {
-                        Compression::None => FileCompressionType::UNCOMPRESSED,
-                        Compression::Gzip => FileCompressionType::GZIP,
-                        Compression::Zstd => FileCompressionType::ZSTD,
-                    });
+                    .file_compression_type(compression_type(file.compression));
                 self.context
                     .read_json(path, options)
+                    .await
+                    .map_err(query_error)?
+            }
+            Format::Csv => {
+                let extension = compound_extension(file, ".csv");
+                let options = CsvReadOptions::new()
+                    .has_header(true)
+                    .newlines_in_values(true)
+                    .file_extension(&extension)
+                    .file_compression_type(compression_type(file.compression));
+                self.context
+                    .read_csv(path, options)
                     .await
                     .map_err(query_error)?
             }
@@ -175,16 +183,25 @@ fn query_error(file: &CorpusFile, error: DataFusionError) -> PipelineError {
     }
 }
 
-/// DataFusion filters listed files by extension, so pass the file's own, e.g. `.jsonl.gz`.
-fn json_extension(file: &CorpusFile) -> String {
+/// DataFusion filters listed files by extension, so pass the file's own, e.g. `.jsonl.gz`: from
+/// where `stem` (`.json`, `.csv`) starts to the end of the name.
+fn compound_extension(file: &CorpusFile, stem: &str) -> String {
     let name = file
         .path
         .file_name()
         .map(|name| name.to_string_lossy().to_string())
         .unwrap_or_default();
-    match name.to_ascii_lowercase().rfind(".json") {
+    match name.to_ascii_lowercase().rfind(stem) {
         Some(start) => name[start..].to_string(),
-        None => ".json".to_string(),
+        None => stem.to_string(),
+    }
+}
+
+fn compression_type(compression: Compression) -> FileCompressionType {
+    match compression {
+        Compression::None => FileCompressionType::UNCOMPRESSED,
+        Compression::Gzip => FileCompressionType::GZIP,
+        Compression::Zstd => FileCompressionType::ZSTD,
     }
 }
 

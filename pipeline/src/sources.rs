@@ -14,6 +14,8 @@ pub enum Format {
     Text,
     /// One JSON object per line with a `text` field.
     JsonLines,
+    /// Comma-separated with a header row naming a `text` column; quoted values may hold newlines.
+    Csv,
     /// A `text` column (Utf8, LargeUtf8 or Utf8View).
     Parquet,
 }
@@ -48,6 +50,8 @@ impl CorpusFile {
             Format::Text
         } else if stem.ends_with(".jsonl") || stem.ends_with(".json") {
             Format::JsonLines
+        } else if stem.ends_with(".csv") {
+            Format::Csv
         } else if stem.ends_with(".parquet") && compression == Compression::None {
             Format::Parquet
         } else {
@@ -123,6 +127,10 @@ mod tests {
         assert_eq!(
             CorpusFile::classify(Path::new("x.parquet")).unwrap().format,
             Format::Parquet
+        );
+        assert_eq!(
+            CorpusFile::classify(Path::new("t.csv.gz")).unwrap().format,
+            Format::Csv
         );
         assert!(CorpusFile::classify(Path::new("notes.md")).is_none());
     }

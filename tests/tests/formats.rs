@@ -1,5 +1,5 @@
 //! Every supported corpus format yields the same blocks for the same documents: plain and
-//! zstd-compressed text, JSONL, and Parquet with `text` stored as Utf8, LargeUtf8 or Utf8View
+//! zstd-compressed text, JSONL and CSV, and Parquet with `text` stored as Utf8, LargeUtf8 or Utf8View
 //! (as HF hub downloads have).
 
 use std::path::{Path, PathBuf};
@@ -88,6 +88,21 @@ fn all_formats_give_identical_blocks() {
     )
     .unwrap();
 
+    // CSV with a header and RFC 4180 quoting (the verses hold commas and colons).
+    let csv = dir.join("sample.csv");
+    let rows: Vec<String> = documents
+        .iter()
+        .enumerate()
+        .map(|(id, text)| format!("{id},\"{}\"", text.replace('"', "\"\"")))
+        .collect();
+    std::fs::write(&csv, format!("id,text\n{}\n", rows.join("\n"))).unwrap();
+    let csv_zstd = dir.join("sample.csv.zst");
+    std::fs::write(
+        &csv_zstd,
+        zstd::encode_all(std::fs::read(&csv).unwrap().as_slice(), 3).unwrap(),
+    )
+    .unwrap();
+
     let utf8 = dir.join("utf8.parquet");
     write_parquet(&utf8, Arc::new(StringArray::from(documents.clone())));
     let large = dir.join("large.parquet");
@@ -97,10 +112,12 @@ fn all_formats_give_identical_blocks() {
 
     let reference = blocks_of(&text, &tokenizer, &dir, "txt");
     assert!(reference.len() > 50);
-    let variants: [(&str, PathBuf); 6] = [
+    let variants: [(&str, PathBuf); 8] = [
         ("txt.zst", zstd_text),
         ("jsonl", jsonl),
         ("jsonl.zst", jsonl_zstd),
+        ("csv", csv),
+        ("csv.zst", csv_zstd),
         ("parquet-utf8", utf8),
         ("parquet-large", large),
         ("parquet-view", view),
