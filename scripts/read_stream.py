@@ -3,7 +3,9 @@
     python scripts/read_stream.py --pipeline grpc://127.0.0.1:50051 --seq-len 128 --batch-size 32 \
         [--split train|valid] [--epochs 1] [--max-blocks N] [--dump blocks.jsonl]
 
-The request is the JSON ticket of docs/protocol.md. Each record batch arrives as Arrow: the
+The request is the JSON of docs/protocol.md: sent first as a FlightDescriptor to GetFlightInfo
+(schema, contract version, tokenizer), then the endpoint's ticket opens the stream. Each record
+batch arrives as Arrow: the
 `input_ids` FixedSizeList column becomes a [rows, seq_len] numpy array with no copy, ready for
 `torch.from_numpy`. Ends with one JSON summary line.
 """
@@ -18,7 +20,8 @@ import pyarrow.flight as flight
 CONTRACT_VERSION = 1
 
 
-def request_ticket(split, seq_len, batch_size, epochs):
+def describe(client, split, seq_len, batch_size, epochs):
+    """Asks the pipeline to describe the stream (GetFlightInfo) before opening it."""
     request = {
         "version": CONTRACT_VERSION,
         "split": split,
@@ -26,7 +29,11 @@ def request_ticket(split, seq_len, batch_size, epochs):
         "batch_size": batch_size,
         "epochs": epochs,
     }
-    return flight.Ticket(json.dumps(request).encode())
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(request)))
+    description = json.loads(info.app_metadata)
+    if description["contract_version"] != CONTRACT_VERSION:
+        raise SystemExit(f"pipeline speaks contract {description['contract_version']}")
+    return info, description
 
 
 def blocks(reader, seq_len):
@@ -52,8 +59,11 @@ def main():
     location = args.pipeline.replace("http://", "grpc://", 1)
     client = flight.connect(location)
     started = time.perf_counter()
-    reader = client.do_get(request_ticket(args.split, args.seq_len, args.batch_size, args.epochs))
+    info, description = describe(client, args.split, args.seq_len, args.batch_size, args.epochs)
+    reader = client.do_get(info.endpoints[0].ticket)
     tokenizer = json.loads(reader.schema.metadata[b"flightlm.tokenizer"])
+    if tokenizer != description["tokenizer"] or reader.schema != info.schema:
+        raise SystemExit("the stream does not match its description")
     dump = open(args.dump, "w") if args.dump else None
     total = 0
     last_seq = -1

@@ -1,7 +1,8 @@
 //! The Arrow Flight service: `do_get` streams token blocks for a [`StreamRequest`] ticket.
 //!
-//! Batches are Arrow IPC with zstd body compression. `get_schema` describes a stream before it is
-//! opened (a `FlightDescriptor` whose `cmd` is the same JSON request), the `health` action
+//! Batches are Arrow IPC with zstd body compression. `get_flight_info` and `get_schema` describe a
+//! stream before it is opened (a `FlightDescriptor` whose `cmd` is the same JSON request: schema,
+//! contract version, tokenizer, and an endpoint whose ticket opens it), the `health` action
 //! answers liveness probes and `stats` reports every stream's counters. Every stream is independent: see [`crate::block_stream`].
 
 use std::net::SocketAddr;
@@ -14,12 +15,12 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
 use flightlm_shared::client::MAX_MESSAGE_BYTES;
 use flightlm_shared::schema::block_schema;
-use flightlm_shared::{Split, StreamRequest};
+use flightlm_shared::{Split, StreamRequest, CONTRACT_VERSION};
 use futures::stream;
 use futures::{Future, StreamExt};
 use tokio::net::TcpListener;
@@ -199,11 +200,27 @@ impl FlightService for PipelineService {
 
     async fn get_flight_info(
         &self,
-        _request: Request<FlightDescriptor>,
+        request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        Err(Status::unimplemented(
-            "send the stream request as a do_get ticket; get_schema describes it",
-        ))
+        let descriptor = request.into_inner();
+        let stream_request = self.parse_request(&descriptor.cmd)?;
+        let schema = block_schema(stream_request.seq_len, &self.corpus.tokenizer_info);
+        let description = serde_json::json!({
+            "contract_version": CONTRACT_VERSION,
+            "tokenizer": self.corpus.tokenizer_info,
+            "request": stream_request,
+        });
+        // One endpoint on this server; its ticket is the validated request itself.
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(stream_request.to_ticket_bytes()));
+        let info = FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(|error| Status::internal(error.to_string()))?
+            .with_descriptor(descriptor)
+            .with_endpoint(endpoint)
+            .with_ordered(true)
+            .with_app_metadata(description.to_string().into_bytes());
+        Ok(Response::new(info))
     }
 
     async fn poll_flight_info(
