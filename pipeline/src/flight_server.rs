@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow::ipc::CompressionType;
-use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
@@ -113,6 +113,9 @@ impl FlightService for PipelineService {
         let flight_data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .with_options(ipc_options())
+            // Each batch carries its own resume-state dictionary; hydrating it would repeat the
+            // state string on every row.
+            .with_dictionary_handling(DictionaryHandling::Resend)
             .build(batches)
             .map(|data| {
                 data.map_err(|error| match error {

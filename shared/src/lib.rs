@@ -3,13 +3,15 @@
 //! Everything a consumer needs to speak to a pipeline lives here: the stream request that travels
 //! as a Flight ticket ([`request`]), the Arrow schema of the token-block batches and the tokenizer
 //! description carried in its metadata ([`schema`]), stable hashing used for fingerprints and the
-//! train/valid split ([`hashing`]), and a reference Rust client ([`client`]). The same contract is
+//! train/valid split ([`hashing`]), the resume cursor ([`cursor`]), and a reference Rust client ([`client`]). The same contract is
 //! documented for other languages in `docs/protocol.md`.
 
 pub mod client;
+pub mod cursor;
 pub mod hashing;
 pub mod request;
 pub mod schema;
 
-pub use request::{Split, StreamRequest, CONTRACT_VERSION};
+pub use cursor::{Cursor, SourcePosition, StreamState};
+pub use request::{Shard, Split, StreamRequest, CONTRACT_VERSION};
 pub use schema::{TokenBlocks, TokenizerInfo};

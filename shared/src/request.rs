@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::cursor::Cursor;
+
 /// The contract version this build speaks. Bumped on any incompatible change.
 pub const CONTRACT_VERSION: u32 = 1;
 
@@ -59,6 +61,27 @@ pub struct StreamRequest {
     /// `valid` is always a single pass.
     #[serde(default)]
     pub epochs: Option<u64>,
+    /// Which slice of the global block sequence to send: blocks whose `block_seq` is
+    /// `index` modulo `count`. The global order does not depend on `count`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+    /// Continue after the block this cursor was taken from, instead of from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Cursor>,
+}
+
+/// One of `count` disjoint slices of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    pub fn keeps(&self, block_seq: u64) -> bool {
+        block_seq % self.count == self.index
+    }
 }
 
 /// Largest accepted values: beyond these a request is a mistake, not a workload.
@@ -81,7 +104,19 @@ impl StreamRequest {
             seq_len,
             batch_size,
             epochs: None,
+            shard: None,
+            cursor: None,
         }
+    }
+
+    pub fn with_shard(mut self, index: u64, count: u64) -> Self {
+        self.shard = Some(Shard { index, count });
+        self
+    }
+
+    pub fn with_cursor(mut self, cursor: Option<Cursor>) -> Self {
+        self.cursor = cursor;
+        self
     }
 
     pub fn with_epochs(mut self, epochs: Option<u64>) -> Self {
@@ -119,6 +154,14 @@ impl StreamRequest {
                 "batch_size {} is out of range 1..={MAX_BATCH_SIZE}",
                 self.batch_size
             )));
+        }
+        if let Some(shard) = self.shard {
+            if shard.count == 0 || shard.index >= shard.count {
+                return Err(RequestError::Invalid(format!(
+                    "shard index {} is not below shard count {}",
+                    shard.index, shard.count
+                )));
+            }
         }
         if self.epochs == Some(0) {
             return Err(RequestError::Invalid("epochs must be at least 1".into()));

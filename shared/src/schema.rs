@@ -9,21 +9,31 @@
 //! | `input_ids` | `FixedSizeList<Int32>[seq_len]`    | the token ids, `<s> doc </s><s> doc …`     |
 //! | `block_seq` | `UInt64`                           | position of the block in the stream, from 0 |
 //! | `epoch`     | `UInt32`                           | the pass over the split the block is from  |
+//! | `resume_state` | `Dictionary<Int32, Utf8>`       | JSON state of the block's chunk (see [`crate::cursor`]) |
+//! | `resume_skip`  | `UInt32`                        | blocks of that chunk sent up to and including this one |
+//!
+//! The cursor after a row is `{"state": <resume_state>, "skip": <resume_skip>}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, FixedSizeListArray, Int32Array, UInt32Array, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{
+    Array, ArrayRef, DictionaryArray, FixedSizeListArray, Int32Array, StringArray, UInt32Array,
+    UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::cursor::Cursor;
 use crate::CONTRACT_VERSION;
 
 pub const INPUT_IDS: &str = "input_ids";
 pub const BLOCK_SEQ: &str = "block_seq";
 pub const EPOCH: &str = "epoch";
+pub const RESUME_STATE: &str = "resume_state";
+pub const RESUME_SKIP: &str = "resume_skip";
 
 /// Schema metadata keys.
 pub const META_CONTRACT_VERSION: &str = "flightlm.contract_version";
@@ -65,6 +75,10 @@ pub enum SchemaError {
     BadTokenizer(#[from] serde_json::Error),
     #[error("batch column `{0}` is missing or has the wrong type")]
     BadColumn(&'static str),
+    #[error("a row's resume state is not a valid cursor: {0}")]
+    BadResumeState(serde_json::Error),
+    #[error("these blocks carry no resume state")]
+    NoResumeState,
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
 }
@@ -80,6 +94,12 @@ pub fn block_schema(seq_len: usize, tokenizer: &TokenizerInfo) -> SchemaRef {
         ),
         Field::new(BLOCK_SEQ, DataType::UInt64, false),
         Field::new(EPOCH, DataType::UInt32, false),
+        Field::new(
+            RESUME_STATE,
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            false,
+        ),
+        Field::new(RESUME_SKIP, DataType::UInt32, false),
     ];
     let metadata = HashMap::from([
         (
@@ -117,6 +137,9 @@ pub struct TokenBlocks {
     pub ids: Vec<u32>,
     pub block_seq: Vec<u64>,
     pub epoch: Vec<u32>,
+    /// Per row: the JSON state of its chunk and the chunk blocks sent up to it. Empty for blocks
+    /// that do not come from a pipeline (generated corpora).
+    pub resume: Vec<(Arc<str>, u32)>,
 }
 
 impl TokenBlocks {
@@ -142,17 +165,38 @@ impl TokenBlocks {
         self.epoch.push(epoch);
     }
 
+    /// Adds a row together with what a consumer needs to resume right after it.
+    pub fn push_resumable(
+        &mut self,
+        block: &[u32],
+        block_seq: u64,
+        epoch: u32,
+        state: &Arc<str>,
+        skip: u32,
+    ) {
+        self.push(block, block_seq, epoch);
+        self.resume.push((state.clone(), skip));
+    }
+
+    /// The cursor that resumes right after `row`.
+    pub fn cursor_after(&self, row: usize) -> Result<Cursor, SchemaError> {
+        let (state, skip) = self.resume.get(row).ok_or(SchemaError::NoResumeState)?;
+        Cursor::from_row(state, u64::from(*skip)).map_err(SchemaError::BadResumeState)
+    }
+
     /// Moves the first `count` rows out into a new value.
     pub fn take_front(&mut self, count: usize) -> TokenBlocks {
         let count = count.min(self.rows());
         let rest_ids = self.ids.split_off(count * self.seq_len);
         let rest_seq = self.block_seq.split_off(count);
         let rest_epoch = self.epoch.split_off(count);
+        let rest_resume = self.resume.split_off(count.min(self.resume.len()));
         TokenBlocks {
             seq_len: self.seq_len,
             ids: std::mem::replace(&mut self.ids, rest_ids),
             block_seq: std::mem::replace(&mut self.block_seq, rest_seq),
             epoch: std::mem::replace(&mut self.epoch, rest_epoch),
+            resume: std::mem::replace(&mut self.resume, rest_resume),
         }
     }
 
@@ -161,6 +205,7 @@ impl TokenBlocks {
         self.ids.extend_from_slice(&other.ids);
         self.block_seq.extend_from_slice(&other.block_seq);
         self.epoch.extend_from_slice(&other.epoch);
+        self.resume.extend_from_slice(&other.resume);
     }
 
     pub fn to_record_batch(&self, schema: SchemaRef) -> Result<RecordBatch, SchemaError> {
@@ -168,10 +213,29 @@ impl TokenBlocks {
         let item = Arc::new(Field::new("item", DataType::Int32, false));
         let input_ids =
             FixedSizeListArray::try_new(item, self.seq_len as i32, Arc::new(values), None)?;
+        if self.resume.len() != self.rows() {
+            return Err(SchemaError::NoResumeState);
+        }
+        // Rows of one chunk share their state: one dictionary entry per run of equal states.
+        let mut states: Vec<&str> = Vec::new();
+        let mut keys = Vec::with_capacity(self.rows());
+        for (state, _) in &self.resume {
+            if states.last() != Some(&state.as_ref()) {
+                states.push(state);
+            }
+            keys.push(states.len() as i32 - 1);
+        }
+        let resume_state = DictionaryArray::<Int32Type>::try_new(
+            Int32Array::from(keys),
+            Arc::new(StringArray::from(states)),
+        )?;
+        let resume_skip: UInt32Array = self.resume.iter().map(|(_, skip)| *skip).collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(input_ids),
             Arc::new(UInt64Array::from(self.block_seq.clone())),
             Arc::new(UInt32Array::from(self.epoch.clone())),
+            Arc::new(resume_state),
+            Arc::new(resume_skip),
         ];
         Ok(RecordBatch::try_new(schema, columns)?)
     }
@@ -198,11 +262,41 @@ impl TokenBlocks {
             .column_by_name(EPOCH)
             .and_then(|column| column.as_any().downcast_ref::<UInt32Array>())
             .ok_or(SchemaError::BadColumn(EPOCH))?;
+        let resume_state = batch
+            .column_by_name(RESUME_STATE)
+            .and_then(|column| column.as_any().downcast_ref::<DictionaryArray<Int32Type>>())
+            .ok_or(SchemaError::BadColumn(RESUME_STATE))?;
+        let state_values = resume_state
+            .values()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or(SchemaError::BadColumn(RESUME_STATE))?;
+        let shared_states: Vec<Arc<str>> = state_values
+            .iter()
+            .map(|v| v.unwrap_or("").into())
+            .collect();
+        let resume_skip = batch
+            .column_by_name(RESUME_SKIP)
+            .and_then(|column| column.as_any().downcast_ref::<UInt32Array>())
+            .ok_or(SchemaError::BadColumn(RESUME_SKIP))?;
+        let resume = resume_state
+            .keys()
+            .values()
+            .iter()
+            .zip(resume_skip.values())
+            .map(|(key, skip)| {
+                let state = shared_states
+                    .get(*key as usize)
+                    .ok_or(SchemaError::BadColumn(RESUME_STATE))?;
+                Ok((state.clone(), *skip))
+            })
+            .collect::<Result<Vec<_>, SchemaError>>()?;
         Ok(TokenBlocks {
             seq_len,
             ids: values.values().iter().map(|id| *id as u32).collect(),
             block_seq: block_seq.values().to_vec(),
             epoch: epoch.values().to_vec(),
+            resume,
         })
     }
 }
@@ -226,15 +320,22 @@ mod tests {
     #[test]
     fn record_batch_round_trip_and_slices() {
         let schema = block_schema(3, &tokenizer());
+        let first: Arc<str> =
+            Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
+        let second: Arc<str> =
+            Arc::from(r#"{"fingerprint":"f","block_seq":2,"draws":2,"sources":[]}"#);
         let mut blocks = TokenBlocks::new(3);
-        blocks.push(&[0, 10, 2], 0, 0);
-        blocks.push(&[0, 11, 2], 1, 0);
-        blocks.push(&[0, 12, 2], 2, 1);
+        blocks.push_resumable(&[0, 10, 2], 0, 0, &first, 1);
+        blocks.push_resumable(&[0, 11, 2], 1, 0, &first, 2);
+        blocks.push_resumable(&[0, 12, 2], 2, 1, &second, 1);
         let batch = blocks.to_record_batch(schema.clone()).unwrap();
         assert_eq!(TokenBlocks::from_record_batch(&batch).unwrap(), blocks);
         let tail = TokenBlocks::from_record_batch(&batch.slice(1, 2)).unwrap();
         assert_eq!(tail.row(0), &[0, 11, 2]);
         assert_eq!(tail.block_seq, vec![1, 2]);
+        let cursor = tail.cursor_after(1).unwrap();
+        assert_eq!((cursor.state.block_seq, cursor.skip), (2, 1));
+        assert_eq!(tail.cursor_after(0).unwrap().skip, 2);
         assert_eq!(tokenizer_from_schema(&schema).unwrap(), tokenizer());
     }
 

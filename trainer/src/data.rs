@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use crossbeam_channel::{bounded, Receiver};
 use flightlm_shared::client::BlockStream;
-use flightlm_shared::{Split, StreamRequest, TokenBlocks, TokenizerInfo};
+use flightlm_shared::{Cursor, Split, StreamRequest, TokenBlocks, TokenizerInfo};
 
 use crate::source::BlockSource;
 
@@ -25,18 +25,27 @@ pub struct PipelineSource {
     train: Receiver<anyhow::Result<TokenBlocks>>,
     runtime: tokio::runtime::Runtime,
     waited: Duration,
+    /// Resumes right after the last row handed to the training loop.
+    cursor: Option<Cursor>,
 }
 
 impl PipelineSource {
-    /// Opens the train stream at `url` and waits for its first batch, which names the tokenizer.
-    pub fn connect(url: &str, seq_len: usize, batch_size: usize) -> anyhow::Result<Self> {
+    /// Opens the train stream at `url` (continuing after `resume` when given) and waits for its
+    /// first batch, which names the tokenizer.
+    pub fn connect(
+        url: &str,
+        seq_len: usize,
+        batch_size: usize,
+        resume: Option<Cursor>,
+    ) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the client runtime")?;
         let (sender, train) = bounded(PREFETCH_BATCHES);
         let (tokenizer_sender, tokenizer_receiver) = bounded(1);
-        let request = StreamRequest::new(Split::Train, seq_len, batch_size);
+        let request =
+            StreamRequest::new(Split::Train, seq_len, batch_size).with_cursor(resume.clone());
         let thread_url = url.to_string();
         std::thread::Builder::new()
             .name("train-prefetch".into())
@@ -105,6 +114,7 @@ impl PipelineSource {
             train,
             runtime,
             waited: Duration::ZERO,
+            cursor: resume,
         })
     }
 }
@@ -121,7 +131,15 @@ impl BlockSource for PipelineSource {
             .recv()
             .map_err(|_| anyhow!("the train stream stopped"))?;
         self.waited += started.elapsed();
-        batch
+        let batch = batch?;
+        if batch.rows() > 0 {
+            self.cursor = Some(batch.cursor_after(batch.rows() - 1)?);
+        }
+        Ok(batch)
+    }
+
+    fn cursor(&self) -> Option<Cursor> {
+        self.cursor.clone()
     }
 
     fn valid_batches(&mut self) -> anyhow::Result<Vec<TokenBlocks>> {

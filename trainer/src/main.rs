@@ -181,8 +181,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = run.config(&pipeline, out.clone());
             config.validate()?;
             config.save(&out)?;
-            let mut source = PipelineSource::connect(&pipeline, config.seq_len, config.batch_size)
-                .with_context(|| format!("connecting to the pipeline at {pipeline}"))?;
+            let mut source =
+                PipelineSource::connect(&pipeline, config.seq_len, config.batch_size, None)
+                    .with_context(|| format!("connecting to the pipeline at {pipeline}"))?;
             let mut metrics = MetricsLog::create(&out, true)?;
             train_on(&config, &mut source, &mut metrics)
         }

@@ -3,7 +3,7 @@
 //! The loop only needs this trait, so it can be driven by a live pipeline ([`crate::data`]) in
 //! production and by an in-memory source in unit tests.
 
-use flightlm_shared::{TokenBlocks, TokenizerInfo};
+use flightlm_shared::{Cursor, TokenBlocks, TokenizerInfo};
 
 pub trait BlockSource {
     /// The tokenizer behind the ids (vocab size and special ids size the model and the collator).
@@ -18,4 +18,10 @@ pub trait BlockSource {
     /// Fraction of wall time the loop spent waiting for train batches so far (0..1 not required:
     /// seconds waited are reported and the loop divides by its own elapsed time).
     fn seconds_waited(&self) -> f64;
+
+    /// Where the stream continues after the last train batch returned, for checkpoints; `None`
+    /// for sources that cannot resume (generated corpora) or before the first batch.
+    fn cursor(&self) -> Option<Cursor> {
+        None
+    }
 }
