@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Peak RSS of the pipeline while it streams a large corpus, at two corpus sizes in one run, to show
 # memory is bounded and flat in corpus size (target: under 300 MiB).
-# Usage: bash scripts/bench-pipeline-memory.sh [SMALL_MB] [LARGE_MB]   (defaults: 256 and 1100)
+# Usage: bash scripts/bench-pipeline-memory.sh [SMALL_MB] [LARGE_MB]   (defaults: 128 and 1100)
 # The corpora are the sample corpus repeated, written under runs/bench-memory (and reused).
 set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -13,7 +13,7 @@ cargo build --workspace --bins
 
 WORK="${FLIGHTLM_BENCH_DIR:-runs/bench-memory}"
 mkdir -p "$WORK"
-SMALL_MB="${1:-256}"
+SMALL_MB="${1:-128}"
 LARGE_MB="${2:-1100}"
 SEQ_LEN=128
 CORES=$(nproc)
