@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::access::confine;
 use crate::corpus::{Corpus, Source};
 use crate::error::{PipelineError, Result};
 use crate::reader::CorpusReader;
@@ -51,7 +52,8 @@ fn check_weight(weight: f64) -> Result<()> {
     }
 }
 
-/// Adds a named source, checked like start-up inputs (every file readable, with a text column).
+/// Adds a named source, checked like start-up inputs (every file readable, with a text column)
+/// and confined to the `--allow-root` directories.
 pub fn add_source(corpus: &Corpus, body: &[u8]) -> Result<()> {
     let request: AddSource = parse(body, "add-source")?;
     check_weight(request.weight)?;
@@ -61,6 +63,7 @@ pub fn add_source(corpus: &Corpus, body: &[u8]) -> Result<()> {
         ));
     }
     let files = resolve_inputs(&request.inputs)?;
+    confine(&files, &corpus.allowed_roots)?;
     check_files(corpus, &files)?;
     let source = Source::new(&request.name, request.inputs, files, request.weight);
     corpus.add_source(source)?;

@@ -106,6 +106,8 @@ pub struct Corpus {
     pub bad_records: BadRecordPolicy,
     /// Longer documents are bad records.
     pub max_document_bytes: usize,
+    /// Real paths that sources added at run time must lie under; empty disables adding.
+    pub allowed_roots: Vec<PathBuf>,
     /// Hash of what was given at start-up: cursors from another corpus are refused.
     base_fingerprint: u64,
 }
@@ -122,6 +124,7 @@ pub struct CorpusSettings {
     pub sql: Option<String>,
     pub bad_records: BadRecordPolicy,
     pub max_document_bytes: usize,
+    pub allowed_roots: Vec<PathBuf>,
 }
 
 impl Corpus {
@@ -152,6 +155,7 @@ impl Corpus {
             sql: settings.sql,
             bad_records: settings.bad_records,
             max_document_bytes: settings.max_document_bytes,
+            allowed_roots: settings.allowed_roots,
             base_fingerprint: stable_hash(settings.seed, description.as_bytes()),
         })
     }

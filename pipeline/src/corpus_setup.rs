@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::access::allowed_roots;
 use crate::bad_records::{BadRecordPolicy, BadRecords};
 use crate::control::watch_directory;
 use crate::corpus::{Corpus, CorpusSettings, Source};
@@ -29,6 +30,7 @@ pub struct ServeInputs {
     pub sql: Option<String>,
     pub on_bad_record: BadRecordPolicy,
     pub max_document_bytes: usize,
+    pub allow_roots: Vec<PathBuf>,
 }
 
 /// One `--source` argument.
@@ -149,6 +151,7 @@ pub async fn build_corpus(inputs: ServeInputs) -> Result<Corpus> {
         sql: inputs.sql,
         bad_records: inputs.on_bad_record,
         max_document_bytes: inputs.max_document_bytes,
+        allowed_roots: allowed_roots(&inputs.allow_roots)?,
     };
     let corpus = Corpus::new(sources, settings)?;
     if let Some(directory) = inputs.watch {

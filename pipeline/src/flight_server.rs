@@ -25,8 +25,10 @@ use futures::stream;
 use futures::{Future, StreamExt};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::{check_call, AuthToken, AUTHORIZATION};
 use crate::block_stream::start_stream;
 use crate::control::{add_source, set_weight};
 use crate::corpus::Corpus;
@@ -44,13 +46,32 @@ type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + S
 pub struct PipelineService {
     corpus: Arc<Corpus>,
     streams: StreamRegistry,
+    access: Access,
+}
+
+/// Who may call the service and how much of it one caller may hold.
+#[derive(Clone)]
+pub struct Access {
+    pub token: Option<AuthToken>,
+    /// Streams open at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            token: None,
+            max_streams: 64,
+        }
+    }
 }
 
 impl PipelineService {
-    pub fn new(corpus: Arc<Corpus>) -> Self {
+    pub fn new(corpus: Arc<Corpus>, access: Access) -> Self {
         PipelineService {
             corpus,
             streams: StreamRegistry::default(),
+            access,
         }
     }
 
@@ -72,15 +93,21 @@ fn ipc_options() -> IpcWriteOptions {
         .expect("arrow-ipc is built with zstd")
 }
 
+/// Largest request (ticket, descriptor or action body) accepted.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
 /// Serves `corpus` on `listener` until `shutdown` resolves.
 pub async fn serve(
     corpus: Arc<Corpus>,
     listener: TcpListener,
+    access: Access,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let service = FlightServiceServer::new(PipelineService::new(corpus))
-        .max_decoding_message_size(1024 * 1024)
+    let token = access.token.clone();
+    let server = FlightServiceServer::new(PipelineService::new(corpus, access))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = InterceptedService::new(server, move |request| check_call(&token, request));
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_connection_window_size(Some(16 * 1024 * 1024))
@@ -110,6 +137,12 @@ impl FlightService for PipelineService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let stream_request = self.parse_request(&request.into_inner().ticket)?;
+        if self.streams.active_count() >= self.access.max_streams {
+            return Err(Status::resource_exhausted(format!(
+                "this pipeline already serves {} streams (--max-streams)",
+                self.access.max_streams
+            )));
+        }
         tracing::info!(?stream_request, "stream opened");
         let schema = block_schema(stream_request.seq_len, &self.corpus.tokenizer_info);
         let stats = self
@@ -225,11 +258,22 @@ impl FlightService for PipelineService {
         Ok(Response::new(Box::pin(stream::iter(actions.map(Ok)))))
     }
 
+    /// Every call carries the token itself (checked before any method runs), so the handshake
+    /// only hands it back as a bearer token, which is what Flight clients such as pyarrow's
+    /// `authenticate_basic_token` expect.
     async fn handshake(
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        Err(Status::unimplemented("this pipeline needs no handshake"))
+        let mut response: Response<Self::HandshakeStream> =
+            Response::new(Box::pin(stream::iter([Ok(HandshakeResponse::default())])));
+        if let Some(token) = &self.access.token {
+            let bearer = format!("Bearer {}", token.as_str())
+                .parse()
+                .map_err(|_| Status::internal("the token is not a valid header value"))?;
+            response.metadata_mut().insert(AUTHORIZATION, bearer);
+        }
+        Ok(response)
     }
 
     async fn list_flights(

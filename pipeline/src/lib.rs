@@ -8,6 +8,7 @@
 //! shuffle, resume cursor; counted in [`stats`]) → [`flight_server`]. [`tokenizer_training`] trains
 //! the tokenizer from the same sources, and [`consume`] is the command-line client.
 
+pub mod access;
 pub mod bad_records;
 pub mod block_stream;
 pub mod consume;

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use flightlm_pipeline::access::{check_listen, AuthToken};
 use flightlm_pipeline::bad_records::BadRecordPolicy;
 use flightlm_pipeline::consume::{consume, ConsumeOptions};
 use flightlm_pipeline::corpus_setup::{build_corpus, ServeInputs};
-use flightlm_pipeline::flight_server::{bind, serve, STATS_ACTION};
+use flightlm_pipeline::flight_server::{bind, serve, Access, STATS_ACTION};
 use flightlm_pipeline::reader::CorpusReader;
 use flightlm_pipeline::sources::resolve_inputs;
 use flightlm_pipeline::tokenizer_training::{train_tokenizer, TokenizerTrainingConfig};
@@ -78,6 +79,20 @@ enum Command {
         /// Check the corpus and the tokenizer, print the summary line, and exit.
         #[arg(long)]
         check_only: bool,
+        /// File holding the token every client must send (`authorization: Bearer <token>`);
+        /// required to listen on a non-loopback address.
+        #[arg(long)]
+        auth_token_file: Option<PathBuf>,
+        /// Listen on a non-loopback address without a token.
+        #[arg(long)]
+        insecure: bool,
+        /// Streams served at once; more are refused.
+        #[arg(long, default_value_t = 64)]
+        max_streams: usize,
+        /// Directory that sources added at run time (`add-source`) must lie in; repeatable.
+        /// Without one, `add-source` is refused.
+        #[arg(long = "allow-root")]
+        allow_roots: Vec<PathBuf>,
         /// Address to listen on; port 0 picks a free one (printed on stdout).
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
@@ -192,7 +207,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             on_bad_record,
             max_document_bytes,
             check_only,
+            auth_token_file,
+            insecure,
+            max_streams,
+            allow_roots,
         } => {
+            let token = auth_token_file
+                .as_deref()
+                .map(AuthToken::read)
+                .transpose()?;
+            check_listen(listen, &token, insecure)?;
             let inputs = ServeInputs {
                 input,
                 sources,
@@ -206,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sql,
                 on_bad_record,
                 max_document_bytes,
+                allow_roots,
             };
             let corpus = Arc::new(runtime.block_on(build_corpus(inputs))?);
             if check_only {
@@ -234,7 +259,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "tokenizer": corpus.tokenizer_info,
                     })
                 );
-                serve(corpus, listener, shutdown_signal())
+                let access = Access {
+                    token,
+                    max_streams: max_streams.max(1),
+                };
+                serve(corpus, listener, access, shutdown_signal())
                     .await
                     .context("serving")
             })

@@ -137,6 +137,16 @@ impl StreamRegistry {
         stats
     }
 
+    /// Streams still sending.
+    pub fn active_count(&self) -> usize {
+        self.streams.lock().map_or(0, |streams| {
+            streams
+                .iter()
+                .filter(|stream| stream.active.load(Ordering::Relaxed))
+                .count()
+        })
+    }
+
     /// JSON of every listed stream and the totals over them.
     pub fn snapshot(&self) -> Value {
         let streams: Vec<Value> = self

@@ -49,6 +49,28 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     message
 }
 
+/// The environment variable naming a file that holds the pipeline's token, for clients of a
+/// pipeline started with `--auth-token-file`.
+pub const AUTH_TOKEN_FILE_ENV: &str = "FLIGHTLM_AUTH_TOKEN_FILE";
+
+/// Wraps a request with `authorization: Bearer <token>` when a token file is configured.
+fn authorized<T>(message: T) -> Result<tonic::Request<T>, ClientError> {
+    let mut request = tonic::Request::new(message);
+    if let Some(path) = std::env::var_os(AUTH_TOKEN_FILE_ENV) {
+        let token = std::fs::read_to_string(&path).map_err(|error| {
+            ClientError::Refused(format!(
+                "cannot read the token file {} ({AUTH_TOKEN_FILE_ENV}): {error}",
+                std::path::Path::new(&path).display()
+            ))
+        })?;
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| ClientError::Refused("the token is not a valid header value".into()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
 /// Connects to a pipeline, failing fast with a readable reason when nothing listens there.
 pub async fn connect(url: &str) -> Result<FlightServiceClient<Channel>, ClientError> {
     let endpoint =
@@ -87,13 +109,13 @@ pub async fn run_action_with_body(
         body: body.into(),
     };
     let mut results = client
-        .do_action(action)
+        .do_action(authorized(action)?)
         .await
-        .map_err(|status| ClientError::Refused(status.message().to_string()))?
+        .map_err(refused)?
         .into_inner();
     match results.next().await {
         Some(Ok(result)) => Ok(result.body.to_vec()),
-        Some(Err(status)) => Err(ClientError::Refused(status.message().to_string())),
+        Some(Err(status)) => Err(refused(status)),
         None => Err(ClientError::Stream(format!(
             "action `{name}` returned nothing"
         ))),
@@ -112,10 +134,7 @@ impl BlockStream {
     pub async fn open(url: &str, request: &StreamRequest) -> Result<Self, ClientError> {
         let mut client = connect(url).await?;
         let ticket = Ticket::new(request.to_ticket_bytes());
-        let response = client
-            .do_get(ticket)
-            .await
-            .map_err(|status| ClientError::Refused(status.message().to_string()))?;
+        let response = client.do_get(authorized(ticket)?).await.map_err(refused)?;
         let wire_bytes = Arc::new(AtomicU64::new(0));
         let counter = wire_bytes.clone();
         let flight_data = response
@@ -156,6 +175,11 @@ impl BlockStream {
         }
         Some(TokenBlocks::from_record_batch(&batch).map_err(ClientError::from))
     }
+}
+
+/// A refusal with its gRPC code, e.g. `Unauthenticated: missing or wrong token`.
+fn refused(status: tonic::Status) -> ClientError {
+    ClientError::Refused(format!("{:?}: {}", status.code(), status.message()))
 }
 
 fn stream_error(error: arrow_flight::error::FlightError) -> ClientError {

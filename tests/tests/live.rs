@@ -165,7 +165,12 @@ fn a_source_added_by_action_joins_the_mixture_and_cursors_stay_valid() {
         .collect();
     std::fs::write(&extra, records.join("\n") + "\n").unwrap();
     let tokenizer = train_tokenizer(&dir, &base, 1000);
-    let pipeline = Pipeline::start(&[&base], &tokenizer, &["--valid-fraction", "0"]);
+    let root = dir.to_str().unwrap().to_string();
+    let pipeline = Pipeline::start(
+        &[&base],
+        &tokenizer,
+        &["--valid-fraction", "0", "--allow-root", &root],
+    );
 
     // A cursor from before the change.
     let before = last_json_line(&run_ok(

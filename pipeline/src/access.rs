@@ -1,0 +1,165 @@
+//! Who may use a pipeline and what it may read: the bearer-token check on every call, the rule
+//! that a non-loopback listener needs a token (or an explicit `--insecure`), and the confinement
+//! of sources added at run time to `--allow-root` directories.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
+
+use crate::error::{PipelineError, Result};
+use crate::sources::CorpusFile;
+
+pub const AUTHORIZATION: &str = "authorization";
+
+/// The shared secret clients must present, read from `--auth-token-file`.
+#[derive(Clone)]
+pub struct AuthToken(Arc<str>);
+
+impl AuthToken {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(PipelineError::Control(format!(
+                "the token in {} is shorter than 16 characters",
+                path.display()
+            )));
+        }
+        Ok(AuthToken(token.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `metadata` carries this token: `Bearer <token>`, or HTTP Basic with the token as
+    /// password (what Flight clients send to `Handshake`, e.g. pyarrow's
+    /// `authenticate_basic_token`).
+    pub fn admits(&self, metadata: &MetadataMap) -> bool {
+        let Some(value) = metadata
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+        else {
+            return false;
+        };
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            return constant_time_eq(token.as_bytes(), self.0.as_bytes());
+        }
+        if let Some(encoded) = value.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .unwrap_or_default();
+            let password = decoded
+                .iter()
+                .position(|byte| *byte == b':')
+                .map_or(&[][..], |colon| &decoded[colon + 1..]);
+            return constant_time_eq(password, self.0.as_bytes());
+        }
+        false
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal how much of a guess matched.
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    if left.len() != right.len() {
+        return false;
+    }
+    left.iter()
+        .zip(right)
+        .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+        == 0
+}
+
+/// The per-call check: every request must carry the token when one is set.
+pub fn check_call(token: &Option<AuthToken>, request: Request<()>) -> Result<Request<()>, Status> {
+    match token {
+        Some(token) if !token.admits(request.metadata()) => Err(Status::unauthenticated(
+            "missing or wrong token: send `authorization: Bearer <token>`",
+        )),
+        _ => Ok(request),
+    }
+}
+
+/// A listener reachable from other hosts must authenticate callers unless told otherwise.
+pub fn check_listen(listen: SocketAddr, token: &Option<AuthToken>, insecure: bool) -> Result<()> {
+    if listen.ip().is_loopback() || token.is_some() || insecure {
+        return Ok(());
+    }
+    Err(PipelineError::Control(format!(
+        "refusing to listen on {listen} without --auth-token-file (or --insecure to serve anyone \
+         who can reach it)"
+    )))
+}
+
+/// Directories that sources added at run time must lie in, resolved once (symlinks included).
+pub fn allowed_roots(roots: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    roots
+        .iter()
+        .map(|root| {
+            std::fs::canonicalize(root).map_err(|_| PipelineError::InputNotFound(root.clone()))
+        })
+        .collect()
+}
+
+/// Refuses any file whose real path (after `..` and symlinks) is outside every allowed root.
+pub fn confine(files: &[CorpusFile], roots: &[PathBuf]) -> Result<()> {
+    if roots.is_empty() {
+        return Err(PipelineError::Control(
+            "adding sources is disabled: start the pipeline with --allow-root DIR".into(),
+        ));
+    }
+    for file in files {
+        let real = std::fs::canonicalize(&file.path)
+            .map_err(|_| PipelineError::InputNotFound(file.path.clone()))?;
+        if !roots.iter().any(|root| real.starts_with(root)) {
+            return Err(PipelineError::Control(format!(
+                "{} is outside the allowed roots",
+                file.path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(value: &str) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        metadata.insert(AUTHORIZATION, value.parse().unwrap());
+        metadata
+    }
+
+    #[test]
+    fn tokens_are_checked_as_bearer_or_basic_password() {
+        let token = AuthToken("0123456789abcdef".into());
+        assert!(token.admits(&metadata("Bearer 0123456789abcdef")));
+        assert!(!token.admits(&metadata("Bearer 0123456789abcdeX")));
+        assert!(!token.admits(&metadata("Bearer ")));
+        let basic = base64::engine::general_purpose::STANDARD.encode("user:0123456789abcdef");
+        assert!(token.admits(&metadata(&format!("Basic {basic}"))));
+        let wrong = base64::engine::general_purpose::STANDARD.encode("user:guess");
+        assert!(!token.admits(&metadata(&format!("Basic {wrong}"))));
+        assert!(!token.admits(&MetadataMap::new()));
+    }
+
+    #[test]
+    fn only_loopback_listens_without_a_token() {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        assert!(check_listen(loopback, &None, false).is_ok());
+        let error = check_listen(any, &None, false).unwrap_err().to_string();
+        assert!(error.contains("--auth-token-file"), "{error}");
+        assert!(check_listen(any, &None, true).is_ok());
+        let token = Some(AuthToken("0123456789abcdef".into()));
+        assert!(check_listen(any, &token, false).is_ok());
+    }
+}
