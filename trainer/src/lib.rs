@@ -6,6 +6,7 @@
 
 pub mod collate;
 pub mod config;
+pub mod config_layers;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -7,17 +7,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use burn::backend::cuda::CudaDevice;
 use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::{Autodiff, Cuda, NdArray};
 use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
+use flightlm_trainer::config_layers::{resolve, ConfigLayer};
 use flightlm_trainer::data::PipelineSource;
 use flightlm_trainer::metrics::MetricsLog;
 use flightlm_trainer::source::BlockSource;
 use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
 use flightlm_trainer::{train, DeviceKind, Objective, Preset, TrainConfig};
+use serde::Serialize;
 
 type CpuBackend = Autodiff<NdArray<f32>>;
 type CudaBackend = Autodiff<Cuda<f32>>;
@@ -37,12 +39,6 @@ struct Cli {
 enum Command {
     /// Train on token blocks streamed from a flightlm pipeline.
     Train {
-        /// The pipeline's Flight endpoint, e.g. http://127.0.0.1:50051.
-        #[arg(long)]
-        pipeline: String,
-        /// Directory for config.json and metrics.jsonl.
-        #[arg(long)]
-        out: PathBuf,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -51,87 +47,111 @@ enum Command {
         /// Vocabulary size of the generated corpus.
         #[arg(long, default_value_t = 8192)]
         vocab_size: u32,
-        /// Also write config.json and metrics.jsonl here.
-        #[arg(long)]
-        out: Option<PathBuf>,
         #[command(flatten)]
         run: RunArgs,
     },
 }
 
-/// Settings shared by every command that trains; unset ones keep the seed recipe's value.
-#[derive(Args)]
+/// Settings shared by every command that trains. Each flag overrides the `--config` file, which
+/// overrides the seed recipe; unset flags keep the value from below. The field names are the
+/// configuration's keys (see `TrainConfig`), so the set flags form one configuration layer.
+#[derive(Args, Serialize)]
 struct RunArgs {
-    #[arg(long, value_enum, default_value_t = Objective::Mlm)]
-    objective: Objective,
-    /// Model size: tiny (2x128), small (4x256), base (12x768), large (24x1024).
-    #[arg(long, value_enum, default_value_t = Preset::Base)]
-    preset: Preset,
-    /// Optimizer steps; the learning rate decays linearly to 0 at the last one.
+    /// TOML file with configuration keys (any field of the saved config.toml).
     #[arg(long)]
-    max_steps: usize,
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    device: DeviceKind,
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// The pipeline's Flight endpoint, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline: Option<String>,
+    /// Directory for config.toml, metrics.jsonl and checkpoints/.
+    #[arg(long)]
+    #[serde(rename = "out_dir", skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
+    /// [default: mlm]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    objective: Option<Objective>,
+    /// Model size: tiny (2x128), small (4x256), base (12x768), large (24x1024) [default: base].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preset: Option<Preset>,
+    /// Optimizer steps; the learning rate decays linearly to 0 at the last one [default: 10000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_steps: Option<usize>,
+    /// [default: cpu]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceKind>,
     /// Tokens per block [default: 128].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     seq_len: Option<usize>,
     /// Blocks per micro-batch [default: 32].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     batch_size: Option<usize>,
     /// Micro-batches averaged into one optimizer step [default: 4].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     grad_accum: Option<usize>,
     /// Peak learning rate [default: 5e-4].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     lr: Option<f64>,
     /// Linear warmup steps [default: 1000].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     warmup_steps: Option<usize>,
     /// AdamW weight decay, not applied to biases and LayerNorm [default: 0.1].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     weight_decay: Option<f64>,
     /// Global gradient-norm clipping threshold; 0 disables clipping [default: 1.0].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_grad_norm: Option<f64>,
     /// Share of tokens the MLM objective predicts [default: 0.15].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     mlm_probability: Option<f64>,
     /// Dropout on embeddings, attention and residual branches [default: 0.1].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     dropout: Option<f64>,
     /// Steps between train metric lines [default: 10].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     log_every: Option<usize>,
     /// Steps between evaluations on the valid split [default: 500].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     eval_every: Option<usize>,
+    /// Steps between checkpoints [default: 500].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    save_every: Option<usize>,
+    /// Newest checkpoints kept, besides the best one [default: 5].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_checkpoints: Option<usize>,
     /// Seed for initialization, dropout and masking [default: 42].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
 }
 
 impl RunArgs {
-    fn config(&self, pipeline: &str, out: PathBuf) -> TrainConfig {
-        let mut config = TrainConfig::new(pipeline, out, self.preset);
-        config.objective = self.objective;
-        config.max_steps = self.max_steps;
-        config.device = self.device;
-        let set = |target: &mut usize, value: Option<usize>| *target = value.unwrap_or(*target);
-        set(&mut config.seq_len, self.seq_len);
-        set(&mut config.batch_size, self.batch_size);
-        set(&mut config.grad_accum, self.grad_accum);
-        set(&mut config.warmup_steps, self.warmup_steps);
-        set(&mut config.log_every, self.log_every);
-        set(&mut config.eval_every, self.eval_every);
-        config.lr = self.lr.unwrap_or(config.lr);
-        config.weight_decay = self.weight_decay.unwrap_or(config.weight_decay);
-        config.mlm_probability = self.mlm_probability.unwrap_or(config.mlm_probability);
-        config.dropout = self.dropout.unwrap_or(config.dropout);
-        config.seed = self.seed.unwrap_or(config.seed);
-        if let Some(norm) = self.max_grad_norm {
-            config.max_grad_norm = (norm > 0.0).then_some(norm);
+    /// The configuration these flags and their `--config` file describe.
+    fn config(&self) -> anyhow::Result<TrainConfig> {
+        let mut layers = Vec::new();
+        if let Some(path) = &self.config {
+            layers.push(ConfigLayer::from_toml_file(path)?);
         }
-        config
+        layers.push(ConfigLayer::from_serialize("command-line flags", self)?);
+        Ok(resolve(None, &layers)?)
     }
 }
 
@@ -177,9 +197,17 @@ fn keep_freed_memory() {}
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { pipeline, out, run } => {
-            let config = run.config(&pipeline, out.clone());
-            config.validate()?;
+        Command::Train { run } => {
+            let config = run.config()?;
+            if config.pipeline.is_empty() {
+                bail!(
+                    "no pipeline to read from: pass --pipeline URL or set `pipeline` in --config"
+                );
+            }
+            if config.out_dir.as_os_str().is_empty() {
+                bail!("no output directory: pass --out DIR or set `out_dir` in --config");
+            }
+            let (pipeline, out) = (config.pipeline.clone(), config.out_dir.clone());
             config.save(&out)?;
             let mut source =
                 PipelineSource::connect(&pipeline, config.seq_len, config.batch_size, None)
@@ -187,19 +215,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut metrics = MetricsLog::create(&out, true)?;
             train_on(&config, &mut source, &mut metrics)
         }
-        Command::Bench {
-            vocab_size,
-            out,
-            run,
-        } => {
-            let config = run.config("synthetic", out.clone().unwrap_or_default());
-            config.validate()?;
-            let mut metrics = match &out {
-                Some(out) => {
-                    config.save(out)?;
-                    MetricsLog::create(out, true)?
-                }
-                None => MetricsLog::in_memory().with_echo(true),
+        Command::Bench { vocab_size, run } => {
+            let mut config = run.config()?;
+            config.pipeline = "synthetic".into();
+            let mut metrics = if config.out_dir.as_os_str().is_empty() {
+                MetricsLog::in_memory().with_echo(true)
+            } else {
+                config.save(&config.out_dir)?;
+                MetricsLog::create(&config.out_dir, true)?
             };
             let mut source = SyntheticSource::new(SyntheticConfig::new(
                 vocab_size,
