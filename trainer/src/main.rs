@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context};
@@ -13,12 +14,14 @@ use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::{Autodiff, Cuda, NdArray};
 use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
+use flightlm_trainer::checkpoint::{read_state, CheckpointStore, TrainingState};
 use flightlm_trainer::config_layers::{resolve, ConfigLayer};
 use flightlm_trainer::data::PipelineSource;
 use flightlm_trainer::metrics::MetricsLog;
+use flightlm_trainer::resume::{check_resumable, locate, read_config, run_dir_of};
 use flightlm_trainer::source::BlockSource;
 use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
-use flightlm_trainer::{train, DeviceKind, Objective, Preset, TrainConfig};
+use flightlm_trainer::{train_with, DeviceKind, Objective, Preset, RunControl, TrainConfig};
 use serde::Serialize;
 
 type CpuBackend = Autodiff<NdArray<f32>>;
@@ -61,6 +64,13 @@ struct RunArgs {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// Continue a run exactly where it stopped: its output directory (the newest complete
+    /// checkpoint is taken) or one checkpoint directory. Settings come from the checkpoint;
+    /// flags may change only where and how often things are written, the device, the pipeline
+    /// address and max_steps.
+    #[arg(long)]
+    #[serde(skip)]
+    resume: Option<PathBuf>,
     /// The pipeline's Flight endpoint, e.g. http://127.0.0.1:50051.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,17 +153,70 @@ struct RunArgs {
     seed: Option<u64>,
 }
 
+/// A run's resolved configuration, and the checkpoint it continues from.
+struct Resolved {
+    config: TrainConfig,
+    resume: Option<(PathBuf, TrainingState)>,
+}
+
 impl RunArgs {
-    /// The configuration these flags and their `--config` file describe.
-    fn config(&self) -> anyhow::Result<TrainConfig> {
+    /// The configuration these flags and their `--config` file describe, over the resumed
+    /// checkpoint's configuration when there is one.
+    fn resolve(&self) -> anyhow::Result<Resolved> {
         let mut layers = Vec::new();
         if let Some(path) = &self.config {
             layers.push(ConfigLayer::from_toml_file(path)?);
         }
         layers.push(ConfigLayer::from_serialize("command-line flags", self)?);
-        Ok(resolve(None, &layers)?)
+        let Some(resume) = &self.resume else {
+            return Ok(Resolved {
+                config: resolve(None, &layers)?,
+                resume: None,
+            });
+        };
+        let checkpoint = locate(resume)?;
+        let saved = read_config(&checkpoint)?;
+        let mut base = saved.clone();
+        // The run's directory is where the checkpoint is now, even if it was moved.
+        if let Some(run_dir) = run_dir_of(&checkpoint) {
+            base.out_dir = run_dir;
+        }
+        let config = resolve(Some(&base), &layers)?;
+        check_resumable(&saved, &config)
+            .with_context(|| format!("resuming from {}", checkpoint.display()))?;
+        let state = read_state(&checkpoint)?;
+        Ok(Resolved {
+            config,
+            resume: Some((checkpoint, state)),
+        })
     }
 }
+
+/// Raised by SIGINT (Ctrl-C) or SIGTERM; the loop then checkpoints the current step and stops.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" fn request_stop(signal: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+    // SAFETY: `signal` is async-signal-safe. Restoring the default action makes a second
+    // Ctrl-C end the process at once, for when the current step never finishes.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn install_stop_handler() {
+    let handler = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic and calls `signal`, both async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn install_stop_handler() {}
 
 fn main() -> ExitCode {
     keep_freed_memory();
@@ -198,7 +261,7 @@ fn keep_freed_memory() {}
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train { run } => {
-            let config = run.config()?;
+            let Resolved { config, resume } = run.resolve()?;
             if config.pipeline.is_empty() {
                 bail!(
                     "no pipeline to read from: pass --pipeline URL or set `pipeline` in --config"
@@ -209,27 +272,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let (pipeline, out) = (config.pipeline.clone(), config.out_dir.clone());
             config.save(&out)?;
+            let cursor = resume.as_ref().and_then(|(_, state)| state.cursor.clone());
             let mut source =
-                PipelineSource::connect(&pipeline, config.seq_len, config.batch_size, None)
+                PipelineSource::connect(&pipeline, config.seq_len, config.batch_size, cursor)
                     .with_context(|| format!("connecting to the pipeline at {pipeline}"))?;
-            let mut metrics = MetricsLog::create(&out, true)?;
-            train_on(&config, &mut source, &mut metrics)
+            let mut metrics = match &resume {
+                Some((_, state)) => MetricsLog::resume(&out, state.step, true)?,
+                None => MetricsLog::create(&out, true)?,
+            };
+            let checkpoints = Some(CheckpointStore::in_run(&out));
+            train_on(&config, &mut source, &mut metrics, checkpoints, resume)
         }
         Command::Bench { vocab_size, run } => {
-            let mut config = run.config()?;
+            let Resolved { mut config, resume } = run.resolve()?;
             config.pipeline = "synthetic".into();
-            let mut metrics = if config.out_dir.as_os_str().is_empty() {
-                MetricsLog::in_memory().with_echo(true)
-            } else {
-                config.save(&config.out_dir)?;
-                MetricsLog::create(&config.out_dir, true)?
+            let synthetic = SyntheticConfig::new(vocab_size, config.seq_len, config.batch_size);
+            let mut source = match resume.as_ref().and_then(|(_, state)| state.cursor.as_ref()) {
+                Some(cursor) => SyntheticSource::resume(synthetic, cursor)?,
+                None => SyntheticSource::new(synthetic),
             };
-            let mut source = SyntheticSource::new(SyntheticConfig::new(
-                vocab_size,
-                config.seq_len,
-                config.batch_size,
-            ));
-            train_on(&config, &mut source, &mut metrics)
+            let out = config.out_dir.clone();
+            let (mut metrics, checkpoints) = if out.as_os_str().is_empty() {
+                (MetricsLog::in_memory().with_echo(true), None)
+            } else {
+                config.save(&out)?;
+                let metrics = match &resume {
+                    Some((_, state)) => MetricsLog::resume(&out, state.step, true)?,
+                    None => MetricsLog::create(&out, true)?,
+                };
+                (metrics, Some(CheckpointStore::in_run(&out)))
+            };
+            train_on(&config, &mut source, &mut metrics, checkpoints, resume)
         }
     }
 }
@@ -238,16 +311,33 @@ fn train_on(
     config: &TrainConfig,
     source: &mut dyn BlockSource,
     metrics: &mut MetricsLog,
+    checkpoints: Option<CheckpointStore>,
+    resume: Option<(PathBuf, TrainingState)>,
 ) -> anyhow::Result<()> {
-    match config.device {
+    install_stop_handler();
+    let control = RunControl {
+        checkpoints,
+        resume: resume.map(|(checkpoint, _)| checkpoint),
+        stop: Some(&STOP_REQUESTED),
+    };
+    let (steps, stopped) = match config.device {
         DeviceKind::Cpu => {
-            train::<CpuBackend>(config, source, &NdArrayDevice::Cpu, metrics)?;
+            let summary =
+                train_with::<CpuBackend>(config, source, &NdArrayDevice::Cpu, metrics, control)?;
+            (summary.steps, summary.stopped)
         }
         DeviceKind::Cuda => {
             let device = CudaDevice::default();
             check_cuda(&device)?;
-            train::<CudaBackend>(config, source, &device, metrics)?;
+            let summary = train_with::<CudaBackend>(config, source, &device, metrics, control)?;
+            (summary.steps, summary.stopped)
         }
+    };
+    if stopped {
+        eprintln!(
+            "stopped after step {steps}; continue with --resume {}",
+            config.out_dir.display()
+        );
     }
     Ok(())
 }
