@@ -165,6 +165,10 @@ impl MetricsLog {
             let mut stdout = std::io::stdout().lock();
             // A closed stdout (e.g. piped into `head`) must not stop training.
             let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+            // People read stderr; scripts read the JSON on stdout.
+            if let Some(summary) = crate::progress::describe(&metric) {
+                eprintln!("{summary}");
+            }
         }
         self.records.push(metric);
         Ok(())
