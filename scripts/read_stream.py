@@ -1,13 +1,14 @@
 """Read a flightlm stream from Python with pyarrow.flight: the way a PyTorch trainer uses it.
 
     python scripts/read_stream.py --pipeline grpc://127.0.0.1:50051 --seq-len 128 --batch-size 32 \
-        [--split train|valid] [--epochs 1] [--max-blocks N] [--dump blocks.jsonl]
+        [--split train|valid] [--epochs 1] [--max-blocks N] [--dump blocks.jsonl] [--cursor JSON]
 
 The request is the JSON of docs/protocol.md: sent first as a FlightDescriptor to GetFlightInfo
 (schema, contract version, tokenizer), then the endpoint's ticket opens the stream. Each record
 batch arrives as Arrow: the
 `input_ids` FixedSizeList column becomes a [rows, seq_len] numpy array with no copy, ready for
-`torch.from_numpy`. Ends with one JSON summary line.
+`torch.from_numpy`. Ends with one JSON summary line whose `cursor` resumes right after the last
+block read: store it with your checkpoint and pass it back (`--cursor`) to continue exactly there.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import pyarrow.flight as flight
 CONTRACT_VERSION = 1
 
 
-def describe(client, split, seq_len, batch_size, epochs):
+def describe(client, split, seq_len, batch_size, epochs, cursor=None):
     """Asks the pipeline to describe the stream (GetFlightInfo) before opening it."""
     request = {
         "version": CONTRACT_VERSION,
@@ -29,6 +30,8 @@ def describe(client, split, seq_len, batch_size, epochs):
         "batch_size": batch_size,
         "epochs": epochs,
     }
+    if cursor is not None:
+        request["cursor"] = cursor
     info = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(request)))
     description = json.loads(info.app_metadata)
     if description["contract_version"] != CONTRACT_VERSION:
@@ -37,12 +40,20 @@ def describe(client, split, seq_len, batch_size, epochs):
 
 
 def blocks(reader, seq_len):
-    """Yields (input_ids [rows, seq_len] int32, block_seq [rows] uint64, epoch [rows]) per batch."""
+    """Yields (input_ids [rows, seq_len] int32, block_seq [rows] uint64, batch) per batch."""
     for chunk in reader:
         batch = chunk.data
         # flatten() honours slice offsets; .values would not.
         ids = batch.column("input_ids").flatten().to_numpy().reshape(-1, seq_len)
-        yield ids, batch.column("block_seq").to_numpy(), batch.column("epoch").to_numpy()
+        yield ids, batch.column("block_seq").to_numpy(), batch
+
+
+def cursor_after(batch, row):
+    """The cursor that resumes right after `row` of `batch` (docs/protocol.md, Resuming)."""
+    return {
+        "state": json.loads(batch.column("resume_state")[row].as_py()),
+        "skip": batch.column("resume_skip")[row].as_py(),
+    }
 
 
 def main():
@@ -54,20 +65,24 @@ def main():
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-blocks", type=int)
     parser.add_argument("--dump", help="write one JSON array of ids per block, per line")
+    parser.add_argument("--cursor", help="resume after this cursor (JSON, from a previous summary)")
     args = parser.parse_args()
+    cursor = json.loads(args.cursor) if args.cursor else None
 
     location = args.pipeline.replace("http://", "grpc://", 1)
     client = flight.connect(location)
     started = time.perf_counter()
-    info, description = describe(client, args.split, args.seq_len, args.batch_size, args.epochs)
+    info, description = describe(
+        client, args.split, args.seq_len, args.batch_size, args.epochs, cursor
+    )
     reader = client.do_get(info.endpoints[0].ticket)
     tokenizer = json.loads(reader.schema.metadata[b"flightlm.tokenizer"])
     if tokenizer != description["tokenizer"] or reader.schema != info.schema:
         raise SystemExit("the stream does not match its description")
     dump = open(args.dump, "w") if args.dump else None
     total = 0
-    last_seq = -1
-    for ids, block_seq, _epoch in blocks(reader, args.seq_len):
+    last_seq = -1 if cursor is None else cursor["state"]["block_seq"] + cursor["skip"] - 1
+    for ids, block_seq, batch in blocks(reader, args.seq_len):
         if args.max_blocks is not None:
             ids, block_seq = ids[: args.max_blocks - total], block_seq[: args.max_blocks - total]
         # Sequence numbers are consecutive: a gap would mean a lost block.
@@ -79,6 +94,8 @@ def main():
             for row in ids:
                 dump.write(json.dumps(row.tolist(), separators=(",", ":")) + "\n")
         total += len(ids)
+        if len(ids) > 0:
+            cursor = cursor_after(batch, len(ids) - 1)
         if args.max_blocks is not None and total >= args.max_blocks:
             break
     if dump:
@@ -89,6 +106,7 @@ def main():
         "tokens": total * args.seq_len,
         "seconds": seconds,
         "tokenizer": tokenizer,
+        "cursor": cursor,
     }))
 
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use flightlm_shared::client::BlockStream;
-use flightlm_shared::StreamRequest;
+use flightlm_shared::{Cursor, StreamRequest};
 use serde::Serialize;
 
 use crate::error::{PipelineError, Result};
@@ -32,6 +32,8 @@ pub struct ConsumeSummary {
     pub wire_bytes_per_token: f64,
     /// The same blocks as uncompressed Arrow buffers, per token.
     pub uncompressed_bytes_per_token: f64,
+    /// Resumes right after the last block read (pass it back with `--cursor`).
+    pub cursor: Option<Cursor>,
 }
 
 pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
@@ -50,6 +52,7 @@ pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
     let mut blocks = 0u64;
     let mut uncompressed_bytes = 0u64;
     let limit = options.max_blocks.unwrap_or(u64::MAX);
+    let mut cursor = None;
     while blocks < limit {
         let Some(batch) = stream.next().await else {
             break;
@@ -67,6 +70,9 @@ pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
             }
         }
         blocks += take as u64;
+        if take > 0 {
+            cursor = Some(batch.cursor_after(take - 1)?);
+        }
     }
     if let Some(mut writer) = dump {
         writer.flush().map_err(|source| PipelineError::Write {
@@ -85,6 +91,7 @@ pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
         first_batch_ms: first_batch_ms.unwrap_or(0.0),
         wire_bytes_per_token: per_token(stream.wire_bytes()),
         uncompressed_bytes_per_token: per_token(uncompressed_bytes),
+        cursor,
     })
 }
 

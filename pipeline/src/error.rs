@@ -20,6 +20,33 @@ pub enum PipelineError {
     TextNotString { path: PathBuf, data_type: String },
     #[error("file {path}, line {line}: invalid UTF-8")]
     InvalidUtf8 { path: PathBuf, line: u64 },
+    #[error(
+        "file {path}, row {row}: document of {bytes} bytes exceeds --max-document-bytes {limit}"
+    )]
+    Oversized {
+        path: PathBuf,
+        row: u64,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error("file {path}, line {line}: malformed JSON: {message}")]
+    MalformedJson {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("file {0} is empty")]
+    EmptyFile(PathBuf),
+    #[error("file {path}: damaged or truncated after row {rows}: {message}")]
+    Truncated {
+        path: PathBuf,
+        rows: u64,
+        message: String,
+    },
+    #[error("cursor refused: {0}")]
+    Cursor(String),
+    #[error("{0}")]
+    Control(String),
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -46,6 +73,49 @@ pub enum PipelineError {
     Client(#[from] flightlm_shared::client::ClientError),
     #[error(transparent)]
     Schema(#[from] flightlm_shared::schema::SchemaError),
+}
+
+impl PipelineError {
+    /// A copy of the errors that line readers send through DataFusion, so they come out with
+    /// their file and line intact (and their kind, which decides what `skip` does).
+    pub fn duplicate(&self) -> Option<PipelineError> {
+        Some(match self {
+            PipelineError::InvalidUtf8 { path, line } => PipelineError::InvalidUtf8 {
+                path: path.clone(),
+                line: *line,
+            },
+            PipelineError::MalformedJson {
+                path,
+                line,
+                message,
+            } => PipelineError::MalformedJson {
+                path: path.clone(),
+                line: *line,
+                message: message.clone(),
+            },
+            PipelineError::Oversized {
+                path,
+                row,
+                bytes,
+                limit,
+            } => PipelineError::Oversized {
+                path: path.clone(),
+                row: *row,
+                bytes: *bytes,
+                limit: *limit,
+            },
+            PipelineError::Truncated {
+                path,
+                rows,
+                message,
+            } => PipelineError::Truncated {
+                path: path.clone(),
+                rows: *rows,
+                message: message.clone(),
+            },
+            _ => return None,
+        })
+    }
 }
 
 pub type Result<T, E = PipelineError> = std::result::Result<T, E>;

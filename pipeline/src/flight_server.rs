@@ -27,11 +27,17 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::block_stream::{start_stream, Corpus};
+use crate::block_stream::start_stream;
+use crate::control::{add_source, set_weight};
+use crate::corpus::Corpus;
+use crate::error::PipelineError;
 use crate::stats::StreamRegistry;
 
 pub const HEALTH_ACTION: &str = "health";
 pub const STATS_ACTION: &str = "stats";
+pub const SOURCES_ACTION: &str = "sources";
+pub const ADD_SOURCE_ACTION: &str = "add-source";
+pub const SET_WEIGHT_ACTION: &str = "set-weight";
 
 type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -106,10 +112,17 @@ impl FlightService for PipelineService {
         let stream_request = self.parse_request(&request.into_inner().ticket)?;
         tracing::info!(?stream_request, "stream opened");
         let schema = block_schema(stream_request.seq_len, &self.corpus.tokenizer_info);
-        let stats = self.streams.register(&stream_request);
-        let batches =
-            ReceiverStream::new(start_stream(self.corpus.clone(), &stream_request, stats))
-                .map(|batch| batch.map_err(|error| FlightError::ExternalError(Box::new(error))));
+        let stats = self
+            .streams
+            .register(&stream_request, self.corpus.bad_records);
+        let receiver = start_stream(self.corpus.clone(), &stream_request, stats).map_err(
+            |error| match error {
+                PipelineError::Cursor(_) => Status::failed_precondition(error.to_string()),
+                other => Status::internal(other.to_string()),
+            },
+        )?;
+        let batches = ReceiverStream::new(receiver)
+            .map(|batch| batch.map_err(|error| FlightError::ExternalError(Box::new(error))));
         let flight_data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .with_options(ipc_options())
@@ -143,21 +156,33 @@ impl FlightService for PipelineService {
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         let action = request.into_inner();
+        let control_error = |error: PipelineError| Status::invalid_argument(error.to_string());
         let body = match action.r#type.as_str() {
             HEALTH_ACTION => serde_json::json!({
                 "status": "ok",
                 "tokenizer": self.corpus.tokenizer_info,
-                "files": self.corpus.manifest.len(),
+                "files": self.corpus.file_count(),
             }),
             STATS_ACTION => {
                 let mut stats = self.streams.snapshot();
-                stats["files"] = self.corpus.manifest.len().into();
+                stats["files"] = self.corpus.file_count().into();
                 stats["tokenizer"] = serde_json::json!(self.corpus.tokenizer_info);
+                stats["sources"] = self.corpus.describe_sources();
                 stats
+            }
+            SOURCES_ACTION => self.corpus.describe_sources(),
+            ADD_SOURCE_ACTION => {
+                add_source(&self.corpus, &action.body).map_err(control_error)?;
+                self.corpus.describe_sources()
+            }
+            SET_WEIGHT_ACTION => {
+                set_weight(&self.corpus, &action.body).map_err(control_error)?;
+                self.corpus.describe_sources()
             }
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown action `{other}` (known: {HEALTH_ACTION}, {STATS_ACTION})"
+                    "unknown action `{other}` (known: {HEALTH_ACTION}, {STATS_ACTION}, \
+                     {SOURCES_ACTION}, {ADD_SOURCE_ACTION}, {SET_WEIGHT_ACTION})"
                 )))
             }
         };
@@ -179,9 +204,22 @@ impl FlightService for PipelineService {
             ActionType {
                 r#type: STATS_ACTION.into(),
                 description:
-                    "JSON counters of every stream: blocks, tokens, tokens/s, queue depth, \
-                              skipped rows"
+                    "JSON counters of every stream and source: blocks, tokens, tokens/s, queue \
+                     depth, skipped rows, bad records"
                         .into(),
+            },
+            ActionType {
+                r#type: SOURCES_ACTION.into(),
+                description: "the sources served, with their weights and file counts".into(),
+            },
+            ActionType {
+                r#type: ADD_SOURCE_ACTION.into(),
+                description:
+                    r#"add a source to running streams: {"name":…,"inputs":[…],"weight":…}"#.into(),
+            },
+            ActionType {
+                r#type: SET_WEIGHT_ACTION.into(),
+                description: r#"change a source's mixture weight: {"source":…,"weight":…}"#.into(),
             },
         ];
         Ok(Response::new(Box::pin(stream::iter(actions.map(Ok)))))
@@ -210,6 +248,8 @@ impl FlightService for PipelineService {
         let schema = block_schema(stream_request.seq_len, &self.corpus.tokenizer_info);
         let description = serde_json::json!({
             "contract_version": CONTRACT_VERSION,
+            "fingerprint": self.corpus.fingerprint(stream_request.split, stream_request.seq_len),
+            "sources": self.corpus.describe_sources(),
             "tokenizer": self.corpus.tokenizer_info,
             "request": stream_request,
         });

@@ -36,22 +36,53 @@ impl Packer {
     /// Appends one document (ids without special tokens) and writes every block it completes to
     /// `blocks`, row-major. Returns the number of blocks written.
     pub fn push_document(&mut self, ids: &[u32], blocks: &mut Vec<u32>) -> usize {
+        self.push_document_from(ids, 0, blocks, |_| {})
+    }
+
+    /// Appends the document framed as `<s> ids </s>` from token `skip` on (a resumed stream starts
+    /// inside a document), calling `block_started(offset)` whenever a block begins at that offset
+    /// of this document, so callers can say where every block starts.
+    pub fn push_document_from(
+        &mut self,
+        ids: &[u32],
+        skip: usize,
+        blocks: &mut Vec<u32>,
+        mut block_started: impl FnMut(usize),
+    ) -> usize {
         let before = blocks.len();
-        self.push_token(self.bos_id, blocks);
-        let mut rest = ids;
-        // Top up the pending block, then copy whole blocks straight from the document: linear in
-        // the document length however long it is.
-        if !self.pending.is_empty() {
-            let take = (self.seq_len - self.pending.len()).min(rest.len());
-            self.pending.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            self.flush_if_full(blocks);
+        let framed_len = ids.len() + 2;
+        let mut offset = skip;
+        // Linear in the document length however long it is: whole runs are copied at once.
+        while offset < framed_len {
+            if self.pending.is_empty() {
+                block_started(offset);
+            }
+            let end = (offset + self.seq_len - self.pending.len()).min(framed_len);
+            self.extend_framed(ids, offset, end);
+            offset = end;
+            if self.pending.len() == self.seq_len {
+                blocks.extend_from_slice(&self.pending);
+                self.pending.clear();
+            }
         }
-        let whole = rest.len() / self.seq_len * self.seq_len;
-        blocks.extend_from_slice(&rest[..whole]);
-        self.pending.extend_from_slice(&rest[whole..]);
-        self.push_token(self.eos_id, blocks);
         (blocks.len() - before) / self.seq_len
+    }
+
+    /// Copies tokens `start..end` of `<s> ids </s>` into the pending block.
+    fn extend_framed(&mut self, ids: &[u32], start: usize, end: usize) {
+        let mut index = start;
+        if index == 0 && index < end {
+            self.pending.push(self.bos_id);
+            index = 1;
+        }
+        let ids_end = end.min(ids.len() + 1);
+        if index < ids_end {
+            self.pending.extend_from_slice(&ids[index - 1..ids_end - 1]);
+            index = ids_end;
+        }
+        if index < end {
+            self.pending.push(self.eos_id);
+        }
     }
 
     /// Ends a pass over the corpus: the incomplete last block is dropped, as `group_texts` does.
@@ -60,18 +91,6 @@ impl Packer {
         let dropped = self.pending.len();
         self.pending.clear();
         dropped
-    }
-
-    fn push_token(&mut self, token: u32, blocks: &mut Vec<u32>) {
-        self.pending.push(token);
-        self.flush_if_full(blocks);
-    }
-
-    fn flush_if_full(&mut self, blocks: &mut Vec<u32>) {
-        if self.pending.len() == self.seq_len {
-            blocks.extend_from_slice(&self.pending);
-            self.pending.clear();
-        }
     }
 }
 
@@ -165,5 +184,31 @@ mod tests {
         assert_eq!(packer.finish_pass(), 2);
         packer.push_document(&[7, 7, 7], &mut blocks);
         assert_eq!(&blocks[5..], &[BOS, 7, 7, 7, EOS]);
+    }
+
+    #[test]
+    fn resuming_inside_a_document_continues_the_same_blocks() {
+        let documents = documents();
+        let seq_len = 8;
+        let mut packer = Packer::new(seq_len, BOS, EOS);
+        let mut blocks = Vec::new();
+        let mut starts = Vec::new();
+        for (index, document) in documents.iter().enumerate() {
+            packer.push_document_from(document, 0, &mut blocks, |offset| {
+                starts.push((index, offset))
+            });
+        }
+        let expected: Vec<&[u32]> = blocks.chunks(seq_len).collect();
+        // From every block start, a fresh packer fed the rest of the corpus gives the same blocks.
+        for (block, &(document, offset)) in starts.iter().enumerate().take(expected.len()) {
+            let mut resumed = Packer::new(seq_len, BOS, EOS);
+            let mut rest = Vec::new();
+            resumed.push_document_from(&documents[document], offset, &mut rest, |_| {});
+            for later in &documents[document + 1..] {
+                resumed.push_document(later, &mut rest);
+            }
+            let got: Vec<&[u32]> = rest.chunks(seq_len).collect();
+            assert_eq!(got, expected[block..], "resumed at block {block}");
+        }
     }
 }

@@ -14,20 +14,31 @@ use datafusion::datasource::file_format::file_compression_type::FileCompressionT
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{
-    cast, col, CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
+    cast, col, CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
 };
 use futures::StreamExt;
 
+use crate::bad_records::{BadRecordPolicy, BadRecords};
 use crate::error::{PipelineError, Result};
 use crate::sources::{Compression, CorpusFile, Format};
-use crate::text_table::text_table;
+use crate::text_table::{line_table, LineFile};
 
 /// The column every corpus must have.
 pub const TEXT_COLUMN: &str = "text";
 
 pub struct CorpusReader {
     context: SessionContext,
+    /// User SQL over the table `corpus` (the current file); it must yield a string `text` column.
+    sql: Option<String>,
+    bad_records: BadRecords,
+    max_line_bytes: usize,
 }
+
+/// Lines longer than this are bad records unless a reader is told otherwise.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 64 << 20;
+
+/// The table name user SQL reads from.
+pub const SQL_TABLE: &str = "corpus";
 
 impl Default for CorpusReader {
     fn default() -> Self {
@@ -43,7 +54,22 @@ impl CorpusReader {
             .with_batch_size(4096);
         CorpusReader {
             context: SessionContext::new_with_config(config),
+            sql: None,
+            bad_records: BadRecords::default(),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         }
+    }
+
+    /// A reader that applies `sql` (over the table `corpus`) to every file.
+    pub fn with_sql(sql: Option<String>) -> Self {
+        CorpusReader { sql, ..Self::new() }
+    }
+
+    /// Applies `bad_records` to line-level problems and bounds line length.
+    pub fn with_bad_records(mut self, bad_records: BadRecords, max_line_bytes: usize) -> Self {
+        self.bad_records = bad_records;
+        self.max_line_bytes = max_line_bytes;
+        self
     }
 
     /// A data frame of `file` projected to one Utf8 `text` column.
@@ -51,20 +77,16 @@ impl CorpusReader {
         let path = file.path.to_string_lossy().to_string();
         let query_error = |error: DataFusionError| query_error(file, error);
         let frame = match file.format {
-            Format::Text => {
-                let table = text_table(file.path.clone(), file.compression).map_err(query_error)?;
+            Format::Text | Format::JsonLines => {
+                let table = line_table(LineFile {
+                    path: file.path.clone(),
+                    compression: file.compression,
+                    format: file.format,
+                    max_line_bytes: self.max_line_bytes,
+                    bad_records: self.bad_records.clone(),
+                })?;
                 self.context
                     .read_table(Arc::new(table))
-                    .map_err(query_error)?
-            }
-            Format::JsonLines => {
-                let extension = compound_extension(file, ".json");
-                let options = JsonReadOptions::default()
-                    .file_extension(&extension)
-                    .file_compression_type(compression_type(file.compression));
-                self.context
-                    .read_json(path, options)
-                    .await
                     .map_err(query_error)?
             }
             Format::Csv => {
@@ -84,6 +106,19 @@ impl CorpusReader {
                 .read_parquet(path, ParquetReadOptions::default())
                 .await
                 .map_err(query_error)?,
+        };
+        let frame = match &self.sql {
+            Some(sql) => {
+                // One file at a time keeps the order deterministic and the resume position a row.
+                self.context
+                    .deregister_table(SQL_TABLE)
+                    .map_err(query_error)?;
+                self.context
+                    .register_table(SQL_TABLE, frame.into_view())
+                    .map_err(query_error)?;
+                self.context.sql(sql).await.map_err(query_error)?
+            }
+            None => frame,
         };
         let schema = frame.schema();
         let field = schema
@@ -128,9 +163,18 @@ impl CorpusReader {
 
     /// Checks every file up front (exists, parses, has a string `text` column), so a bad corpus
     /// fails at start-up rather than mid-stream.
+    ///
+    /// Under `--on-bad-record skip` a file that fails is only reported here: each stream skips
+    /// it and counts it.
     pub async fn check(&self, manifest: &[CorpusFile]) -> Result<()> {
         for file in manifest {
-            self.text_frame(file).await?;
+            match self.text_frame(file).await {
+                Ok(_) => {}
+                Err(error) if self.bad_records.policy == BadRecordPolicy::Skip => {
+                    tracing::warn!("will be skipped: {error}");
+                }
+                Err(error) => return Err(error),
+            }
         }
         Ok(())
     }
@@ -167,11 +211,11 @@ impl TextBatches {
 fn query_error(file: &CorpusFile, error: DataFusionError) -> PipelineError {
     match error.find_root() {
         DataFusionError::External(inner) => match inner.downcast_ref::<PipelineError>() {
-            Some(PipelineError::InvalidUtf8 { path, line }) => PipelineError::InvalidUtf8 {
-                path: path.clone(),
-                line: *line,
-            },
-            _ => PipelineError::Query {
+            Some(known) => known.duplicate().unwrap_or_else(|| PipelineError::Query {
+                path: file.path.clone(),
+                message: known.to_string(),
+            }),
+            None => PipelineError::Query {
                 path: file.path.clone(),
                 message: inner.to_string(),
             },

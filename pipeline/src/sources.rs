@@ -36,6 +36,11 @@ pub struct CorpusFile {
 }
 
 impl CorpusFile {
+    /// The name a cursor uses for this file; files are read in this order.
+    pub fn name(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+
     /// Classifies a path by its extensions, e.g. `books.jsonl.zst`.
     pub fn classify(path: &Path) -> Option<CorpusFile> {
         let name = path.file_name()?.to_str()?.to_ascii_lowercase();
@@ -65,23 +70,31 @@ impl CorpusFile {
     }
 }
 
-/// Resolves files and directories into a sorted, de-duplicated manifest.
+/// Resolves files, directories and globs into a sorted, de-duplicated manifest.
 ///
 /// A named file must exist and have a known format; a directory contributes every known file under
-/// it (recursively, hidden entries skipped) and must contribute at least one.
-pub fn resolve_inputs(inputs: &[PathBuf]) -> Result<Vec<CorpusFile>> {
+/// it (recursively, hidden entries skipped) and must contribute at least one; a glob
+/// (`data/*.parquet`) must match at least one file of a known format.
+pub fn resolve_inputs<P: AsRef<Path>>(inputs: &[P]) -> Result<Vec<CorpusFile>> {
     let mut manifest = Vec::new();
     for input in inputs {
+        let input = input.as_ref();
+        let text = input.to_string_lossy();
+        if text.contains(['*', '?', '[']) {
+            expand_glob(&text, &mut manifest)?;
+            continue;
+        }
+        let input = input.to_path_buf();
         let metadata =
-            std::fs::metadata(input).map_err(|_| PipelineError::InputNotFound(input.clone()))?;
+            std::fs::metadata(&input).map_err(|_| PipelineError::InputNotFound(input.clone()))?;
         if metadata.is_dir() {
             let before = manifest.len();
-            collect_directory(input, &mut manifest)?;
+            collect_directory(&input, &mut manifest)?;
             if manifest.len() == before {
                 return Err(PipelineError::EmptyDirectory(input.clone()));
             }
         } else {
-            let file = CorpusFile::classify(input)
+            let file = CorpusFile::classify(&input)
                 .ok_or_else(|| PipelineError::UnsupportedFile(input.clone()))?;
             manifest.push(file);
         }
@@ -91,7 +104,25 @@ pub fn resolve_inputs(inputs: &[PathBuf]) -> Result<Vec<CorpusFile>> {
     Ok(manifest)
 }
 
-fn collect_directory(directory: &Path, manifest: &mut Vec<CorpusFile>) -> Result<()> {
+fn expand_glob(pattern: &str, manifest: &mut Vec<CorpusFile>) -> Result<()> {
+    let paths = glob::glob(pattern)
+        .map_err(|error| PipelineError::Control(format!("bad glob `{pattern}`: {error}")))?;
+    let before = manifest.len();
+    for path in paths.flatten() {
+        if path.is_file() {
+            if let Some(file) = CorpusFile::classify(&path) {
+                manifest.push(file);
+            }
+        }
+    }
+    if manifest.len() == before {
+        return Err(PipelineError::InputNotFound(PathBuf::from(pattern)));
+    }
+    Ok(())
+}
+
+/// Adds every corpus file under `directory` (recursively, hidden entries skipped).
+pub fn collect_directory(directory: &Path, manifest: &mut Vec<CorpusFile>) -> Result<()> {
     let entries = std::fs::read_dir(directory).map_err(|source| PipelineError::Io {
         path: directory.to_path_buf(),
         source,

@@ -12,6 +12,9 @@ use std::time::Instant;
 use flightlm_shared::StreamRequest;
 use serde_json::{json, Value};
 
+use crate::bad_records::{BadRecordPolicy, BadRecords};
+use crate::source_blocks::SourceCounters;
+
 /// Finished streams kept for inspection.
 const FINISHED_STREAMS_KEPT: usize = 64;
 
@@ -20,12 +23,10 @@ pub struct StreamStats {
     pub id: u64,
     pub request: StreamRequest,
     started: Instant,
-    pub documents: AtomicU64,
     pub blocks: AtomicU64,
-    /// Null or blank rows, which are not documents.
-    pub skipped_rows: AtomicU64,
-    /// Tokens cut off by the end of a pass (the incomplete last block).
-    pub dropped_tokens: AtomicU64,
+    /// Per source, in the order the stream started reading them.
+    sources: Mutex<Vec<(String, Arc<SourceCounters>)>>,
+    pub bad_records: BadRecords,
     /// Record batches encoded and waiting for the network.
     pub queued_batches: AtomicU64,
     pub epoch: AtomicU64,
@@ -33,10 +34,46 @@ pub struct StreamStats {
 }
 
 impl StreamStats {
+    /// The counters of source `name` in this stream, created on first use.
+    pub fn source_counters(&self, name: &str) -> Arc<SourceCounters> {
+        let Ok(mut sources) = self.sources.lock() else {
+            return Arc::default();
+        };
+        if let Some((_, counters)) = sources.iter().find(|(known, _)| known == name) {
+            return counters.clone();
+        }
+        let counters = Arc::new(SourceCounters::default());
+        sources.push((name.to_string(), counters.clone()));
+        counters
+    }
+
     fn snapshot(&self) -> Value {
         let seconds = self.started.elapsed().as_secs_f64();
         let blocks = self.blocks.load(Ordering::Relaxed);
-        let tokens = blocks * self.request.seq_len as u64;
+        let seq_len = self.request.seq_len as u64;
+        let tokens = blocks * seq_len;
+        let sources: Vec<Value> = self
+            .sources
+            .lock()
+            .map(|sources| {
+                sources
+                    .iter()
+                    .map(|(name, counters)| {
+                        let blocks = counters.blocks.load(Ordering::Relaxed);
+                        json!({
+                            "source": name,
+                            "documents": counters.documents.load(Ordering::Relaxed),
+                            "blocks": blocks,
+                            "tokens": blocks * seq_len,
+                            "tokens_per_s": (blocks * seq_len) as f64 / seconds.max(1e-9),
+                            "skipped_rows": counters.skipped_rows.load(Ordering::Relaxed),
+                            "dropped_tokens": counters.dropped_tokens.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let sum = |key: &str| -> u64 { sources.iter().filter_map(|s| s[key].as_u64()).sum() };
         json!({
             "id": self.id,
             "split": self.request.split,
@@ -46,13 +83,17 @@ impl StreamStats {
             "active": self.active.load(Ordering::Relaxed),
             "seconds": seconds,
             "epoch": self.epoch.load(Ordering::Relaxed),
-            "documents": self.documents.load(Ordering::Relaxed),
+            "shard": self.request.shard,
+            "resumed": self.request.cursor.is_some(),
+            "documents": sum("documents"),
             "blocks": blocks,
             "tokens": tokens,
             "tokens_per_s": tokens as f64 / seconds.max(1e-9),
             "queued_batches": self.queued_batches.load(Ordering::Relaxed),
-            "skipped_rows": self.skipped_rows.load(Ordering::Relaxed),
-            "dropped_tokens": self.dropped_tokens.load(Ordering::Relaxed),
+            "skipped_rows": sum("skipped_rows"),
+            "dropped_tokens": sum("dropped_tokens"),
+            "bad_records": self.bad_records.snapshot(),
+            "sources": sources,
         })
     }
 }
@@ -66,15 +107,14 @@ pub struct StreamRegistry {
 
 impl StreamRegistry {
     /// Registers a new stream and returns its counters.
-    pub fn register(&self, request: &StreamRequest) -> Arc<StreamStats> {
+    pub fn register(&self, request: &StreamRequest, policy: BadRecordPolicy) -> Arc<StreamStats> {
         let stats = Arc::new(StreamStats {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             request: request.clone(),
             started: Instant::now(),
-            documents: AtomicU64::new(0),
             blocks: AtomicU64::new(0),
-            skipped_rows: AtomicU64::new(0),
-            dropped_tokens: AtomicU64::new(0),
+            sources: Mutex::default(),
+            bad_records: BadRecords::new(policy),
             queued_batches: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             active: AtomicBool::new(true),
@@ -105,12 +145,18 @@ impl StreamRegistry {
             .map(|streams| streams.iter().map(|stream| stream.snapshot()).collect())
             .unwrap_or_default();
         let total = |key: &str| -> u64 { streams.iter().filter_map(|s| s[key].as_u64()).sum() };
+        let bad_records: u64 = streams
+            .iter()
+            .filter_map(|s| s["bad_records"].as_object())
+            .flat_map(|counts| counts.values().filter_map(Value::as_u64))
+            .sum();
         json!({
             "active_streams": streams.iter().filter(|s| s["active"] == true).count(),
             "blocks": total("blocks"),
             "tokens": total("tokens"),
             "documents": total("documents"),
             "skipped_rows": total("skipped_rows"),
+            "bad_records": bad_records,
             "streams": streams,
         })
     }
@@ -125,9 +171,9 @@ mod tests {
     fn snapshot_sums_streams_and_bounds_finished_ones() {
         let registry = StreamRegistry::default();
         let request = StreamRequest::new(Split::Train, 8, 2);
-        let first = registry.register(&request);
+        let first = registry.register(&request, BadRecordPolicy::Error);
         first.blocks.store(3, Ordering::Relaxed);
-        let second = registry.register(&request);
+        let second = registry.register(&request, BadRecordPolicy::Error);
         second.blocks.store(4, Ordering::Relaxed);
         second.active.store(false, Ordering::Relaxed);
         let snapshot = registry.snapshot();
@@ -137,7 +183,7 @@ mod tests {
 
         for _ in 0..(FINISHED_STREAMS_KEPT + 10) {
             registry
-                .register(&request)
+                .register(&request, BadRecordPolicy::Error)
                 .active
                 .store(false, Ordering::Relaxed);
         }

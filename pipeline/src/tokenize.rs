@@ -6,16 +6,17 @@
 //! memory.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::StringArray;
+use arrow::array::{Array, StringArray};
 use crossbeam_channel::{Receiver, Sender};
 use flightlm_shared::hashing::is_valid_document;
 use flightlm_shared::Split;
 use tokenizers::Tokenizer;
 
+use crate::bad_records::{BadRecordKind, BadRecords};
 use crate::error::PipelineError;
-use crate::reader::documents;
 
 /// Which documents of the corpus a stream keeps.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +37,9 @@ impl SplitFilter {
 pub enum Job {
     Texts {
         sequence: u64,
+        /// The file the texts come from, by name, and the row of its first text.
+        file: Arc<str>,
+        first_row: u64,
         texts: StringArray,
     },
     /// Passes through the pool untouched so the packer sees it in order.
@@ -61,8 +65,9 @@ impl Job {
 /// What the pool hands to the packer.
 pub enum Encoded {
     Documents {
-        /// Token ids of each kept document, without special tokens.
-        documents: Vec<Vec<u32>>,
+        file: Arc<str>,
+        /// Row in `file` and token ids (without special tokens) of each kept document.
+        documents: Vec<(u64, Vec<u32>)>,
         /// Null or blank rows, which are not documents.
         skipped: u64,
     },
@@ -70,16 +75,26 @@ pub enum Encoded {
     Failed(PipelineError),
 }
 
+/// How the pool decides which rows are documents to encode.
+#[derive(Clone)]
+pub struct EncodeRules {
+    pub filter: SplitFilter,
+    /// Longer documents are bad records (memory stays bounded whatever the input).
+    pub max_document_bytes: usize,
+    pub bad_records: BadRecords,
+}
+
 /// Starts `workers` threads; they exit when `jobs` closes or the packer goes away.
 pub fn spawn_workers(
     workers: usize,
     tokenizer: Arc<Tokenizer>,
-    filter: SplitFilter,
+    rules: EncodeRules,
     jobs: Receiver<Job>,
     results: Sender<(u64, Encoded)>,
 ) {
     for index in 0..workers.max(1) {
         let tokenizer = tokenizer.clone();
+        let rules = rules.clone();
         let jobs = jobs.clone();
         let results = results.clone();
         std::thread::Builder::new()
@@ -88,7 +103,12 @@ pub fn spawn_workers(
                 for job in jobs {
                     let sequence = job.sequence();
                     let encoded = match job {
-                        Job::Texts { texts, .. } => encode(&tokenizer, &filter, &texts),
+                        Job::Texts {
+                            file,
+                            first_row,
+                            texts,
+                            ..
+                        } => encode(&tokenizer, &rules, file, first_row, &texts),
                         Job::EndOfPass { .. } => Encoded::EndOfPass,
                         Job::Failed { error, .. } => Encoded::Failed(error),
                     };
@@ -101,17 +121,47 @@ pub fn spawn_workers(
     }
 }
 
-fn encode(tokenizer: &Tokenizer, filter: &SplitFilter, texts: &StringArray) -> Encoded {
-    let (texts, skipped) = documents(texts);
-    let mut encoded = Vec::with_capacity(texts.len());
-    for text in texts.into_iter().filter(|text| filter.keeps(text)) {
+fn encode(
+    tokenizer: &Tokenizer,
+    rules: &EncodeRules,
+    file: Arc<str>,
+    first_row: u64,
+    texts: &StringArray,
+) -> Encoded {
+    let mut documents = Vec::with_capacity(texts.len());
+    let mut skipped = 0;
+    for (index, text) in texts.iter().enumerate() {
+        let row = first_row + index as u64;
+        let text = match text {
+            Some(text) if !text.trim().is_empty() => text,
+            _ => {
+                skipped += 1;
+                continue;
+            }
+        };
+        if text.len() > rules.max_document_bytes {
+            let error = PipelineError::Oversized {
+                path: PathBuf::from(file.as_ref()),
+                row,
+                bytes: text.len(),
+                limit: rules.max_document_bytes,
+            };
+            match rules.bad_records.handle(BadRecordKind::Oversized, error) {
+                Ok(()) => continue,
+                Err(error) => return Encoded::Failed(error),
+            }
+        }
+        if !rules.filter.keeps(text) {
+            continue;
+        }
         match tokenizer.encode_fast(text, false) {
-            Ok(encoding) => encoded.push(encoding.get_ids().to_vec()),
+            Ok(encoding) => documents.push((row, encoding.get_ids().to_vec())),
             Err(error) => return Encoded::Failed(PipelineError::Encode(error.to_string())),
         }
     }
     Encoded::Documents {
-        documents: encoded,
+        file,
+        documents,
         skipped,
     }
 }

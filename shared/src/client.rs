@@ -72,10 +72,19 @@ pub async fn connect(url: &str) -> Result<FlightServiceClient<Channel>, ClientEr
 
 /// Runs a Flight action (`health`, `stats`) and returns the body of its first result.
 pub async fn run_action(url: &str, name: &str) -> Result<Vec<u8>, ClientError> {
+    run_action_with_body(url, name, Vec::new()).await
+}
+
+/// Runs a Flight action with a (JSON) body, e.g. `add-source`, and returns its first result.
+pub async fn run_action_with_body(
+    url: &str,
+    name: &str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, ClientError> {
     let mut client = connect(url).await?;
     let action = arrow_flight::Action {
         r#type: name.to_string(),
-        body: Default::default(),
+        body: body.into(),
     };
     let mut results = client
         .do_action(action)

@@ -113,16 +113,20 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts a server on 127.0.0.1:0 with `extra` arguments and waits until it listens.
     pub fn start(inputs: &[&Path], tokenizer: &Path, extra: &[&str]) -> Pipeline {
+        let mut arguments: Vec<std::ffi::OsString> = vec!["--input".into()];
+        arguments.extend(inputs.iter().map(|input| input.as_os_str().to_owned()));
+        arguments.extend(extra.iter().map(std::ffi::OsString::from));
+        Self::start_with(tokenizer, &arguments)
+    }
+
+    /// Starts a server with exactly these `serve` arguments (besides tokenizer and address).
+    pub fn start_with<A: AsRef<std::ffi::OsStr>>(tokenizer: &Path, arguments: &[A]) -> Pipeline {
         let mut command = Command::new(binary("flightlm-pipeline"));
-        command.arg("serve").arg("--input");
-        for input in inputs {
-            command.arg(input);
-        }
+        command.arg("serve").args(arguments);
         command
             .arg("--tokenizer")
             .arg(tokenizer)
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -62,3 +62,56 @@ fn pyarrow_reads_the_same_blocks_as_the_rust_client() {
         assert_eq!(summary["tokenizer"]["mask_id"], 4);
     }
 }
+
+/// A Python reader stops mid-batch, and its cursor resumes the stream exactly, whether the next
+/// reader is Python or Rust.
+#[test]
+fn pyarrow_cursor_resumes_the_stream_exactly() {
+    let dir = scratch_dir("python_cursor");
+    let corpus = sample_corpus(&dir, 1200);
+    let tokenizer = train_tokenizer(&dir, &corpus, 700);
+    let pipeline = Pipeline::start(
+        &[&corpus],
+        &tokenizer,
+        &["--valid-fraction", "0", "--shuffle-window", "32"],
+    );
+    let python_read = |name: &str, max_blocks: &str, cursor: Option<&str>| {
+        let dump = dir.join(name);
+        let mut command = Command::new(python());
+        command
+            .arg(repo_root().join("scripts/read_stream.py"))
+            .args(["--pipeline", &pipeline.url, "--seq-len", "40"])
+            .args(["--batch-size", "6", "--max-blocks", max_blocks, "--dump"])
+            .arg(&dump);
+        if let Some(cursor) = cursor {
+            command.args(["--cursor", cursor]);
+        }
+        let summary = last_json_line(&run_ok(&mut command, Duration::from_secs(120)));
+        (read_dump(&dump), summary["cursor"].to_string())
+    };
+    let (whole, _) = python_read("whole.blocks", "150", None);
+    let (first, cursor) = python_read("first.blocks", "61", None);
+    let (second, cursor) = python_read("second.blocks", "40", Some(&cursor));
+    let rust_dump = dir.join("third.blocks");
+    run_ok(
+        Command::new(binary("flightlm-pipeline"))
+            .args(["consume", "--pipeline", &pipeline.url, "--seq-len", "40"])
+            .args([
+                "--batch-size",
+                "6",
+                "--max-blocks",
+                "49",
+                "--cursor",
+                &cursor,
+            ])
+            .arg("--dump")
+            .arg(&rust_dump),
+        Duration::from_secs(60),
+    );
+    let resumed: Vec<Vec<u32>> = first
+        .into_iter()
+        .chain(second)
+        .chain(read_dump(&rust_dump))
+        .collect();
+    assert_eq!(resumed, whole);
+}

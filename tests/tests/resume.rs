@@ -1,183 +1,172 @@
-//! End to end: a trainer process killed with SIGKILL after a checkpoint, or stopped with SIGINT,
-//! and resumed with `--resume` logs the same loss at every step as a run that was never
-//! interrupted, reading from a live pipeline (the stream continues at the next block) or from the
-//! generated corpus of `bench`.
+//! Exact resume: a stream cut at any row and continued from its cursor equals the uninterrupted
+//! stream, with a two-source mixture and the shuffle window on; shards partition the stream; a
+//! cursor from another stream shape is refused.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-use flightlm_tests::{binary, run_ok, sample_corpus, scratch_dir, train_tokenizer, Pipeline};
+use flightlm_tests::{
+    binary, last_json_line, read_dump, run_ok, run_with_timeout, sample_lines, scratch_dir,
+    train_tokenizer, Pipeline,
+};
 
-/// Runs are reproducible to ~1e-7 relative on the CPU backend, not bit for bit.
-const LOSS_TOLERANCE: f64 = 1e-5;
-const STEPS: usize = 40;
-const TIMEOUT: Duration = Duration::from_secs(300);
+const SEQ_LEN: &str = "64";
+const BATCH: &str = "8";
 
-/// Tiny model, short blocks, a loss line every step and a checkpoint every 4.
-fn run_flags(out: &Path) -> Vec<String> {
-    let flags = format!(
-        "--objective mlm --preset tiny --max-steps {STEPS} --seq-len 32 --batch-size 8 \
-         --grad-accum 1 --warmup-steps 4 --log-every 1 --eval-every 8 --save-every 4"
-    );
-    let mut flags: Vec<String> = flags.split_whitespace().map(String::from).collect();
-    flags.push("--out".into());
-    flags.push(out.display().to_string());
-    flags
-}
-
-fn metrics(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .expect("metrics.jsonl")
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("JSON metrics line"))
-        .collect()
-}
-
-fn losses(out: &Path) -> BTreeMap<u64, f64> {
-    metrics(out)
-        .iter()
-        .filter(|line| line["kind"] == "train")
-        .map(|line| {
-            let step = line["step"].as_u64().expect("step");
-            (step, line["loss"].as_f64().expect("loss"))
-        })
-        .collect()
-}
-
-fn assert_same_losses(resumed: &BTreeMap<u64, f64>, uninterrupted: &BTreeMap<u64, f64>) {
-    assert_eq!(
-        resumed.keys().collect::<Vec<_>>(),
-        uninterrupted.keys().collect::<Vec<_>>(),
-        "every step logged exactly once"
-    );
-    for (step, loss) in resumed {
-        let expected = uninterrupted[step];
-        assert!(
-            (loss - expected).abs() <= LOSS_TOLERANCE,
-            "step {step}: resumed loss {loss}, uninterrupted {expected}"
-        );
-    }
-}
-
-/// The step the resumed run continued from, as its metrics say.
-fn resumed_from(out: &Path) -> u64 {
-    let lines = metrics(out);
-    let resumes: Vec<u64> = lines
-        .iter()
-        .filter(|line| line["kind"] == "resume")
-        .map(|line| line["step"].as_u64().expect("step"))
-        .collect();
-    assert_eq!(resumes.len(), 1, "one resume line");
-    resumes[0]
-}
-
-/// Starts `command`, waits for its first checkpoint, then sends `signal` (via `kill`); returns
-/// once the process has exited, with its exit status.
-fn interrupt_after_first_checkpoint(
-    command: &mut Command,
-    out: &Path,
-    signal: &str,
-) -> std::process::ExitStatus {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting the trainer");
-    let first = out
-        .join("checkpoints")
-        .join("step-0000004")
-        .join("state.json");
-    let deadline = Instant::now() + TIMEOUT;
-    while !first.exists() {
-        if let Some(status) = child.try_wait().expect("polling the trainer") {
-            panic!("the trainer exited ({status}) before its first checkpoint");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint within {TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("running kill");
-    assert!(status.success(), "kill {signal} failed");
-    let status = child.wait().expect("waiting for the trainer");
-    assert!(
-        !metrics(out).iter().any(|line| line["kind"] == "done"),
-        "the run finished before it could be interrupted; make it longer"
-    );
-    status
-}
-
-fn run_to_end(command: &mut Command) {
-    run_ok(command, TIMEOUT);
-}
-
-fn trainer(subcommand: &str, source_flags: &[&str]) -> Command {
-    let mut command = Command::new(binary("flightlm-trainer"));
-    command.arg(subcommand).args(source_flags);
+/// Reads up to `max_blocks` blocks (all when `None`) after `cursor`; returns them and the cursor
+/// after the last one.
+fn segment(
+    pipeline: &Pipeline,
+    dump: &Path,
+    max_blocks: Option<u64>,
+    cursor: Option<&serde_json::Value>,
+    extra: &[&str],
+) -> (Vec<Vec<u32>>, Option<serde_json::Value>) {
+    let mut command = Command::new(binary("flightlm-pipeline"));
     command
+        .args(["consume", "--pipeline", &pipeline.url, "--epochs", "2"])
+        .args(["--seq-len", SEQ_LEN, "--batch-size", BATCH])
+        .args(extra)
+        .arg("--dump")
+        .arg(dump);
+    if let Some(max_blocks) = max_blocks {
+        command.args(["--max-blocks", &max_blocks.to_string()]);
+    }
+    if let Some(cursor) = cursor {
+        command.args(["--cursor", &cursor.to_string()]);
+    }
+    let summary = last_json_line(&run_ok(&mut command, Duration::from_secs(120)));
+    let cursor = Some(summary["cursor"].clone()).filter(|cursor| !cursor.is_null());
+    (read_dump(dump), cursor)
 }
 
-/// One uninterrupted run and one interrupted by `signal` then resumed; compares their losses.
-fn check_resume(dir: &Path, subcommand: &str, source_flags: &[&str], signal: &str) {
-    let reference = dir.join("uninterrupted");
-    run_to_end(trainer(subcommand, source_flags).args(run_flags(&reference)));
-    let uninterrupted = losses(&reference);
-    assert_eq!(uninterrupted.len(), STEPS);
+/// Two sources (plain text and JSON lines) mixed 0.7 / 0.3, shuffled in windows of 16 blocks.
+fn mixture_pipeline(dir: &Path) -> Pipeline {
+    let lines = sample_lines(2400);
+    let books = dir.join("books.txt");
+    std::fs::write(&books, lines[..1600].join("\n") + "\n").unwrap();
+    let wiki = dir.join("wiki.jsonl");
+    let records: Vec<String> = lines[1600..]
+        .iter()
+        .map(|line| serde_json::json!({ "text": line }).to_string())
+        .collect();
+    std::fs::write(&wiki, records.join("\n") + "\n").unwrap();
+    let tokenizer = train_tokenizer(dir, &books, 1000);
+    let books_source = format!("books={}:0.7", books.display());
+    let wiki_source = format!("wiki={}:0.3", wiki.display());
+    Pipeline::start_with(
+        &tokenizer,
+        &[
+            "--source",
+            &books_source,
+            "--source",
+            &wiki_source,
+            "--shuffle-window",
+            "16",
+            "--seed",
+            "7",
+            "--workers",
+            "2",
+        ],
+    )
+}
 
-    let out: PathBuf = dir.join("interrupted");
-    let status = interrupt_after_first_checkpoint(
-        trainer(subcommand, source_flags).args(run_flags(&out)),
-        &out,
-        signal,
+/// A small deterministic generator for the cut points (no dependency needed).
+fn next_random(state: &mut u64) -> u64 {
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *state >> 33
+}
+
+#[test]
+fn resuming_from_any_cut_point_gives_the_uninterrupted_stream() {
+    let dir = scratch_dir("resume-cuts");
+    let pipeline = mixture_pipeline(&dir);
+    let (reference, _) = segment(&pipeline, &dir.join("reference.jsonl"), None, None, &[]);
+    let total = reference.len() as u64;
+    assert!(
+        total > 400,
+        "the reference stream is long enough: {total} blocks"
     );
-    if signal == "-INT" {
-        assert!(status.success(), "Ctrl-C exits 0: {status}");
-        let stop = metrics(&out)
-            .into_iter()
-            .find(|line| line["kind"] == "stop")
-            .expect("a stop line");
-        let step = stop["step"].as_u64().expect("step");
-        let checkpoint = out.join(format!("checkpoints/step-{step:07}/state.json"));
-        assert!(checkpoint.exists(), "Ctrl-C checkpoints step {step} first");
-    } else {
-        assert!(!status.success(), "SIGKILL ends the process: {status}");
+
+    // 24 cut points: random ones (most fall mid-batch), plus chunk and batch boundaries.
+    let mut state = 2026;
+    let mut cuts: Vec<u64> = (0..20)
+        .map(|_| 1 + next_random(&mut state) % (total - 1))
+        .collect();
+    cuts.extend([16, 17, 64, 15]);
+    cuts.sort();
+    cuts.dedup();
+    assert!(cuts.len() >= 20);
+    assert!(
+        cuts.iter().any(|cut| cut % 8 != 0),
+        "some cuts are mid-batch"
+    );
+
+    let mut resumed = Vec::new();
+    let mut cursor: Option<serde_json::Value> = None;
+    let mut consumed = 0;
+    for (index, cut) in cuts.iter().chain([&total]).enumerate() {
+        let dump = dir.join(format!("segment-{index}.jsonl"));
+        let take = cut - consumed;
+        let (blocks, next) = segment(&pipeline, &dump, Some(take), cursor.as_ref(), &[]);
+        assert_eq!(blocks.len() as u64, take, "segment {index} ends at {cut}");
+        resumed.extend(blocks);
+        consumed = *cut;
+        cursor = next;
+    }
+    assert_eq!(resumed.len(), reference.len());
+    for (index, (got, expected)) in resumed.iter().zip(&reference).enumerate() {
+        assert_eq!(got, expected, "block {index} differs after resuming");
+    }
+    // Past the end of the stream, the cursor resumes to nothing.
+    let (rest, _) = segment(
+        &pipeline,
+        &dir.join("rest.jsonl"),
+        None,
+        cursor.as_ref(),
+        &[],
+    );
+    assert!(rest.is_empty(), "{} blocks after the end", rest.len());
+}
+
+#[test]
+fn shards_partition_the_stream_and_foreign_cursors_are_refused() {
+    let dir = scratch_dir("resume-shards");
+    let pipeline = mixture_pipeline(&dir);
+    let (whole, cursor) = segment(&pipeline, &dir.join("whole.jsonl"), Some(90), None, &[]);
+    let (even, _) = segment(
+        &pipeline,
+        &dir.join("even.jsonl"),
+        Some(45),
+        None,
+        &["--shard", "0/2"],
+    );
+    let (odd, _) = segment(
+        &pipeline,
+        &dir.join("odd.jsonl"),
+        Some(45),
+        None,
+        &["--shard", "1/2"],
+    );
+    for (index, block) in whole.iter().enumerate() {
+        let shard = if index % 2 == 0 { &even } else { &odd };
+        assert_eq!(&shard[index / 2], block, "block {index}");
     }
 
-    // The resumed run needs no other flag: everything comes from the checkpoint.
-    run_to_end(trainer(subcommand, source_flags).arg("--resume").arg(&out));
-    let from = resumed_from(&out);
-    assert!(
-        (4..STEPS as u64).contains(&from),
-        "resumed from step {from}"
+    let cursor = cursor.expect("a cursor after 90 blocks");
+    let output = run_with_timeout(
+        Command::new(binary("flightlm-pipeline"))
+            .args(["consume", "--pipeline", &pipeline.url, "--seq-len", "32"])
+            .args(["--batch-size", "4", "--cursor", &cursor.to_string()]),
+        Duration::from_secs(60),
     );
-    assert_same_losses(&losses(&out), &uninterrupted);
-    let done = metrics(&out)
-        .into_iter()
-        .find(|line| line["kind"] == "done")
-        .expect("the resumed run finishes");
-    assert_eq!(done["steps"].as_u64(), Some(STEPS as u64));
-}
-
-#[test]
-fn a_killed_run_resumes_from_a_live_pipeline_where_it_stopped() {
-    let dir = scratch_dir("resume_pipeline");
-    let corpus = sample_corpus(&dir, 2000);
-    let tokenizer = train_tokenizer(&dir, &corpus, 1000);
-    let pipeline = Pipeline::start(&[&corpus], &tokenizer, &["--valid-fraction", "0.05"]);
-    check_resume(&dir, "train", &["--pipeline", &pipeline.url], "-KILL");
-}
-
-#[test]
-fn bench_runs_resume_after_sigkill_and_after_ctrl_c() {
-    let dir = scratch_dir("resume_bench");
-    let corpus = ["--vocab-size", "1000"];
-    check_resume(&dir.join("kill"), "bench", &corpus, "-KILL");
-    check_resume(&dir.join("interrupt"), "bench", &corpus, "-INT");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("cursor refused") && stderr.contains("fingerprint"),
+        "{stderr}"
+    );
 }
