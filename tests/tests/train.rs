@@ -79,8 +79,10 @@ fn trainer_trains_from_a_live_pipeline() {
         assert!(line["tokens_per_s"].as_f64().unwrap() > 0.0);
         assert!(line["loss"].as_f64().unwrap().is_finite());
     }
-    assert!(
-        out.join("config.json").exists(),
-        "the resolved config is saved with the run"
-    );
+    for name in ["config.json", "config.toml"] {
+        assert!(
+            out.join(name).exists(),
+            "the resolved config is saved with the run as {name}"
+        );
+    }
 }

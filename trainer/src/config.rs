@@ -1,8 +1,11 @@
-//! The training run's configuration: one typed value, validated once, saved next to the metrics.
+//! The training run's configuration: one typed value, validated once, saved next to the metrics
+//! and inside every checkpoint (as `config.toml`, plus `config.json` for scripts).
 //!
 //! Defaults follow the seed recipe (RoBERTa pre-training as run with HuggingFace `run_mlm.py`):
 //! lr 5e-4, 1000 warmup steps, linear decay, weight decay 0.1, batch 32 x accumulation 4,
-//! mlm probability 0.15, dropout 0.1, AdamW betas (0.9, 0.98) and eps 1e-6.
+//! mlm probability 0.15, dropout 0.1, AdamW betas (0.9, 0.98) and eps 1e-6, eval and checkpoint
+//! every 500 steps, keep 5 checkpoints, restore the best one by eval perplexity at the end.
+//! [`crate::config_layers`] builds it from a TOML file and command-line flags.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,6 +36,7 @@ pub enum Preset {
 
 /// The encoder's dimensions, as a preset fixes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelShape {
     pub layers: usize,
     pub hidden: usize,
@@ -66,6 +70,7 @@ pub enum DeviceKind {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub objective: Objective,
     pub preset: Preset,
@@ -84,12 +89,20 @@ pub struct TrainConfig {
     pub adam_beta1: f64,
     pub adam_beta2: f64,
     pub adam_epsilon: f64,
-    /// Global gradient-norm clipping threshold; `None` disables clipping.
+    /// Global gradient-norm clipping threshold; `None` disables clipping (written as 0, since
+    /// TOML has no null).
+    #[serde(with = "zero_is_none")]
     pub max_grad_norm: Option<f64>,
     /// Optimizer steps to run; the learning rate reaches 0 at this step.
     pub max_steps: usize,
     pub log_every: usize,
     pub eval_every: usize,
+    /// Steps between checkpoints (a checkpoint is also written after the last step).
+    pub save_every: usize,
+    /// Newest checkpoints kept; the best one by eval perplexity is kept in addition.
+    pub keep_checkpoints: usize,
+    /// Load the best checkpoint's weights at the end of the run.
+    pub restore_best: bool,
     pub seed: u64,
     pub mlm_probability: f64,
     /// Dropout on embeddings, attention probabilities and residual branches.
@@ -122,6 +135,9 @@ impl TrainConfig {
             max_steps: 10_000,
             log_every: 10,
             eval_every: 500,
+            save_every: 500,
+            keep_checkpoints: 5,
+            restore_best: true,
             seed: 42,
             mlm_probability: 0.15,
             dropout: 0.1,
@@ -153,6 +169,8 @@ impl TrainConfig {
             ("max_steps", self.max_steps),
             ("log_every", self.log_every),
             ("eval_every", self.eval_every),
+            ("save_every", self.save_every),
+            ("keep_checkpoints", self.keep_checkpoints),
         ] {
             if value == 0 {
                 return fail(format!("{name} must be at least 1"));
@@ -198,16 +216,43 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Writes the configuration as `DIR/config.json`, creating the directory.
+    /// The configuration as a TOML document that `--config` reads back unchanged.
+    pub fn to_toml(&self) -> Result<String, TrainError> {
+        toml::to_string_pretty(self)
+            .map_err(|error| TrainError::InvalidConfig(format!("cannot write as TOML: {error}")))
+    }
+
+    /// Writes the configuration as `DIR/config.toml` and `DIR/config.json`, creating the
+    /// directory; returns the path of the TOML file.
     pub fn save(&self, dir: &Path) -> Result<PathBuf, TrainError> {
         fs::create_dir_all(dir).map_err(|source| TrainError::io(dir, source))?;
-        let path = dir.join("config.json");
-        let text = serde_json::to_string_pretty(self).map_err(|source| TrainError::Json {
+        let json = serde_json::to_string_pretty(self).map_err(|source| TrainError::Json {
             what: "the training configuration",
             source,
         })?;
-        fs::write(&path, text + "\n").map_err(|source| TrainError::io(&path, source))?;
-        Ok(path)
+        let json_path = dir.join("config.json");
+        fs::write(&json_path, json + "\n").map_err(|source| TrainError::io(&json_path, source))?;
+        let toml_path = dir.join("config.toml");
+        fs::write(&toml_path, self.to_toml()?)
+            .map_err(|source| TrainError::io(&toml_path, source))?;
+        Ok(toml_path)
+    }
+}
+
+/// `Option<f64>` written as a number, with 0 (or a JSON null) standing for `None`: TOML cannot
+/// write a missing value, and 0 is what `--max-grad-norm 0` means on the command line.
+mod zero_is_none {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<f64>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(value.unwrap_or(0.0))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<f64>, D::Error> {
+        let value = Option::<f64>::deserialize(deserializer)?;
+        Ok(value.filter(|norm| *norm != 0.0))
     }
 }
 
@@ -258,10 +303,24 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("flightlm-config-{}", std::process::id()));
         let config = TrainConfig::new("http://127.0.0.1:50051", &dir, Preset::Small);
         let path = config.save(&dir).expect("saves");
-        let text = std::fs::read_to_string(&path).expect("reads");
+        assert_eq!(path, dir.join("config.toml"));
+        let text = std::fs::read_to_string(dir.join("config.json")).expect("reads");
         let loaded: TrainConfig = serde_json::from_str(&text).expect("parses");
         assert_eq!(loaded, config);
         assert!(text.contains("\"objective\": \"mlm\""));
+        let toml_text = std::fs::read_to_string(dir.join("config.toml")).expect("reads");
+        let from_toml: TrainConfig = toml::from_str(&toml_text).expect("parses");
+        assert_eq!(from_toml, config);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn disabled_clipping_survives_toml() {
+        let mut config = TrainConfig::new("http://x", "out", Preset::Tiny);
+        config.max_grad_norm = None;
+        let text = config.to_toml().expect("writes");
+        assert!(text.contains("max_grad_norm = 0.0"), "{text}");
+        let loaded: TrainConfig = toml::from_str(&text).expect("parses");
+        assert_eq!(loaded, config);
     }
 }

@@ -23,6 +23,9 @@ pub enum TrainError {
         source: serde_json::Error,
     },
 
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+
     // `anyhow::Error` is not a `std::error::Error`, so the chain is flattened into the message.
     #[error("data source failed: {0:#}")]
     Source(anyhow::Error),

@@ -6,6 +6,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
+use serde::{Deserialize, Serialize};
 
 use crate::collate::LmBatch;
 use crate::error::TrainError;
@@ -13,7 +14,7 @@ use crate::loss::cross_entropy_sum;
 use crate::model::Roberta;
 
 /// Loss over the valid split.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     /// Mean cross-entropy (nats) over all predicted positions of all valid batches.
     pub loss: f64,

@@ -4,8 +4,10 @@
 //! The binary is a thin CLI over [`train::train`]; everything else is here so tests and other
 //! front-ends can drive the same loop with any [`source::BlockSource`].
 
+pub mod checkpoint;
 pub mod collate;
 pub mod config;
+pub mod config_layers;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -14,6 +16,8 @@ pub mod masking;
 pub mod metrics;
 pub mod model;
 pub mod optimizer;
+pub mod progress;
+pub mod resume;
 pub mod rng;
 pub mod schedule;
 pub mod source;
@@ -23,7 +27,7 @@ pub mod train;
 pub use config::{DeviceKind, Objective, Preset, TrainConfig};
 pub use error::TrainError;
 pub use eval::{evaluate, Evaluation};
-pub use train::{train, TrainSummary};
+pub use train::{train, train_with, RunControl, TrainSummary};
 
 /// Serializes tests that draw from a backend's random generator: burn's CPU backends keep one
 /// process-wide generator, so concurrent tests would otherwise perturb each other's seeded runs.

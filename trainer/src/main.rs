@@ -5,19 +5,24 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use burn::backend::cuda::CudaDevice;
 use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::{Autodiff, Cuda, NdArray};
 use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
+use flightlm_trainer::checkpoint::{read_state, CheckpointStore, TrainingState};
+use flightlm_trainer::config_layers::{resolve, ConfigLayer};
 use flightlm_trainer::data::PipelineSource;
 use flightlm_trainer::metrics::MetricsLog;
+use flightlm_trainer::resume::{check_resumable, locate, read_config, run_dir_of};
 use flightlm_trainer::source::BlockSource;
 use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
-use flightlm_trainer::{train, DeviceKind, Objective, Preset, TrainConfig};
+use flightlm_trainer::{train_with, DeviceKind, Objective, Preset, RunControl, TrainConfig};
+use serde::Serialize;
 
 type CpuBackend = Autodiff<NdArray<f32>>;
 type CudaBackend = Autodiff<Cuda<f32>>;
@@ -37,12 +42,6 @@ struct Cli {
 enum Command {
     /// Train on token blocks streamed from a flightlm pipeline.
     Train {
-        /// The pipeline's Flight endpoint, e.g. http://127.0.0.1:50051.
-        #[arg(long)]
-        pipeline: String,
-        /// Directory for config.json and metrics.jsonl.
-        #[arg(long)]
-        out: PathBuf,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -51,89 +50,173 @@ enum Command {
         /// Vocabulary size of the generated corpus.
         #[arg(long, default_value_t = 8192)]
         vocab_size: u32,
-        /// Also write config.json and metrics.jsonl here.
-        #[arg(long)]
-        out: Option<PathBuf>,
         #[command(flatten)]
         run: RunArgs,
     },
 }
 
-/// Settings shared by every command that trains; unset ones keep the seed recipe's value.
-#[derive(Args)]
+/// Settings shared by every command that trains. Each flag overrides the `--config` file, which
+/// overrides the seed recipe; unset flags keep the value from below. The field names are the
+/// configuration's keys (see `TrainConfig`), so the set flags form one configuration layer.
+#[derive(Args, Serialize)]
 struct RunArgs {
-    #[arg(long, value_enum, default_value_t = Objective::Mlm)]
-    objective: Objective,
-    /// Model size: tiny (2x128), small (4x256), base (12x768), large (24x1024).
-    #[arg(long, value_enum, default_value_t = Preset::Base)]
-    preset: Preset,
-    /// Optimizer steps; the learning rate decays linearly to 0 at the last one.
+    /// TOML file with configuration keys (any field of the saved config.toml).
     #[arg(long)]
-    max_steps: usize,
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    device: DeviceKind,
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Continue a run exactly where it stopped: its output directory (the newest complete
+    /// checkpoint is taken) or one checkpoint directory. Settings come from the checkpoint;
+    /// flags may change only where and how often things are written, the device, the pipeline
+    /// address and max_steps.
+    #[arg(long)]
+    #[serde(skip)]
+    resume: Option<PathBuf>,
+    /// The pipeline's Flight endpoint, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline: Option<String>,
+    /// Directory for config.toml, metrics.jsonl and checkpoints/.
+    #[arg(long)]
+    #[serde(rename = "out_dir", skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
+    /// [default: mlm]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    objective: Option<Objective>,
+    /// Model size: tiny (2x128), small (4x256), base (12x768), large (24x1024) [default: base].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preset: Option<Preset>,
+    /// Optimizer steps; the learning rate decays linearly to 0 at the last one [default: 10000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_steps: Option<usize>,
+    /// [default: cpu]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceKind>,
     /// Tokens per block [default: 128].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     seq_len: Option<usize>,
     /// Blocks per micro-batch [default: 32].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     batch_size: Option<usize>,
     /// Micro-batches averaged into one optimizer step [default: 4].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     grad_accum: Option<usize>,
     /// Peak learning rate [default: 5e-4].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     lr: Option<f64>,
     /// Linear warmup steps [default: 1000].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     warmup_steps: Option<usize>,
     /// AdamW weight decay, not applied to biases and LayerNorm [default: 0.1].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     weight_decay: Option<f64>,
     /// Global gradient-norm clipping threshold; 0 disables clipping [default: 1.0].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_grad_norm: Option<f64>,
     /// Share of tokens the MLM objective predicts [default: 0.15].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     mlm_probability: Option<f64>,
     /// Dropout on embeddings, attention and residual branches [default: 0.1].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     dropout: Option<f64>,
     /// Steps between train metric lines [default: 10].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     log_every: Option<usize>,
     /// Steps between evaluations on the valid split [default: 500].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     eval_every: Option<usize>,
+    /// Steps between checkpoints [default: 500].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    save_every: Option<usize>,
+    /// Newest checkpoints kept, besides the best one [default: 5].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_checkpoints: Option<usize>,
     /// Seed for initialization, dropout and masking [default: 42].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
 }
 
+/// A run's resolved configuration, and the checkpoint it continues from.
+struct Resolved {
+    config: TrainConfig,
+    resume: Option<(PathBuf, TrainingState)>,
+}
+
 impl RunArgs {
-    fn config(&self, pipeline: &str, out: PathBuf) -> TrainConfig {
-        let mut config = TrainConfig::new(pipeline, out, self.preset);
-        config.objective = self.objective;
-        config.max_steps = self.max_steps;
-        config.device = self.device;
-        let set = |target: &mut usize, value: Option<usize>| *target = value.unwrap_or(*target);
-        set(&mut config.seq_len, self.seq_len);
-        set(&mut config.batch_size, self.batch_size);
-        set(&mut config.grad_accum, self.grad_accum);
-        set(&mut config.warmup_steps, self.warmup_steps);
-        set(&mut config.log_every, self.log_every);
-        set(&mut config.eval_every, self.eval_every);
-        config.lr = self.lr.unwrap_or(config.lr);
-        config.weight_decay = self.weight_decay.unwrap_or(config.weight_decay);
-        config.mlm_probability = self.mlm_probability.unwrap_or(config.mlm_probability);
-        config.dropout = self.dropout.unwrap_or(config.dropout);
-        config.seed = self.seed.unwrap_or(config.seed);
-        if let Some(norm) = self.max_grad_norm {
-            config.max_grad_norm = (norm > 0.0).then_some(norm);
+    /// The configuration these flags and their `--config` file describe, over the resumed
+    /// checkpoint's configuration when there is one.
+    fn resolve(&self) -> anyhow::Result<Resolved> {
+        let mut layers = Vec::new();
+        if let Some(path) = &self.config {
+            layers.push(ConfigLayer::from_toml_file(path)?);
         }
-        config
+        layers.push(ConfigLayer::from_serialize("command-line flags", self)?);
+        let Some(resume) = &self.resume else {
+            return Ok(Resolved {
+                config: resolve(None, &layers)?,
+                resume: None,
+            });
+        };
+        let checkpoint = locate(resume)?;
+        let saved = read_config(&checkpoint)?;
+        let mut base = saved.clone();
+        // The run's directory is where the checkpoint is now, even if it was moved.
+        if let Some(run_dir) = run_dir_of(&checkpoint) {
+            base.out_dir = run_dir;
+        }
+        let config = resolve(Some(&base), &layers)?;
+        check_resumable(&saved, &config)
+            .with_context(|| format!("resuming from {}", checkpoint.display()))?;
+        let state = read_state(&checkpoint)?;
+        Ok(Resolved {
+            config,
+            resume: Some((checkpoint, state)),
+        })
     }
 }
+
+/// Raised by SIGINT (Ctrl-C) or SIGTERM; the loop then checkpoints the current step and stops.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" fn request_stop(signal: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+    // SAFETY: `signal` is async-signal-safe. Restoring the default action makes a second
+    // Ctrl-C end the process at once, for when the current step never finishes.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn install_stop_handler() {
+    let handler = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic and calls `signal`, both async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn install_stop_handler() {}
 
 fn main() -> ExitCode {
     keep_freed_memory();
@@ -177,36 +260,49 @@ fn keep_freed_memory() {}
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { pipeline, out, run } => {
-            let config = run.config(&pipeline, out.clone());
-            config.validate()?;
+        Command::Train { run } => {
+            let Resolved { config, resume } = run.resolve()?;
+            if config.pipeline.is_empty() {
+                bail!(
+                    "no pipeline to read from: pass --pipeline URL or set `pipeline` in --config"
+                );
+            }
+            if config.out_dir.as_os_str().is_empty() {
+                bail!("no output directory: pass --out DIR or set `out_dir` in --config");
+            }
+            let (pipeline, out) = (config.pipeline.clone(), config.out_dir.clone());
             config.save(&out)?;
+            let cursor = resume.as_ref().and_then(|(_, state)| state.cursor.clone());
             let mut source =
-                PipelineSource::connect(&pipeline, config.seq_len, config.batch_size, None)
+                PipelineSource::connect(&pipeline, config.seq_len, config.batch_size, cursor)
                     .with_context(|| format!("connecting to the pipeline at {pipeline}"))?;
-            let mut metrics = MetricsLog::create(&out, true)?;
-            train_on(&config, &mut source, &mut metrics)
-        }
-        Command::Bench {
-            vocab_size,
-            out,
-            run,
-        } => {
-            let config = run.config("synthetic", out.clone().unwrap_or_default());
-            config.validate()?;
-            let mut metrics = match &out {
-                Some(out) => {
-                    config.save(out)?;
-                    MetricsLog::create(out, true)?
-                }
-                None => MetricsLog::in_memory().with_echo(true),
+            let mut metrics = match &resume {
+                Some((_, state)) => MetricsLog::resume(&out, state.step, true)?,
+                None => MetricsLog::create(&out, true)?,
             };
-            let mut source = SyntheticSource::new(SyntheticConfig::new(
-                vocab_size,
-                config.seq_len,
-                config.batch_size,
-            ));
-            train_on(&config, &mut source, &mut metrics)
+            let checkpoints = Some(CheckpointStore::in_run(&out));
+            train_on(&config, &mut source, &mut metrics, checkpoints, resume)
+        }
+        Command::Bench { vocab_size, run } => {
+            let Resolved { mut config, resume } = run.resolve()?;
+            config.pipeline = "synthetic".into();
+            let synthetic = SyntheticConfig::new(vocab_size, config.seq_len, config.batch_size);
+            let mut source = match resume.as_ref().and_then(|(_, state)| state.cursor.as_ref()) {
+                Some(cursor) => SyntheticSource::resume(synthetic, cursor)?,
+                None => SyntheticSource::new(synthetic),
+            };
+            let out = config.out_dir.clone();
+            let (mut metrics, checkpoints) = if out.as_os_str().is_empty() {
+                (MetricsLog::in_memory().with_echo(true), None)
+            } else {
+                config.save(&out)?;
+                let metrics = match &resume {
+                    Some((_, state)) => MetricsLog::resume(&out, state.step, true)?,
+                    None => MetricsLog::create(&out, true)?,
+                };
+                (metrics, Some(CheckpointStore::in_run(&out)))
+            };
+            train_on(&config, &mut source, &mut metrics, checkpoints, resume)
         }
     }
 }
@@ -215,16 +311,33 @@ fn train_on(
     config: &TrainConfig,
     source: &mut dyn BlockSource,
     metrics: &mut MetricsLog,
+    checkpoints: Option<CheckpointStore>,
+    resume: Option<(PathBuf, TrainingState)>,
 ) -> anyhow::Result<()> {
-    match config.device {
+    install_stop_handler();
+    let control = RunControl {
+        checkpoints,
+        resume: resume.map(|(checkpoint, _)| checkpoint),
+        stop: Some(&STOP_REQUESTED),
+    };
+    let (steps, stopped) = match config.device {
         DeviceKind::Cpu => {
-            train::<CpuBackend>(config, source, &NdArrayDevice::Cpu, metrics)?;
+            let summary =
+                train_with::<CpuBackend>(config, source, &NdArrayDevice::Cpu, metrics, control)?;
+            (summary.steps, summary.stopped)
         }
         DeviceKind::Cuda => {
             let device = CudaDevice::default();
             check_cuda(&device)?;
-            train::<CudaBackend>(config, source, &device, metrics)?;
+            let summary = train_with::<CudaBackend>(config, source, &device, metrics, control)?;
+            (summary.steps, summary.stopped)
         }
+    };
+    if stopped {
+        eprintln!(
+            "stopped after step {steps}; continue with --resume {}",
+            config.out_dir.display()
+        );
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Training metrics as JSON lines: appended to `DIR/metrics.jsonl` and echoed to stdout.
 //!
-//! One line per event, tagged by `kind` (`start`, `eval`, `train`, `done`), flushed as it is
-//! written so a run can be followed with `tail -f` and parsed by scripts while it is going.
+//! One line per event, tagged by `kind` (`start`, `eval`, `train`, `checkpoint`, `resume`,
+//! `stop`, `best`, `done`), flushed as it is written so a run can be followed with `tail -f` and
+//! parsed by scripts while it is going. A resumed run keeps the lines up to its checkpoint and
+//! appends to them, so the file reads as one run.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -50,6 +52,26 @@ pub enum Metric {
         #[serde(skip_serializing_if = "Option::is_none")]
         grad_norm: Option<f64>,
         elapsed_s: f64,
+        /// Seconds until the last step at the pace of this process so far, evaluations included.
+        eta_s: f64,
+    },
+    /// A checkpoint was written.
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        eval_perplexity: Option<f64>,
+    },
+    /// The run continues from a checkpoint; the lines before this one are the earlier run's.
+    Resume { step: usize, checkpoint: PathBuf },
+    /// A stop request (Ctrl-C, SIGTERM) ended the run after this step and its checkpoint.
+    Stop { step: usize },
+    /// The checkpoint with the lowest eval perplexity; `restored` when the run ends with its
+    /// weights instead of the last step's.
+    Best {
+        step: usize,
+        eval_perplexity: f64,
+        restored: bool,
     },
     Done {
         steps: usize,
@@ -77,6 +99,36 @@ impl MetricsLog {
         fs::create_dir_all(dir).map_err(|source| TrainError::io(dir, source))?;
         let path = dir.join("metrics.jsonl");
         let file = File::create(&path).map_err(|source| TrainError::io(&path, source))?;
+        Ok(MetricsLog {
+            file: Some((path, BufWriter::new(file))),
+            echo,
+            records: Vec::new(),
+        })
+    }
+
+    /// Continues `DIR/metrics.jsonl` for a run resumed after `step`: the lines of steps after
+    /// it (written by the interrupted run after its last checkpoint) and its end-of-run lines
+    /// are dropped, and new lines are appended.
+    pub fn resume(dir: &Path, step: usize, echo: bool) -> Result<Self, TrainError> {
+        fs::create_dir_all(dir).map_err(|source| TrainError::io(dir, source))?;
+        let path = dir.join("metrics.jsonl");
+        let previous = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(TrainError::io(&path, source)),
+        };
+        let kept: String = previous
+            .lines()
+            .filter(|line| keeps_line_before(line, step))
+            .flat_map(|line| [line, "\n"])
+            .collect();
+        let rewritten = dir.join("metrics.jsonl.resume");
+        fs::write(&rewritten, kept).map_err(|source| TrainError::io(&rewritten, source))?;
+        fs::rename(&rewritten, &path).map_err(|source| TrainError::io(&path, source))?;
+        let file = fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|source| TrainError::io(&path, source))?;
         Ok(MetricsLog {
             file: Some((path, BufWriter::new(file))),
             echo,
@@ -113,6 +165,10 @@ impl MetricsLog {
             let mut stdout = std::io::stdout().lock();
             // A closed stdout (e.g. piped into `head`) must not stop training.
             let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+            // People read stderr; scripts read the JSON on stdout.
+            if let Some(summary) = crate::progress::describe(&metric) {
+                eprintln!("{summary}");
+            }
         }
         self.records.push(metric);
         Ok(())
@@ -121,6 +177,16 @@ impl MetricsLog {
     pub fn records(&self) -> &[Metric] {
         &self.records
     }
+}
+
+/// Whether a metrics line belongs to the part of a run up to and including `step`.
+fn keeps_line_before(line: &str, step: usize) -> bool {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+        return false; // a line cut short by a kill
+    };
+    let ends_run = matches!(value["kind"].as_str(), Some("done" | "best"));
+    let after = value["step"].as_u64().is_some_and(|at| at > step as u64);
+    !ends_run && !after
 }
 
 #[cfg(test)]
@@ -144,6 +210,40 @@ mod tests {
         assert_eq!(value["kind"], "eval");
         assert_eq!(value["step"], 0);
         assert_eq!(log.records().len(), 1);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn resuming_drops_the_lines_after_the_checkpoint() {
+        let dir =
+            std::env::temp_dir().join(format!("flightlm-metrics-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let lines = [
+            r#"{"kind":"start","seq_len":8}"#,
+            r#"{"kind":"train","step":4,"loss":1.0}"#,
+            r#"{"kind":"checkpoint","step":4,"path":"x"}"#,
+            r#"{"kind":"train","step":5,"loss":1.0}"#,
+            r#"{"kind":"done","steps":5}"#,
+            r#"{"kind":"train","st"#,
+        ];
+        std::fs::write(dir.join("metrics.jsonl"), lines.join("\n")).expect("writes");
+        let mut log = MetricsLog::resume(&dir, 4, false).expect("resumes");
+        log.record(Metric::Resume {
+            step: 4,
+            checkpoint: "x".into(),
+        })
+        .expect("records");
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("reads");
+        let kinds: Vec<String> = text
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).expect("JSON")["kind"].to_string()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [r#""start""#, r#""train""#, r#""checkpoint""#, r#""resume""#]
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -57,6 +57,12 @@ pub struct TrainingOptimizer<B: AutodiffBackend, M: AutodiffModule<B>> {
     max_grad_norm: Option<f64>,
 }
 
+/// The AdamW state of both parameter groups (moments and step count per parameter, keyed by the
+/// parameter's id), for checkpoints: `(decayed, not decayed)`.
+pub type OptimizerRecord<B, M> = (AdamWRecord<B, M>, AdamWRecord<B, M>);
+
+type AdamWRecord<B, M> = <OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record;
+
 /// What one optimizer step did.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepReport {
@@ -80,6 +86,22 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
         let gradients = GradientsParams::from_grads(gradients, model);
         self.accumulator.accumulate(model, gradients);
         self.micro_batches += 1;
+    }
+
+    /// The optimizer's state between steps. Gradients still being accumulated are not part of
+    /// it: checkpoints are taken right after a step, when there are none.
+    pub fn to_record(&self) -> OptimizerRecord<B, M> {
+        (self.decayed.to_record(), self.not_decayed.to_record())
+    }
+
+    /// Continues from a state [`Self::to_record`] returned.
+    pub fn load_record(self, record: OptimizerRecord<B, M>) -> Self {
+        let (decayed, not_decayed) = record;
+        TrainingOptimizer {
+            decayed: self.decayed.load_record(decayed),
+            not_decayed: self.not_decayed.load_record(not_decayed),
+            ..self
+        }
     }
 
     /// Micro-batches accumulated since the last step.

@@ -7,6 +7,18 @@
 
 const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
+/// Keeps the dropout seeds of a run apart from its masking streams, which use the same seed.
+const DROPOUT_DOMAIN: u64 = 0xd40_9077;
+
+/// The seed of the backend generator (dropout) for the optimizer step with 0-based index `step`.
+///
+/// The backend generator is reseeded before every step rather than once per run: its state
+/// cannot be read back to store in a checkpoint, and a generator that depends only on
+/// `(seed, step)` makes a resumed run draw exactly the dropout masks the uninterrupted run draws.
+pub fn dropout_seed(seed: u64, step: usize) -> u64 {
+    SplitMix64::for_stream(seed ^ DROPOUT_DOMAIN, step as u64).next_u64()
+}
+
 /// SplitMix64 (Steele, Lea, Flood 2014).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SplitMix64 {

@@ -5,6 +5,9 @@
 
 use flightlm_shared::{Cursor, TokenBlocks, TokenizerInfo};
 
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+
 pub trait BlockSource {
     /// The tokenizer behind the ids (vocab size and special ids size the model and the collator).
     fn tokenizer(&self) -> &TokenizerInfo;
@@ -24,4 +27,42 @@ pub trait BlockSource {
     fn cursor(&self) -> Option<Cursor> {
         None
     }
+}
+
+/// Checks that a batch from the source has the shape the run was configured for.
+pub(crate) fn check_blocks(
+    blocks: &TokenBlocks,
+    config: &TrainConfig,
+    vocab_size: u32,
+) -> Result<(), TrainError> {
+    if blocks.seq_len != config.seq_len {
+        return Err(TrainError::BadBatch(format!(
+            "sent blocks of {} tokens, the run expects {}",
+            blocks.seq_len, config.seq_len
+        )));
+    }
+    if blocks.rows() == 0 || blocks.ids.len() != blocks.rows() * blocks.seq_len {
+        return Err(TrainError::BadBatch(format!(
+            "sent a malformed batch ({} rows, {} ids)",
+            blocks.rows(),
+            blocks.ids.len()
+        )));
+    }
+    if let Some(id) = blocks.ids.iter().find(|id| **id >= vocab_size) {
+        return Err(TrainError::BadBatch(format!(
+            "sent token id {id}, outside the tokenizer's vocabulary of {vocab_size}"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_tokenizer(tokenizer: &TokenizerInfo) -> Result<(), TrainError> {
+    let largest_special = tokenizer.special_ids().into_iter().max().unwrap_or(0);
+    if tokenizer.vocab_size <= largest_special {
+        return Err(TrainError::BadBatch(format!(
+            "describes a tokenizer of {} ids whose special ids go up to {largest_special}",
+            tokenizer.vocab_size
+        )));
+    }
+    Ok(())
 }

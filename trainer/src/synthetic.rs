@@ -4,11 +4,13 @@
 //! sequence of token ids. A masked token is therefore predictable from its neighbours inside the
 //! phrase, so a model that learns anything at all shows a falling loss within a few dozen steps.
 //! Used by unit tests and by the `bench` command, which measures training speed without a
-//! pipeline.
+//! pipeline. Its cursor is the number of blocks handed out; resuming regenerates and skips them,
+//! which is O(blocks) but cheap for generated data.
 
 use std::time::{Duration, Instant};
 
-use flightlm_shared::{TokenBlocks, TokenizerInfo};
+use anyhow::bail;
+use flightlm_shared::{Cursor, StreamState, TokenBlocks, TokenizerInfo};
 
 use crate::rng::SplitMix64;
 use crate::source::BlockSource;
@@ -111,6 +113,41 @@ impl SyntheticSource {
     }
 }
 
+impl SyntheticSource {
+    /// A source whose train stream continues after `cursor`, taken from a source with the same
+    /// configuration.
+    pub fn resume(config: SyntheticConfig, cursor: &Cursor) -> anyhow::Result<Self> {
+        let mut source = SyntheticSource::new(config);
+        let fingerprint = source.fingerprint();
+        if cursor.state.fingerprint != fingerprint {
+            bail!(
+                "the cursor belongs to stream {}, this source generates {fingerprint}",
+                cursor.state.fingerprint
+            );
+        }
+        let skip = cursor.state.block_seq + cursor.skip;
+        while source.train.next_block < skip {
+            source.train.blocks(1, &source.config, &source.phrases);
+        }
+        Ok(source)
+    }
+
+    /// Names the generated stream: everything that decides its blocks.
+    fn fingerprint(&self) -> String {
+        let config = &self.config;
+        format!(
+            "synthetic:seed={}:vocab={}:seq_len={}:phrases={}x{}:words={}:per_document={}",
+            config.seed,
+            config.vocab_size,
+            config.seq_len,
+            config.phrases,
+            config.phrase_len,
+            config.words,
+            config.phrases_per_document
+        )
+    }
+}
+
 impl Stream {
     fn new(rng: SplitMix64) -> Self {
         Stream {
@@ -168,6 +205,18 @@ impl BlockSource for SyntheticSource {
     fn seconds_waited(&self) -> f64 {
         self.waited.as_secs_f64()
     }
+
+    fn cursor(&self) -> Option<Cursor> {
+        Some(Cursor {
+            state: StreamState {
+                fingerprint: self.fingerprint(),
+                block_seq: self.train.next_block,
+                draws: self.train.next_block,
+                sources: Vec::new(),
+            },
+            skip: 0,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -185,5 +234,19 @@ mod tests {
         let valid = source.valid_batches().expect("valid");
         assert_eq!(valid.iter().map(TokenBlocks::rows).sum::<usize>(), 16);
         assert_eq!(valid, source.valid_batches().expect("valid"));
+    }
+
+    #[test]
+    fn resumes_after_the_cursor() {
+        let config = SyntheticConfig::new(100, 16, 4);
+        let mut source = SyntheticSource::new(config.clone());
+        source.next_train_batch().expect("batch");
+        let cursor = source.cursor().expect("a cursor");
+        let expected = source.next_train_batch().expect("batch");
+        let mut resumed = SyntheticSource::resume(config.clone(), &cursor).expect("resumes");
+        assert_eq!(resumed.next_train_batch().expect("batch"), expected);
+
+        let other = SyntheticConfig { seed: 8, ..config };
+        assert!(SyntheticSource::resume(other, &cursor).is_err());
     }
 }

@@ -1,17 +1,23 @@
-//! The training loop: pull blocks, collate, forward/backward, accumulate, step, log, evaluate.
+//! The training loop: pull blocks, collate, forward/backward, accumulate, step, log, evaluate,
+//! checkpoint.
 //!
 //! An optimizer step consumes `grad_accum` micro-batches of `batch_size` blocks. The model is
 //! evaluated on the whole valid split before the first step, every `eval_every` steps and after
 //! the last one; the valid split is masked once with a fixed seed, so every evaluation scores the
 //! same predictions and the numbers are comparable across a run and across runs.
+//!
+//! Every random draw of a step is a function of `(seed, step)`: masking streams are numbered by
+//! micro-batch and the backend generator (dropout) is reseeded before each step. A run resumed
+//! from a checkpoint therefore computes exactly the steps the uninterrupted run computes.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
-use flightlm_shared::{TokenBlocks, TokenizerInfo};
+use burn::tensor::backend::AutodiffBackend;
 
+use crate::checkpoint::{self, BestCheckpoint, CheckpointStore, TrainingState, CHECKPOINT_FORMAT};
 use crate::collate::{Collator, LmBatch};
 use crate::config::{TrainConfig, EVAL_MASKING_SEED};
 use crate::error::TrainError;
@@ -20,89 +26,60 @@ use crate::loss::cross_entropy_mean;
 use crate::metrics::{Metric, MetricsLog};
 use crate::model::{Roberta, RobertaConfig};
 use crate::optimizer::{AdamWSettings, TrainingOptimizer};
+use crate::progress::{eta_seconds, Window};
+use crate::rng::dropout_seed;
 use crate::schedule::LinearSchedule;
-use crate::source::BlockSource;
+use crate::source::{check_blocks, check_tokenizer, BlockSource};
 
-/// What a finished run reports.
+/// What a finished (or stopped) run reports.
 #[derive(Clone, Debug)]
 pub struct TrainSummary<B: AutodiffBackend> {
+    /// The final model: the best checkpoint's weights when they were restored.
     pub model: Roberta<B>,
+    /// Optimizer steps completed.
     pub steps: usize,
     pub first_eval: Evaluation,
     pub last_eval: Evaluation,
     pub train_tokens: usize,
+    /// The run stopped on request before `max_steps`, after writing a checkpoint.
+    pub stopped: bool,
+    /// The best checkpoint by eval perplexity, if checkpoints were written.
+    pub best: Option<BestCheckpoint>,
+    /// `model` holds the best checkpoint's weights rather than the last step's.
+    pub restored_best: bool,
 }
 
-/// Checks that a batch from the source has the shape the run was configured for.
-fn check_blocks(
-    blocks: &TokenBlocks,
-    config: &TrainConfig,
-    vocab_size: u32,
-) -> Result<(), TrainError> {
-    if blocks.seq_len != config.seq_len {
-        return Err(TrainError::BadBatch(format!(
-            "sent blocks of {} tokens, the run expects {}",
-            blocks.seq_len, config.seq_len
-        )));
-    }
-    if blocks.rows() == 0 || blocks.ids.len() != blocks.rows() * blocks.seq_len {
-        return Err(TrainError::BadBatch(format!(
-            "sent a malformed batch ({} rows, {} ids)",
-            blocks.rows(),
-            blocks.ids.len()
-        )));
-    }
-    if let Some(id) = blocks.ids.iter().find(|id| **id >= vocab_size) {
-        return Err(TrainError::BadBatch(format!(
-            "sent token id {id}, outside the tokenizer's vocabulary of {vocab_size}"
-        )));
-    }
-    Ok(())
-}
-
-fn check_tokenizer(tokenizer: &TokenizerInfo) -> Result<(), TrainError> {
-    let largest_special = tokenizer.special_ids().into_iter().max().unwrap_or(0);
-    if tokenizer.vocab_size <= largest_special {
-        return Err(TrainError::BadBatch(format!(
-            "describes a tokenizer of {} ids whose special ids go up to {largest_special}",
-            tokenizer.vocab_size
-        )));
-    }
-    Ok(())
-}
-
-/// Throughput bookkeeping between two `train` lines.
-struct Window<B: Backend> {
-    started: Instant,
-    waited_at_start: f64,
-    /// Seconds spent evaluating inside the window, not counted as training time.
-    excluded: f64,
-    tokens: usize,
-    /// Sum of micro-batch losses, kept on the device so logging costs one read per window.
-    loss_sum: Option<Tensor<B, 1>>,
-    losses: usize,
-}
-
-impl<B: Backend> Window<B> {
-    fn open(source: &dyn BlockSource) -> Self {
-        Window {
-            started: Instant::now(),
-            waited_at_start: source.seconds_waited(),
-            excluded: 0.0,
-            tokens: 0,
-            loss_sum: None,
-            losses: 0,
-        }
-    }
+/// How a run is driven besides its configuration.
+#[derive(Debug, Default)]
+pub struct RunControl<'a> {
+    /// Where checkpoints go; without a store none are written and the best cannot be restored.
+    pub checkpoints: Option<CheckpointStore>,
+    /// A checkpoint directory to continue from instead of a fresh model. The source must already
+    /// continue after the checkpoint's cursor.
+    pub resume: Option<PathBuf>,
+    /// Polled after every step: once set, the run writes a checkpoint and stops.
+    pub stop: Option<&'a AtomicBool>,
 }
 
 /// Trains a fresh model as `config` says, reading blocks from `source` and writing metrics to
-/// `metrics`. Returns the trained model and the first and last evaluations.
+/// `metrics`, without checkpoints.
 pub fn train<B: AutodiffBackend>(
     config: &TrainConfig,
     source: &mut dyn BlockSource,
     device: &B::Device,
     metrics: &mut MetricsLog,
+) -> Result<TrainSummary<B>, TrainError> {
+    train_with(config, source, device, metrics, RunControl::default())
+}
+
+/// Trains as `config` and `control` say: from scratch or from a checkpoint, writing checkpoints
+/// when given a store, stopping early when asked to.
+pub fn train_with<B: AutodiffBackend>(
+    config: &TrainConfig,
+    source: &mut dyn BlockSource,
+    device: &B::Device,
+    metrics: &mut MetricsLog,
+    control: RunControl<'_>,
 ) -> Result<TrainSummary<B>, TrainError> {
     config.validate()?;
     let tokenizer = source.tokenizer().clone();
@@ -110,8 +87,8 @@ pub fn train<B: AutodiffBackend>(
     let run_started = Instant::now();
 
     B::seed(device, config.seed);
-    let mut model: Roberta<B> = RobertaConfig::from_train_config(config, &tokenizer).init(device);
-    let mut optimizer =
+    let model: Roberta<B> = RobertaConfig::from_train_config(config, &tokenizer).init(device);
+    let optimizer =
         TrainingOptimizer::<B, Roberta<B>>::new(AdamWSettings::from_train_config(config));
     let schedule = LinearSchedule::new(config.lr, config.warmup_steps, config.max_steps);
     let collator = Collator::new(config.objective, &tokenizer, config.mlm_probability);
@@ -124,32 +101,72 @@ pub fn train<B: AutodiffBackend>(
     }
     drop(valid_blocks);
 
-    metrics.record(Metric::Start {
-        objective: config.objective,
-        preset: config.preset,
-        device: config.device,
-        parameters: model.num_params(),
-        vocab_size: tokenizer.vocab_size,
-        seq_len: config.seq_len,
-        batch_size: config.batch_size,
-        grad_accum: config.grad_accum,
-        max_steps: config.max_steps,
-        valid_batches: valid.len(),
-    })?;
-    let first_eval = evaluate_and_record(&model, &valid, device, 0, metrics)?;
-    let mut last_eval = first_eval;
-    let mut best_perplexity = first_eval.perplexity;
+    if let Some(store) = &control.checkpoints {
+        store.remove_partial()?;
+    }
+    let (mut model, mut optimizer, mut state) = match &control.resume {
+        Some(dir) => {
+            let state = checkpoint::read_state(dir)?;
+            if state.tokenizer_hash != tokenizer.hash {
+                return Err(TrainError::Checkpoint {
+                    path: dir.clone(),
+                    message: format!(
+                        "was trained with tokenizer {}, the source serves tokenizer {}",
+                        state.tokenizer_hash, tokenizer.hash
+                    ),
+                });
+            }
+            let model = checkpoint::load_model(dir, model, device)?;
+            let optimizer = checkpoint::load_optimizer(dir, optimizer, device)?;
+            metrics.record(Metric::Resume {
+                step: state.step,
+                checkpoint: dir.clone(),
+            })?;
+            (model, optimizer, state)
+        }
+        None => {
+            metrics.record(Metric::Start {
+                objective: config.objective,
+                preset: config.preset,
+                device: config.device,
+                parameters: model.num_params(),
+                vocab_size: tokenizer.vocab_size,
+                seq_len: config.seq_len,
+                batch_size: config.batch_size,
+                grad_accum: config.grad_accum,
+                max_steps: config.max_steps,
+                valid_batches: valid.len(),
+            })?;
+            let first_eval = evaluate_and_record(&model, &valid, device, 0, metrics)?;
+            let state = TrainingState {
+                format: CHECKPOINT_FORMAT,
+                step: 0,
+                train_tokens: 0,
+                first_eval,
+                last_eval: first_eval,
+                eval_at_step: Some(first_eval),
+                best_eval_perplexity: first_eval.perplexity,
+                best_checkpoint: None,
+                tokenizer_hash: tokenizer.hash.clone(),
+                cursor: source.cursor(),
+            };
+            (model, optimizer, state)
+        }
+    };
 
-    let mut train_tokens = 0;
+    let loop_started = Instant::now();
+    let first_step = state.step;
+    let mut stopped = false;
     let mut window = Window::<B::InnerBackend>::open(source);
-    for step in 0..config.max_steps {
+    for step in state.step..config.max_steps {
+        B::seed(device, dropout_seed(config.seed, step));
         for micro_batch in 0..config.grad_accum {
             let blocks = source.next_train_batch().map_err(TrainError::Source)?;
             check_blocks(&blocks, config, tokenizer.vocab_size)?;
             let stream = (step * config.grad_accum + micro_batch) as u64;
             let batch = collator.collate(&blocks, config.seed, stream);
             window.tokens += batch.input_tokens();
-            train_tokens += batch.input_tokens();
+            state.train_tokens += batch.input_tokens();
             if batch.targets.is_empty() {
                 continue; // nothing chosen to predict: contributes no gradient, as in HF
             }
@@ -158,21 +175,18 @@ pub fn train<B: AutodiffBackend>(
             let loss = cross_entropy_mean(logits, tensors.targets, tensors.weights, tensors.count);
             let gradients = loss.backward();
             optimizer.accumulate(&model, gradients);
-            let loss = loss.inner();
-            window.loss_sum = Some(match window.loss_sum.take() {
-                Some(sum) => sum + loss,
-                None => loss,
-            });
-            window.losses += 1;
+            window.add_loss(loss.inner());
         }
         let lr = schedule.lr(step);
         let (updated, report) = optimizer.step(lr, model)?;
         model = updated;
         let completed = step + 1;
+        state.step = completed;
+        state.cursor = source.cursor();
         let last = completed == config.max_steps;
 
         if completed % config.log_every == 0 || last {
-            let seconds = (window.started.elapsed().as_secs_f64() - window.excluded).max(1e-9);
+            let seconds = window.training_seconds();
             let loss = match window.loss_sum.take() {
                 Some(sum) => read_scalar(sum)? / window.losses as f64,
                 None => f64::NAN,
@@ -193,33 +207,98 @@ pub fn train<B: AutodiffBackend>(
                 data_wait: (waited / seconds).clamp(0.0, 1.0),
                 grad_norm: report.grad_norm,
                 elapsed_s: run_started.elapsed().as_secs_f64(),
+                eta_s: eta_seconds(loop_started, first_step, completed, config.max_steps),
             })?;
             window = Window::open(source);
         }
+        let paused = Instant::now();
+        state.eval_at_step = None;
         if completed % config.eval_every == 0 || last {
-            let started = Instant::now();
-            last_eval = evaluate_and_record(&model, &valid, device, completed, metrics)?;
-            best_perplexity = best_perplexity.min(last_eval.perplexity);
-            window.excluded += started.elapsed().as_secs_f64();
+            let evaluation = evaluate_and_record(&model, &valid, device, completed, metrics)?;
+            state.last_eval = evaluation;
+            state.eval_at_step = Some(evaluation);
+            state.best_eval_perplexity = state.best_eval_perplexity.min(evaluation.perplexity);
         }
+        stopped = control.stop.is_some_and(|flag| flag.load(Ordering::SeqCst));
+        if let Some(store) = &control.checkpoints {
+            if completed % config.save_every == 0 || last || stopped {
+                save_checkpoint(store, &model, &optimizer, &mut state, config, metrics)?;
+            }
+        }
+        window.excluded += paused.elapsed().as_secs_f64();
+        if stopped && !last {
+            metrics.record(Metric::Stop { step: completed })?;
+            break;
+        }
+        stopped = false;
     }
 
-    metrics.record(Metric::Done {
-        steps: config.max_steps,
-        first_eval_loss: first_eval.loss,
-        first_eval_perplexity: first_eval.perplexity,
-        last_eval_loss: last_eval.loss,
-        last_eval_perplexity: last_eval.perplexity,
-        best_eval_perplexity: best_perplexity,
-        train_tokens,
-        elapsed_s: run_started.elapsed().as_secs_f64(),
-    })?;
+    let mut restored_best = false;
+    if !stopped {
+        if let (Some(store), Some(best)) = (&control.checkpoints, state.best_checkpoint) {
+            if config.restore_best && best.step != state.step {
+                model = checkpoint::load_model(&store.path_of(best.step), model, device)?;
+                restored_best = true;
+            }
+            metrics.record(Metric::Best {
+                step: best.step,
+                eval_perplexity: best.eval_perplexity,
+                restored: restored_best,
+            })?;
+        }
+        metrics.record(Metric::Done {
+            steps: state.step,
+            first_eval_loss: state.first_eval.loss,
+            first_eval_perplexity: state.first_eval.perplexity,
+            last_eval_loss: state.last_eval.loss,
+            last_eval_perplexity: state.last_eval.perplexity,
+            best_eval_perplexity: state.best_eval_perplexity,
+            train_tokens: state.train_tokens,
+            elapsed_s: run_started.elapsed().as_secs_f64(),
+        })?;
+    }
     Ok(TrainSummary {
         model,
-        steps: config.max_steps,
-        first_eval,
-        last_eval,
-        train_tokens,
+        steps: state.step,
+        first_eval: state.first_eval,
+        last_eval: state.last_eval,
+        train_tokens: state.train_tokens,
+        stopped,
+        best: state.best_checkpoint,
+        restored_best,
+    })
+}
+
+/// Writes the checkpoint of `state.step`, first making it the best one if its evaluation is
+/// the lowest so far, then prunes old checkpoints.
+fn save_checkpoint<B: AutodiffBackend>(
+    store: &CheckpointStore,
+    model: &Roberta<B>,
+    optimizer: &TrainingOptimizer<B, Roberta<B>>,
+    state: &mut TrainingState,
+    config: &TrainConfig,
+    metrics: &mut MetricsLog,
+) -> Result<(), TrainError> {
+    if let Some(evaluation) = state.eval_at_step {
+        let improves = state
+            .best_checkpoint
+            .is_none_or(|best| evaluation.perplexity < best.eval_perplexity);
+        if improves {
+            state.best_checkpoint = Some(BestCheckpoint {
+                step: state.step,
+                eval_perplexity: evaluation.perplexity,
+            });
+        }
+    }
+    let path = store.save(model, optimizer, state, config)?;
+    store.prune(
+        config.keep_checkpoints,
+        state.best_checkpoint.map(|best| best.step),
+    )?;
+    metrics.record(Metric::Checkpoint {
+        step: state.step,
+        path,
+        eval_perplexity: state.eval_at_step.map(|evaluation| evaluation.perplexity),
     })
 }
 
@@ -241,134 +320,4 @@ fn evaluate_and_record<B: AutodiffBackend>(
         eval_seconds: started.elapsed().as_secs_f64(),
     })?;
     Ok(evaluation)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Preset;
-    use crate::synthetic::{SyntheticConfig, SyntheticSource};
-    use burn::backend::{Autodiff, NdArray};
-
-    type TestBackend = Autodiff<NdArray<f32>>;
-
-    fn tiny_config(max_steps: usize) -> TrainConfig {
-        let mut config = TrainConfig::new("memory", "unused", Preset::Tiny);
-        config.model.layers = 2;
-        config.model.hidden = 64;
-        config.model.heads = 2;
-        config.model.intermediate = 128;
-        config.seq_len = 32;
-        config.batch_size = 8;
-        config.grad_accum = 2;
-        config.lr = 2e-3;
-        config.warmup_steps = 5;
-        config.max_steps = max_steps;
-        config.log_every = 10;
-        config.eval_every = 20;
-        config
-    }
-
-    #[test]
-    fn a_few_steps_lower_the_loss_clearly() {
-        let _rng = crate::backend_rng_lock();
-        let config = tiny_config(40);
-        let mut source = SyntheticSource::new(SyntheticConfig {
-            words: 64,
-            ..SyntheticConfig::new(512, 32, 8)
-        });
-        let mut metrics = MetricsLog::in_memory();
-        let device = Default::default();
-        let summary =
-            train::<TestBackend>(&config, &mut source, &device, &mut metrics).expect("trains");
-
-        let first = summary.first_eval;
-        let last = summary.last_eval;
-        assert!(
-            (first.loss - (512f64).ln()).abs() < 0.5,
-            "an untrained model is close to uniform: {first:?}"
-        );
-        assert!(
-            last.perplexity * 3.0 < first.perplexity,
-            "perplexity {} -> {}",
-            first.perplexity,
-            last.perplexity
-        );
-        assert_eq!(summary.train_tokens, 40 * 2 * 8 * 32);
-
-        let kinds: Vec<&str> = metrics
-            .records()
-            .iter()
-            .map(|metric| match metric {
-                Metric::Start { .. } => "start",
-                Metric::Eval { .. } => "eval",
-                Metric::Train { .. } => "train",
-                Metric::Done { .. } => "done",
-            })
-            .collect();
-        assert_eq!(kinds.first(), Some(&"start"));
-        assert_eq!(kinds.last(), Some(&"done"));
-        assert_eq!(kinds.iter().filter(|kind| **kind == "train").count(), 4);
-        // Before the first step, at step 20, at step 40.
-        assert_eq!(kinds.iter().filter(|kind| **kind == "eval").count(), 3);
-        for metric in metrics.records() {
-            if let Metric::Train {
-                tokens_per_s,
-                data_wait,
-                lr,
-                ..
-            } = metric
-            {
-                assert!(*tokens_per_s > 0.0);
-                assert!((0.0..=1.0).contains(data_wait));
-                assert!(*lr <= config.lr);
-            }
-        }
-    }
-
-    #[test]
-    fn the_causal_objective_trains_too() {
-        let _rng = crate::backend_rng_lock();
-        let mut config = tiny_config(20);
-        config.objective = crate::config::Objective::Causal;
-        let mut source = SyntheticSource::new(SyntheticConfig {
-            words: 64,
-            ..SyntheticConfig::new(512, 32, 8)
-        });
-        let mut metrics = MetricsLog::in_memory();
-        let summary = train::<TestBackend>(&config, &mut source, &Default::default(), &mut metrics)
-            .expect("trains");
-        assert!(
-            summary.last_eval.perplexity * 3.0 < summary.first_eval.perplexity,
-            "{:?} -> {:?}",
-            summary.first_eval,
-            summary.last_eval
-        );
-    }
-
-    #[test]
-    fn evaluation_is_reproducible() {
-        let _rng = crate::backend_rng_lock();
-        let config = tiny_config(1);
-        let device = Default::default();
-        let run = || {
-            let mut source = SyntheticSource::new(SyntheticConfig::new(256, 32, 8));
-            let mut metrics = MetricsLog::in_memory();
-            train::<TestBackend>(&config, &mut source, &device, &mut metrics)
-                .expect("trains")
-                .first_eval
-        };
-        assert_eq!(run(), run());
-    }
-
-    #[test]
-    fn rejects_blocks_of_the_wrong_length() {
-        let _rng = crate::backend_rng_lock();
-        let config = tiny_config(1);
-        let mut source = SyntheticSource::new(SyntheticConfig::new(256, 16, 8));
-        let mut metrics = MetricsLog::in_memory();
-        let error = train::<TestBackend>(&config, &mut source, &Default::default(), &mut metrics)
-            .expect_err("seq_len mismatch");
-        assert!(error.to_string().contains("16 tokens"), "{error}");
-    }
 }
