@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod hf;
 pub mod loss;
 pub mod masking;
 pub mod metrics;
@@ -18,6 +19,7 @@ pub mod rng;
 pub mod schedule;
 pub mod source;
 pub mod synthetic;
+pub mod text_file;
 pub mod train;
 
 pub use config::{DeviceKind, Objective, Preset, TrainConfig};

@@ -1,7 +1,9 @@
 //! `flightlm-trainer`: the command line over the trainer library.
 //!
 //! `train` reads blocks from a running pipeline; `bench` trains on a generated in-memory corpus
-//! to measure the training speed of a preset on this machine without any pipeline.
+//! to measure the training speed of a preset on this machine without any pipeline;
+//! `train-text` trains on one local text file and exports the model. `export`, `fill-mask` and
+//! `score` work on HuggingFace model directories.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,12 +13,17 @@ use anyhow::{anyhow, Context};
 use burn::backend::cuda::CudaDevice;
 use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::{Autodiff, Cuda, NdArray};
+use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
 use flightlm_trainer::data::PipelineSource;
+use flightlm_trainer::hf::commands::{ExportArgs, FillMaskArgs, ScoreArgs};
+use flightlm_trainer::hf::{export_hf, HfRobertaConfig, HfTokenizer};
 use flightlm_trainer::metrics::MetricsLog;
+use flightlm_trainer::model::RobertaConfig;
 use flightlm_trainer::source::BlockSource;
 use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
+use flightlm_trainer::text_file::TextFileSource;
 use flightlm_trainer::{train, DeviceKind, Objective, Preset, TrainConfig};
 
 type CpuBackend = Autodiff<NdArray<f32>>;
@@ -43,9 +50,39 @@ enum Command {
         /// Directory for config.json and metrics.jsonl.
         #[arg(long)]
         out: PathBuf,
+        /// Start from the weights of this HF model directory (same network as the run's).
+        #[arg(long)]
+        init_from: Option<PathBuf>,
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Train on one local text file (a document per line) on the CPU and export the model.
+    TrainText {
+        #[arg(long)]
+        text: PathBuf,
+        /// tokenizer.json; shipped with the exported model.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Directory for config.json and metrics.jsonl.
+        #[arg(long)]
+        out: PathBuf,
+        /// HF model directory to write after the last step.
+        #[arg(long)]
+        export: PathBuf,
+        /// Share of the blocks (the last ones) held out for evaluation.
+        #[arg(long, default_value_t = 0.05)]
+        valid_fraction: f64,
+        #[command(flatten)]
+        shape: ShapeArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Write a checkpoint's model as a HuggingFace model directory.
+    Export(ExportArgs),
+    /// Predict the tokens at `<mask>`, printed like transformers' fill-mask pipeline.
+    FillMask(FillMaskArgs),
+    /// Loss and perplexity of each line of a text file, as JSON lines, then of the whole file.
+    Score(ScoreArgs),
     /// Train on a generated corpus held in memory, to measure speed.
     Bench {
         /// Vocabulary size of the generated corpus.
@@ -108,6 +145,29 @@ struct RunArgs {
     /// Seed for initialization, dropout and masking [default: 42].
     #[arg(long)]
     seed: Option<u64>,
+}
+
+/// Overrides of the preset's model dimensions.
+#[derive(Args)]
+struct ShapeArgs {
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long)]
+    hidden: Option<usize>,
+    #[arg(long)]
+    heads: Option<usize>,
+    #[arg(long)]
+    intermediate: Option<usize>,
+}
+
+impl ShapeArgs {
+    fn apply(&self, config: &mut TrainConfig) {
+        let shape = &mut config.model;
+        shape.layers = self.layers.unwrap_or(shape.layers);
+        shape.hidden = self.hidden.unwrap_or(shape.hidden);
+        shape.heads = self.heads.unwrap_or(shape.heads);
+        shape.intermediate = self.intermediate.unwrap_or(shape.intermediate);
+    }
 }
 
 impl RunArgs {
@@ -177,8 +237,14 @@ fn keep_freed_memory() {}
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { pipeline, out, run } => {
-            let config = run.config(&pipeline, out.clone());
+        Command::Train {
+            pipeline,
+            out,
+            init_from,
+            run,
+        } => {
+            let mut config = run.config(&pipeline, out.clone());
+            config.init_from = init_from;
             config.validate()?;
             config.save(&out)?;
             let mut source = PipelineSource::connect(&pipeline, config.seq_len, config.batch_size)
@@ -206,6 +272,56 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.batch_size,
             ));
             train_on(&config, &mut source, &mut metrics)
+        }
+        Command::TrainText {
+            text,
+            tokenizer,
+            out,
+            export,
+            valid_fraction,
+            shape,
+            run,
+        } => {
+            let mut config = run.config("text-file", out.clone());
+            shape.apply(&mut config);
+            config.validate()?;
+            config.save(&out)?;
+            let text = std::fs::read_to_string(&text)
+                .with_context(|| format!("reading {}", text.display()))?;
+            let hf_tokenizer = HfTokenizer::load(&tokenizer)?;
+            let mut source = TextFileSource::new(
+                &text,
+                &hf_tokenizer,
+                config.seq_len,
+                config.batch_size,
+                valid_fraction,
+            )?;
+            let mut metrics = MetricsLog::create(&out, true)?;
+            let summary =
+                train::<CpuBackend>(&config, &mut source, &NdArrayDevice::Cpu, &mut metrics)?;
+            let info = source.tokenizer().clone();
+            let model_config = RobertaConfig::from_train_config(&config, &info);
+            let hf_config = HfRobertaConfig::from_model(&model_config, &info);
+            export_hf(
+                &summary.model.valid(),
+                &hf_config,
+                Some(&tokenizer),
+                &export,
+            )?;
+            Ok(())
+        }
+        Command::Export(args) => {
+            let out = flightlm_trainer::hf::commands::export(&args)?;
+            println!("{}", serde_json::json!({ "exported": out }));
+            Ok(())
+        }
+        Command::FillMask(args) => {
+            flightlm_trainer::hf::commands::fill_mask_command(&args, &mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Score(args) => {
+            flightlm_trainer::hf::commands::score_command(&args, &mut std::io::stdout())?;
+            Ok(())
         }
     }
 }

@@ -110,7 +110,11 @@ pub fn train<B: AutodiffBackend>(
     let run_started = Instant::now();
 
     B::seed(device, config.seed);
-    let mut model: Roberta<B> = RobertaConfig::from_train_config(config, &tokenizer).init(device);
+    let model_config = RobertaConfig::from_train_config(config, &tokenizer);
+    let mut model: Roberta<B> = model_config.init(device);
+    if let Some(dir) = &config.init_from {
+        model = crate::hf::warm_start(model, &model_config, dir)?;
+    }
     let mut optimizer =
         TrainingOptimizer::<B, Roberta<B>>::new(AdamWSettings::from_train_config(config));
     let schedule = LinearSchedule::new(config.lr, config.warmup_steps, config.max_steps);

@@ -1,0 +1,109 @@
+//! A [`BlockSource`] over one plain-text file, tokenized and packed in memory: small reproducible
+//! runs (test fixtures, comparisons with HF `Trainer`) without starting a pipeline.
+//!
+//! Every non-blank line is one document, encoded with `<s> … </s>`; the documents are
+//! concatenated and cut into `seq_len` blocks as HF's `group_texts` does (the remainder is
+//! dropped). The last `valid_fraction` of the blocks is the valid split; train batches walk the
+//! other blocks in file order and start over at the end, so the data order is plain to reproduce.
+
+use std::time::Instant;
+
+use flightlm_shared::{TokenBlocks, TokenizerInfo};
+
+use crate::hf::{HfError, HfTokenizer};
+use crate::source::BlockSource;
+
+pub struct TextFileSource {
+    tokenizer: TokenizerInfo,
+    seq_len: usize,
+    batch_size: usize,
+    train: Vec<Vec<u32>>,
+    valid: Vec<Vec<u32>>,
+    next_train: usize,
+    /// Blocks handed out so far, as their sequence numbers.
+    served: u64,
+    waited: f64,
+}
+
+impl TextFileSource {
+    pub fn new(
+        text: &str,
+        tokenizer: &HfTokenizer,
+        seq_len: usize,
+        batch_size: usize,
+        valid_fraction: f64,
+    ) -> Result<Self, HfError> {
+        let mut ids = Vec::new();
+        for line in text.lines().filter(|line| !line.trim().is_empty()) {
+            ids.extend(tokenizer.encode(line)?);
+        }
+        let mut blocks: Vec<Vec<u32>> = ids
+            .chunks_exact(seq_len.max(1))
+            .map(<[u32]>::to_vec)
+            .collect();
+        let valid_blocks = ((blocks.len() as f64 * valid_fraction).ceil() as usize).max(1);
+        if blocks.len() <= valid_blocks {
+            return Err(HfError::Input(format!(
+                "the text makes {} blocks of {seq_len} tokens, too few for a train and a valid split",
+                blocks.len()
+            )));
+        }
+        let valid = blocks.split_off(blocks.len() - valid_blocks);
+        Ok(TextFileSource {
+            tokenizer: tokenizer.info()?,
+            seq_len,
+            batch_size,
+            train: blocks,
+            valid,
+            next_train: 0,
+            served: 0,
+            waited: 0.0,
+        })
+    }
+
+    /// Train blocks (the valid split excluded).
+    pub fn train_blocks(&self) -> &[Vec<u32>] {
+        &self.train
+    }
+
+    pub fn valid_blocks(&self) -> &[Vec<u32>] {
+        &self.valid
+    }
+}
+
+impl BlockSource for TextFileSource {
+    fn tokenizer(&self) -> &TokenizerInfo {
+        &self.tokenizer
+    }
+
+    fn next_train_batch(&mut self) -> anyhow::Result<TokenBlocks> {
+        let started = Instant::now();
+        let mut batch = TokenBlocks::new(self.seq_len);
+        for _ in 0..self.batch_size {
+            batch.push(&self.train[self.next_train], self.served, 0);
+            self.next_train = (self.next_train + 1) % self.train.len();
+            self.served += 1;
+        }
+        self.waited += started.elapsed().as_secs_f64();
+        Ok(batch)
+    }
+
+    fn valid_batches(&mut self) -> anyhow::Result<Vec<TokenBlocks>> {
+        Ok(self
+            .valid
+            .chunks(self.batch_size.max(1))
+            .enumerate()
+            .map(|(chunk_index, chunk)| {
+                let mut batch = TokenBlocks::new(self.seq_len);
+                for (row, block) in chunk.iter().enumerate() {
+                    batch.push(block, (chunk_index * self.batch_size + row) as u64, 0);
+                }
+                batch
+            })
+            .collect())
+    }
+
+    fn seconds_waited(&self) -> f64 {
+        self.waited
+    }
+}
