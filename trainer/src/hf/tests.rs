@@ -7,6 +7,7 @@ use flightlm_shared::TokenizerInfo;
 
 use super::*;
 use crate::model::RobertaConfig;
+use crate::source::BlockSource;
 
 type TestBackend = NdArray<f32>;
 
@@ -182,5 +183,67 @@ fn missing_extra_and_untied_tensors_are_named() {
     untied.push(("lm_head.decoder.weight".into(), other));
     let error = load(untied).expect_err("untied");
     assert!(error.to_string().contains("tie the decoder"), "{error}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_run_started_from_an_export_continues_where_it_stopped() {
+    use crate::config::{Preset, TrainConfig};
+    use crate::metrics::MetricsLog;
+    use crate::synthetic::{SyntheticConfig, SyntheticSource};
+    use burn::backend::Autodiff;
+    use burn::module::AutodiffModule;
+
+    let _rng = crate::backend_rng_lock();
+    type TrainBackend = Autodiff<TestBackend>;
+    let mut config = TrainConfig::new("memory", "unused", Preset::Tiny);
+    config.model.hidden = 32;
+    config.model.intermediate = 64;
+    config.seq_len = 16;
+    config.batch_size = 4;
+    config.grad_accum = 1;
+    config.max_steps = 3;
+    config.warmup_steps = 1;
+    config.lr = 1e-2;
+    let source = || SyntheticSource::new(SyntheticConfig::new(128, 16, 4));
+    let device = Default::default();
+    let first = crate::train::train::<TrainBackend>(
+        &config,
+        &mut source(),
+        &device,
+        &mut MetricsLog::in_memory(),
+    )
+    .expect("trains");
+    let dir = scratch("continue");
+    let tokenizer_info = source().tokenizer().clone();
+    let model_config = RobertaConfig::from_train_config(&config, &tokenizer_info);
+    let hf_config = HfRobertaConfig::from_model(&model_config, &tokenizer_info);
+    export_hf(&first.model.valid(), &hf_config, None, &dir).expect("exports");
+
+    config.init_from = Some(dir.clone());
+    let second = crate::train::train::<TrainBackend>(
+        &config,
+        &mut source(),
+        &device,
+        &mut MetricsLog::in_memory(),
+    )
+    .expect("trains from the export");
+    assert_eq!(
+        second.first_eval, first.last_eval,
+        "the second run starts with the first run's final model"
+    );
+
+    config.model.layers = 3;
+    let error = crate::train::train::<TrainBackend>(
+        &config,
+        &mut source(),
+        &device,
+        &mut MetricsLog::in_memory(),
+    )
+    .expect_err("a deeper network does not fit");
+    assert!(
+        error.to_string().contains("num_hidden_layers is 2"),
+        "{error}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
