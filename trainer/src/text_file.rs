@@ -107,3 +107,62 @@ impl BlockSource for TextFileSource {
         self.waited
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn tokenizer() -> HfTokenizer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/hf-parity/mlm/tokenizer.json");
+        HfTokenizer::load(&path).expect("the fixture tokenizer")
+    }
+
+    #[test]
+    fn packs_documents_like_group_texts_and_walks_them_in_order() {
+        let tokenizer = tokenizer();
+        let lines = [
+            "In the beginning",
+            "",
+            "God created the heaven",
+            "and the earth.",
+        ];
+        let mut ids = Vec::new();
+        for line in lines.iter().filter(|line| !line.is_empty()) {
+            ids.extend(tokenizer.encode(line).expect("encodes"));
+        }
+        let seq_len = 4;
+        let mut source =
+            TextFileSource::new(&lines.join("\n"), &tokenizer, seq_len, 2, 0.2).expect("blocks");
+        let blocks = ids.len() / seq_len;
+        let held_out = (blocks as f64 * 0.2).ceil() as usize;
+        assert_eq!(source.train_blocks().len(), blocks - held_out);
+        assert_eq!(source.valid_blocks().len(), held_out);
+        assert_eq!(source.train_blocks()[0], ids[..seq_len].to_vec());
+        assert_eq!(
+            source.valid_blocks().last().expect("valid"),
+            &ids[(blocks - 1) * seq_len..blocks * seq_len].to_vec()
+        );
+
+        let train = source.train_blocks().to_vec();
+        let mut seen = Vec::new();
+        for _ in 0..train.len() {
+            let batch = source.next_train_batch().expect("batch");
+            assert_eq!(batch.rows(), 2);
+            seen.extend((0..2).map(|row| batch.row(row).to_vec()));
+        }
+        let expected: Vec<Vec<u32>> = (0..2 * train.len())
+            .map(|index| train[index % train.len()].clone())
+            .collect();
+        assert_eq!(seen, expected, "file order, starting over at the end");
+    }
+
+    #[test]
+    fn refuses_a_text_too_short_to_split() {
+        let error = TextFileSource::new("In the beginning", &tokenizer(), 64, 2, 0.1)
+            .err()
+            .expect("too short");
+        assert!(error.to_string().contains("too few"), "{error}");
+    }
+}
