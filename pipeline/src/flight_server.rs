@@ -40,6 +40,7 @@ pub const STATS_ACTION: &str = "stats";
 pub const SOURCES_ACTION: &str = "sources";
 pub const ADD_SOURCE_ACTION: &str = "add-source";
 pub const SET_WEIGHT_ACTION: &str = "set-weight";
+pub const TOKENIZER_ACTION: &str = "tokenizer";
 
 type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -204,6 +205,13 @@ impl FlightService for PipelineService {
                 stats
             }
             SOURCES_ACTION => self.corpus.describe_sources(),
+            TOKENIZER_ACTION => {
+                // The file itself, so a trainer can ship it with the models it exports.
+                let bytes = std::fs::read(&self.corpus.tokenizer_path)
+                    .map_err(|error| Status::internal(error.to_string()))?;
+                let result = arrow_flight::Result { body: bytes.into() };
+                return Ok(Response::new(Box::pin(stream::iter([Ok(result)]))));
+            }
             ADD_SOURCE_ACTION => {
                 add_source(&self.corpus, &action.body).map_err(control_error)?;
                 self.corpus.describe_sources()
@@ -215,7 +223,7 @@ impl FlightService for PipelineService {
             other => {
                 return Err(Status::invalid_argument(format!(
                     "unknown action `{other}` (known: {HEALTH_ACTION}, {STATS_ACTION}, \
-                     {SOURCES_ACTION}, {ADD_SOURCE_ACTION}, {SET_WEIGHT_ACTION})"
+                     {SOURCES_ACTION}, {ADD_SOURCE_ACTION}, {SET_WEIGHT_ACTION}, {TOKENIZER_ACTION})"
                 )))
             }
         };
@@ -244,6 +252,10 @@ impl FlightService for PipelineService {
             ActionType {
                 r#type: SOURCES_ACTION.into(),
                 description: "the sources served, with their weights and file counts".into(),
+            },
+            ActionType {
+                r#type: TOKENIZER_ACTION.into(),
+                description: "the tokenizer.json the blocks were encoded with".into(),
             },
             ActionType {
                 r#type: ADD_SOURCE_ACTION.into(),

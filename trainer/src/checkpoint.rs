@@ -18,16 +18,17 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
-use flightlm_shared::Cursor;
+use flightlm_shared::{Cursor, TokenizerInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::eval::Evaluation;
-use crate::model::Roberta;
+use crate::hf::{export_hf, HfRobertaConfig, TOKENIZER_FILE};
+use crate::model::{Roberta, RobertaConfig};
 use crate::optimizer::{OptimizerRecord, TrainingOptimizer};
 
 /// The subdirectory of a run's output directory that holds its checkpoints.
@@ -35,6 +36,8 @@ pub const CHECKPOINTS_DIR: &str = "checkpoints";
 const STEP_PREFIX: &str = "step-";
 const PARTIAL_PREFIX: &str = ".partial-";
 pub(crate) const STATE_FILE: &str = "state.json";
+/// The checkpoint's model as an HF directory (config.json, model.safetensors, tokenizer.json).
+pub const HF_DIR: &str = "hf";
 const MODEL_FILE: &str = "model";
 const OPTIMIZER_FILE: &str = "optimizer";
 /// Bumped whenever the layout or `state.json` changes incompatibly.
@@ -153,6 +156,7 @@ impl CheckpointStore {
         optimizer: &TrainingOptimizer<B, Roberta<B>>,
         state: &TrainingState,
         config: &TrainConfig,
+        tokenizer: &TokenizerInfo,
     ) -> Result<PathBuf, TrainError> {
         let target = self.path_of(state.step);
         let name = target
@@ -176,6 +180,23 @@ impl CheckpointStore {
         )
         .map_err(|error| checkpoint_error(&partial, error))?;
         config.save(&partial)?;
+        // The same weights as an HF model directory, so any checkpoint works with `export`,
+        // `fill-mask`, `score` and `--init-from` (and loads in transformers as it is).
+        let hf_config = HfRobertaConfig::from_model(
+            &RobertaConfig::from_train_config(config, tokenizer),
+            tokenizer,
+        );
+        let run_tokenizer = self
+            .root
+            .parent()
+            .map(|run| run.join(TOKENIZER_FILE))
+            .filter(|path| path.is_file());
+        export_hf(
+            &model.valid(),
+            &hf_config,
+            run_tokenizer.as_deref(),
+            &partial.join(HF_DIR),
+        )?;
         // The state goes last: a directory with `state.json` is complete even without the rename.
         write_json(&partial.join(STATE_FILE), state)?;
         sync_dir_contents(&partial)?;

@@ -110,6 +110,10 @@ pub struct TrainConfig {
     pub device: DeviceKind,
     pub out_dir: PathBuf,
     pub pipeline: String,
+    /// An HF model directory (`config.json` + `model.safetensors`) whose weights the run starts
+    /// from instead of a fresh initialization; its network must be the one the run describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// Seed used for the masking of the valid split: fixed, so every evaluation sees the same inputs.
@@ -144,6 +148,7 @@ impl TrainConfig {
             device: DeviceKind::Cpu,
             out_dir: out_dir.into(),
             pipeline: pipeline.into(),
+            init_from: None,
         }
     }
 

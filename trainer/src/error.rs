@@ -41,6 +41,10 @@ pub enum TrainError {
 
     #[error("the gradient norm is {0}: training diverged")]
     NonFiniteGradients(f64),
+
+    /// Reading or writing a HuggingFace model directory (`--init-from`, exports).
+    #[error(transparent)]
+    Hf(#[from] crate::hf::HfError),
 }
 
 impl TrainError {

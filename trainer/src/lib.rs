@@ -11,6 +11,7 @@ pub mod config_layers;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod hf;
 pub mod loss;
 pub mod masking;
 pub mod metrics;
@@ -22,6 +23,7 @@ pub mod rng;
 pub mod schedule;
 pub mod source;
 pub mod synthetic;
+pub mod text_file;
 pub mod train;
 
 pub use config::{DeviceKind, Objective, Preset, TrainConfig};

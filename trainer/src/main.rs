@@ -1,7 +1,9 @@
 //! `flightlm-trainer`: the command line over the trainer library.
 //!
 //! `train` reads blocks from a running pipeline; `bench` trains on a generated in-memory corpus
-//! to measure the training speed of a preset on this machine without any pipeline.
+//! to measure the training speed of a preset on this machine without any pipeline;
+//! `train-text` trains on one local text file and exports the model. `export`, `fill-mask` and
+//! `score` work on HuggingFace model directories.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,15 +14,20 @@ use anyhow::{anyhow, bail, Context};
 use burn::backend::cuda::CudaDevice;
 use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::{Autodiff, Cuda, NdArray};
+use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
 use flightlm_trainer::checkpoint::{read_state, CheckpointStore, TrainingState};
 use flightlm_trainer::config_layers::{resolve, ConfigLayer};
 use flightlm_trainer::data::PipelineSource;
+use flightlm_trainer::hf::commands::{ExportArgs, FillMaskArgs, ScoreArgs};
+use flightlm_trainer::hf::{export_hf, HfRobertaConfig, HfTokenizer, TOKENIZER_FILE};
 use flightlm_trainer::metrics::MetricsLog;
+use flightlm_trainer::model::RobertaConfig;
 use flightlm_trainer::resume::{check_resumable, locate, read_config, run_dir_of};
 use flightlm_trainer::source::BlockSource;
 use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
+use flightlm_trainer::text_file::TextFileSource;
 use flightlm_trainer::{train_with, DeviceKind, Objective, Preset, RunControl, TrainConfig};
 use serde::Serialize;
 
@@ -53,6 +60,53 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Train on one local text file (a document per line) on the CPU and export the model.
+    TrainText {
+        #[arg(long)]
+        text: PathBuf,
+        /// tokenizer.json; shipped with the exported model.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// HF model directory to write after the last step.
+        #[arg(long)]
+        export: PathBuf,
+        /// Share of the blocks (the last ones) held out for evaluation.
+        #[arg(long, default_value_t = 0.05)]
+        valid_fraction: f64,
+        #[command(flatten)]
+        shape: ShapeArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Write a checkpoint's model as a HuggingFace model directory.
+    Export(ExportArgs),
+    /// Predict the tokens at `<mask>`, printed like transformers' fill-mask pipeline.
+    FillMask(FillMaskArgs),
+    /// Loss and perplexity of each line of a text file, as JSON lines, then of the whole file.
+    Score(ScoreArgs),
+}
+
+/// Overrides of the preset's model dimensions.
+#[derive(Args)]
+struct ShapeArgs {
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long)]
+    hidden: Option<usize>,
+    #[arg(long)]
+    heads: Option<usize>,
+    #[arg(long)]
+    intermediate: Option<usize>,
+}
+
+impl ShapeArgs {
+    fn apply(&self, config: &mut TrainConfig) {
+        let shape = &mut config.model;
+        shape.layers = self.layers.unwrap_or(shape.layers);
+        shape.hidden = self.hidden.unwrap_or(shape.hidden);
+        shape.heads = self.heads.unwrap_or(shape.heads);
+        shape.intermediate = self.intermediate.unwrap_or(shape.intermediate);
+    }
 }
 
 /// Settings shared by every command that trains. Each flag overrides the `--config` file, which
@@ -151,6 +205,10 @@ struct RunArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
+    /// Start from the weights of this HF model directory (same network as the run's).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init_from: Option<PathBuf>,
 }
 
 /// A run's resolved configuration, and the checkpoint it continues from.
@@ -272,6 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let (pipeline, out) = (config.pipeline.clone(), config.out_dir.clone());
             config.save(&out)?;
+            save_pipeline_tokenizer(&pipeline, &out);
             let cursor = resume.as_ref().and_then(|(_, state)| state.cursor.clone());
             let mut source =
                 PipelineSource::connect(&pipeline, config.seq_len, config.batch_size, cursor)
@@ -304,6 +363,70 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             train_on(&config, &mut source, &mut metrics, checkpoints, resume)
         }
+        Command::TrainText {
+            text,
+            tokenizer,
+            export,
+            valid_fraction,
+            shape,
+            run,
+        } => {
+            let Resolved { mut config, .. } = run.resolve()?;
+            if config.out_dir.as_os_str().is_empty() {
+                bail!("no output directory: pass --out DIR or set `out_dir` in --config");
+            }
+            config.pipeline = "text-file".into();
+            shape.apply(&mut config);
+            config.validate()?;
+            let out = config.out_dir.clone();
+            config.save(&out)?;
+            let text = std::fs::read_to_string(&text)
+                .with_context(|| format!("reading {}", text.display()))?;
+            let hf_tokenizer = HfTokenizer::load(&tokenizer)?;
+            let mut source = TextFileSource::new(
+                &text,
+                &hf_tokenizer,
+                config.seq_len,
+                config.batch_size,
+                valid_fraction,
+            )?;
+            let mut metrics = MetricsLog::create(&out, true)?;
+            let control = RunControl {
+                checkpoints: None,
+                resume: None,
+                stop: None,
+            };
+            let summary = train_with::<CpuBackend>(
+                &config,
+                &mut source,
+                &NdArrayDevice::Cpu,
+                &mut metrics,
+                control,
+            )?;
+            let info = source.tokenizer().clone();
+            let model_config = RobertaConfig::from_train_config(&config, &info);
+            let hf_config = HfRobertaConfig::from_model(&model_config, &info);
+            export_hf(
+                &summary.model.valid(),
+                &hf_config,
+                Some(&tokenizer),
+                &export,
+            )?;
+            Ok(())
+        }
+        Command::Export(args) => {
+            let out = flightlm_trainer::hf::commands::export(&args)?;
+            println!("{}", serde_json::json!({ "exported": out }));
+            Ok(())
+        }
+        Command::FillMask(args) => {
+            flightlm_trainer::hf::commands::fill_mask_command(&args, &mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Score(args) => {
+            flightlm_trainer::hf::commands::score_command(&args, &mut std::io::stdout())?;
+            Ok(())
+        }
     }
 }
 
@@ -324,12 +447,18 @@ fn train_on(
         DeviceKind::Cpu => {
             let summary =
                 train_with::<CpuBackend>(config, source, &NdArrayDevice::Cpu, metrics, control)?;
+            if !summary.stopped {
+                export_final(config, source, &summary.model)?;
+            }
             (summary.steps, summary.stopped)
         }
         DeviceKind::Cuda => {
             let device = CudaDevice::default();
             check_cuda(&device)?;
             let summary = train_with::<CudaBackend>(config, source, &device, metrics, control)?;
+            if !summary.stopped {
+                export_final(config, source, &summary.model)?;
+            }
             (summary.steps, summary.stopped)
         }
     };
@@ -339,6 +468,50 @@ fn train_on(
             config.out_dir.display()
         );
     }
+    Ok(())
+}
+
+/// Keeps the pipeline's tokenizer.json in the run directory, so checkpoints and the final model
+/// ship with it. A pipeline that cannot send it only costs that convenience.
+fn save_pipeline_tokenizer(pipeline: &str, out: &std::path::Path) {
+    let fetched = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime
+                .block_on(flightlm_shared::client::run_action(pipeline, "tokenizer"))
+                .map_err(anyhow::Error::from)
+        })
+        .and_then(|bytes| {
+            std::fs::write(out.join(TOKENIZER_FILE), bytes).map_err(anyhow::Error::from)
+        });
+    if let Err(error) = fetched {
+        tracing::warn!("the pipeline's tokenizer.json is not saved with the run: {error:#}");
+    }
+}
+
+/// Writes the final (best, when restored) model as an HF directory `OUT/model`.
+fn export_final<B: burn::tensor::backend::AutodiffBackend>(
+    config: &TrainConfig,
+    source: &dyn BlockSource,
+    model: &flightlm_trainer::model::Roberta<B>,
+) -> anyhow::Result<()> {
+    if config.out_dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let info = source.tokenizer().clone();
+    let hf_config =
+        HfRobertaConfig::from_model(&RobertaConfig::from_train_config(config, &info), &info);
+    let tokenizer = config.out_dir.join(TOKENIZER_FILE);
+    let out = config.out_dir.join("model");
+    export_hf(
+        &model.valid(),
+        &hf_config,
+        tokenizer.is_file().then_some(tokenizer.as_path()),
+        &out,
+    )?;
+    eprintln!("model written to {}", out.display());
     Ok(())
 }
 

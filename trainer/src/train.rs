@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
+use flightlm_shared::TokenizerInfo;
 
 use crate::checkpoint::{self, BestCheckpoint, CheckpointStore, TrainingState, CHECKPOINT_FORMAT};
 use crate::collate::{Collator, LmBatch};
@@ -87,7 +88,11 @@ pub fn train_with<B: AutodiffBackend>(
     let run_started = Instant::now();
 
     B::seed(device, config.seed);
-    let model: Roberta<B> = RobertaConfig::from_train_config(config, &tokenizer).init(device);
+    let model_config = RobertaConfig::from_train_config(config, &tokenizer);
+    let mut model: Roberta<B> = model_config.init(device);
+    if let Some(dir) = &config.init_from {
+        model = crate::hf::warm_start(model, &model_config, dir)?;
+    }
     let optimizer =
         TrainingOptimizer::<B, Roberta<B>>::new(AdamWSettings::from_train_config(config));
     let schedule = LinearSchedule::new(config.lr, config.warmup_steps, config.max_steps);
@@ -222,7 +227,9 @@ pub fn train_with<B: AutodiffBackend>(
         stopped = control.stop.is_some_and(|flag| flag.load(Ordering::SeqCst));
         if let Some(store) = &control.checkpoints {
             if completed % config.save_every == 0 || last || stopped {
-                save_checkpoint(store, &model, &optimizer, &mut state, config, metrics)?;
+                save_checkpoint(
+                    store, &model, &optimizer, &mut state, config, &tokenizer, metrics,
+                )?;
             }
         }
         window.excluded += paused.elapsed().as_secs_f64();
@@ -277,6 +284,7 @@ fn save_checkpoint<B: AutodiffBackend>(
     optimizer: &TrainingOptimizer<B, Roberta<B>>,
     state: &mut TrainingState,
     config: &TrainConfig,
+    tokenizer: &TokenizerInfo,
     metrics: &mut MetricsLog,
 ) -> Result<(), TrainError> {
     if let Some(evaluation) = state.eval_at_step {
@@ -290,7 +298,7 @@ fn save_checkpoint<B: AutodiffBackend>(
             });
         }
     }
-    let path = store.save(model, optimizer, state, config)?;
+    let path = store.save(model, optimizer, state, config, tokenizer)?;
     store.prune(
         config.keep_checkpoints,
         state.best_checkpoint.map(|best| best.step),
