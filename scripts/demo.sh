@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: train a tokenizer on the sample corpus, start the pipeline,
-# and train a tiny RoBERTa (masked LM) on CPU from its stream. Prints the eval perplexity as it
-# falls. Usage: bash scripts/demo.sh [extra flightlm-trainer train flags]
+# and train a tiny RoBERTa (masked LM) on CPU from its stream (shuffled, checkpointed every 200
+# steps). Prints the eval perplexity as it falls, then asks the exported HuggingFace model to fill
+# a mask. Usage: bash scripts/demo.sh [extra flightlm-trainer train flags]
 set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
@@ -18,7 +19,7 @@ echo "== training a byte-level BPE tokenizer on $CORPUS"
 
 echo "== starting the pipeline"
 "$FLIGHTLM_BIN/flightlm-pipeline" serve --input "$CORPUS" --tokenizer "$RUN/tokenizer/tokenizer.json" \
-    --listen 127.0.0.1:0 --valid-fraction 0.01 > "$RUN/pipeline.out" 2> "$RUN/pipeline.log" &
+    --listen 127.0.0.1:0 --valid-fraction 0.01 --shuffle-window 256 > "$RUN/pipeline.out" 2> "$RUN/pipeline.log" &
 PIPELINE_PID=$!
 trap 'kill $PIPELINE_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do
@@ -33,7 +34,11 @@ echo "   pipeline at $URL"
 echo "== training a tiny RoBERTa (masked LM) on CPU"
 "$FLIGHTLM_BIN/flightlm-trainer" train --pipeline "$URL" --objective mlm --preset tiny \
     --max-steps 600 --seq-len 128 --batch-size 16 --grad-accum 1 --lr 1e-3 --warmup-steps 50 \
-    --log-every 25 --eval-every 100 --out "$RUN" "$@"
+    --log-every 25 --eval-every 100 --save-every 200 --out "$RUN" "$@"
 
 echo "== eval perplexity, step by step"
 grep '"eval_perplexity"' "$RUN/metrics.jsonl" | sed -n 's/.*"step":\([0-9]*\).*"eval_perplexity":\([0-9.e+-]*\).*/   step \1: \2/p'
+
+echo "== the exported model ($RUN/model, loadable by transformers) fills a mask"
+"$FLIGHTLM_BIN/flightlm-trainer" fill-mask --model "$RUN/model" --top-k 3 \
+    --text "And God said, Let there be <mask>: and there was light."

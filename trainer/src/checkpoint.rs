@@ -21,14 +21,14 @@ use std::path::{Path, PathBuf};
 use burn::module::{AutodiffModule, Module};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
-use flightlm_shared::{Cursor, TokenizerInfo};
+use flightlm_shared::Cursor;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::eval::Evaluation;
 use crate::hf::{export_hf, HfRobertaConfig, TOKENIZER_FILE};
-use crate::model::{Roberta, RobertaConfig};
+use crate::model::Roberta;
 use crate::optimizer::{OptimizerRecord, TrainingOptimizer};
 
 /// The subdirectory of a run's output directory that holds its checkpoints.
@@ -156,7 +156,7 @@ impl CheckpointStore {
         optimizer: &TrainingOptimizer<B, Roberta<B>>,
         state: &TrainingState,
         config: &TrainConfig,
-        tokenizer: &TokenizerInfo,
+        hf_config: &HfRobertaConfig,
     ) -> Result<PathBuf, TrainError> {
         let target = self.path_of(state.step);
         let name = target
@@ -182,10 +182,6 @@ impl CheckpointStore {
         config.save(&partial)?;
         // The same weights as an HF model directory, so any checkpoint works with `export`,
         // `fill-mask`, `score` and `--init-from` (and loads in transformers as it is).
-        let hf_config = HfRobertaConfig::from_model(
-            &RobertaConfig::from_train_config(config, tokenizer),
-            tokenizer,
-        );
         let run_tokenizer = self
             .root
             .parent()
@@ -193,7 +189,7 @@ impl CheckpointStore {
             .filter(|path| path.is_file());
         export_hf(
             &model.valid(),
-            &hf_config,
+            hf_config,
             run_tokenizer.as_deref(),
             &partial.join(HF_DIR),
         )?;

@@ -23,6 +23,7 @@ use crate::collate::{Collator, LmBatch};
 use crate::config::{TrainConfig, EVAL_MASKING_SEED};
 use crate::error::TrainError;
 use crate::eval::{evaluate, read_scalar, Evaluation};
+use crate::hf::HfRobertaConfig;
 use crate::loss::cross_entropy_mean;
 use crate::metrics::{Metric, MetricsLog};
 use crate::model::{Roberta, RobertaConfig};
@@ -298,7 +299,11 @@ fn save_checkpoint<B: AutodiffBackend>(
             });
         }
     }
-    let path = store.save(model, optimizer, state, config, tokenizer)?;
+    let hf_config = HfRobertaConfig::from_model(
+        &RobertaConfig::from_train_config(config, tokenizer),
+        tokenizer,
+    );
+    let path = store.save(model, optimizer, state, config, &hf_config)?;
     store.prune(
         config.keep_checkpoints,
         state.best_checkpoint.map(|best| best.step),

@@ -109,9 +109,20 @@ fn a_restored_checkpoint_continues_exactly() {
 
     let store = CheckpointStore::in_run(&dir);
     let saved = state(1);
+    let tokenizer = flightlm_shared::TokenizerInfo {
+        hash: "test".into(),
+        vocab_size: 64,
+        bos_id: 0,
+        pad_id: 1,
+        eos_id: 2,
+        unk_id: 3,
+        mask_id: 4,
+    };
+    let hf_config = flightlm_trainer::hf::HfRobertaConfig::from_model(&shape, &tokenizer);
     let path = store
-        .save(&model, &optimizer, &saved, &config)
+        .save(&model, &optimizer, &saved, &config, &hf_config)
         .expect("saves");
+    assert!(path.join("hf/config.json").is_file() && path.join("hf/model.safetensors").is_file());
     assert_eq!(path, store.path_of(1));
     assert_eq!(read_state(&path).expect("reads"), saved);
     assert!(path.join("config.toml").is_file() && path.join("config.json").is_file());
