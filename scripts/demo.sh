@@ -37,7 +37,7 @@ echo "== training a tiny RoBERTa (masked LM) on CPU"
     --log-every 25 --eval-every 100 --save-every 200 --out "$RUN" "$@"
 
 echo "== eval perplexity, step by step"
-grep '"eval_perplexity"' "$RUN/metrics.jsonl" | sed -n 's/.*"step":\([0-9]*\).*"eval_perplexity":\([0-9.e+-]*\).*/   step \1: \2/p'
+grep '"kind":"eval"' "$RUN/metrics.jsonl" | sed -n 's/.*"step":\([0-9]*\).*"eval_perplexity":\([0-9.e+-]*\).*/   step \1: \2/p'
 
 echo "== the exported model ($RUN/model, loadable by transformers) fills a mask"
 "$FLIGHTLM_BIN/flightlm-trainer" fill-mask --model "$RUN/model" --top-k 3 \

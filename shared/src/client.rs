@@ -71,6 +71,18 @@ fn authorized<T>(message: T) -> Result<tonic::Request<T>, ClientError> {
     Ok(request)
 }
 
+/// Overrides the HTTP/2 stream window (bytes a pipeline may send ahead of the reader).
+pub const STREAM_WINDOW_ENV: &str = "FLIGHTLM_STREAM_WINDOW_BYTES";
+
+/// 8 MiB by default: enough to keep a high-latency link busy. Smaller values bound how much of a
+/// stream is in flight (and so how far a reader has to resume after a connection breaks).
+fn stream_window_bytes() -> u32 {
+    std::env::var(STREAM_WINDOW_ENV)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(8 * 1024 * 1024)
+}
+
 /// Connects to a pipeline, failing fast with a readable reason when nothing listens there.
 pub async fn connect(url: &str) -> Result<FlightServiceClient<Channel>, ClientError> {
     let endpoint =
@@ -78,11 +90,12 @@ pub async fn connect(url: &str) -> Result<FlightServiceClient<Channel>, ClientEr
             url: url.to_string(),
             reason: error_chain(&error),
         })?;
+    let window = stream_window_bytes();
     let channel = endpoint
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
-        .initial_connection_window_size(Some(16 * 1024 * 1024))
-        .initial_stream_window_size(Some(8 * 1024 * 1024))
+        .initial_connection_window_size(Some(window.saturating_mul(2)))
+        .initial_stream_window_size(Some(window))
         .connect()
         .await
         .map_err(|error| ClientError::Unreachable {

@@ -123,10 +123,16 @@ impl Pipeline {
     pub fn start_with<A: AsRef<std::ffi::OsStr>>(tokenizer: &Path, arguments: &[A]) -> Pipeline {
         let mut command = Command::new(binary("flightlm-pipeline"));
         command.arg("serve").args(arguments);
+        // Port 0 (a free one) unless the caller chose the address.
+        if !arguments
+            .iter()
+            .any(|argument| argument.as_ref() == "--listen")
+        {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
             .arg("--tokenizer")
             .arg(tokenizer)
-            .args(["--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

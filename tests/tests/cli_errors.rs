@@ -113,11 +113,13 @@ fn unreachable_pipeline_is_a_clear_error() {
                 "--preset",
                 "tiny",
             ])
-            .args(["--max-steps", "1", "--out"])
+            .args(["--max-steps", "1", "--pipeline-retry-s", "2", "--out"])
             .arg(&out),
     );
+    // The trainer retries for the given time, then gives up with one clear line.
     assert!(
-        message.contains("cannot reach pipeline at http://127.0.0.1:1"),
+        message.contains("unavailable for more than 2 s")
+            && message.contains("cannot reach pipeline at http://127.0.0.1:1"),
         "{message}"
     );
 }

@@ -2,14 +2,16 @@
 //!
 //! A prefetch thread with its own async runtime keeps a few train batches decoded ahead of the
 //! loop, so decoding overlaps compute; the loop only waits when the pipeline is slower than
-//! training, and that wait is measured. The valid split is a finite stream read on request; the
+//! training, and that wait is measured. When the pipeline goes away (restart, network fault) the
+//! thread reconnects with exponential backoff and continues after the last block it received, so
+//! training sees no gap and no repeat. The valid split is a finite stream read on request; the
 //! training loop reads it once and keeps it.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use crossbeam_channel::{bounded, Receiver};
-use flightlm_shared::client::BlockStream;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use flightlm_shared::client::{BlockStream, ClientError};
 use flightlm_shared::{Cursor, Split, StreamRequest, TokenBlocks, TokenizerInfo};
 
 use crate::source::BlockSource;
@@ -31,12 +33,15 @@ pub struct PipelineSource {
 
 impl PipelineSource {
     /// Opens the train stream at `url` (continuing after `resume` when given) and waits for its
-    /// first batch, which names the tokenizer.
+    /// first batch, which names the tokenizer. While the pipeline is unreachable or its stream
+    /// breaks, the source retries with exponential backoff for up to `retry_for`, continuing
+    /// after the last block it received, so nothing is lost or repeated.
     pub fn connect(
         url: &str,
         seq_len: usize,
         batch_size: usize,
         resume: Option<Cursor>,
+        retry_for: Duration,
     ) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -46,62 +51,17 @@ impl PipelineSource {
         let (tokenizer_sender, tokenizer_receiver) = bounded(1);
         let request =
             StreamRequest::new(Split::Train, seq_len, batch_size).with_cursor(resume.clone());
-        let thread_url = url.to_string();
+        let prefetch = Prefetch {
+            url: url.to_string(),
+            request,
+            retry_for,
+            sender,
+            tokenizer_sender,
+            connected: false,
+        };
         std::thread::Builder::new()
             .name("train-prefetch".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = tokenizer_sender.send(Err(anyhow!(error)));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let mut stream = match BlockStream::open(&thread_url, &request).await {
-                        Ok(stream) => stream,
-                        Err(error) => {
-                            let _ = tokenizer_sender.send(Err(anyhow!(error)));
-                            return;
-                        }
-                    };
-                    let mut rows = TokenBlocks::new(request.seq_len);
-                    let mut announced = false;
-                    while let Some(batch) = stream.next().await {
-                        let batch = match batch {
-                            Ok(batch) => batch,
-                            Err(error) => {
-                                let error = anyhow!(error).context("train stream");
-                                if announced {
-                                    let _ = sender.send(Err(error));
-                                } else {
-                                    let _ = tokenizer_sender.send(Err(error));
-                                }
-                                return;
-                            }
-                        };
-                        if !announced {
-                            if let Some(tokenizer) = stream.tokenizer() {
-                                let _ = tokenizer_sender.send(Ok(tokenizer.clone()));
-                                announced = true;
-                            }
-                        }
-                        rows.append(&batch);
-                        while rows.rows() >= request.batch_size {
-                            if sender
-                                .send(Ok(rows.take_front(request.batch_size)))
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                    let _ = sender.send(Err(anyhow!("the train stream ended")));
-                });
-            })
+            .spawn(move || prefetch.run())
             .context("starting the prefetch thread")?;
         let tokenizer = tokenizer_receiver
             .recv()
@@ -116,6 +76,136 @@ impl PipelineSource {
             waited: Duration::ZERO,
             cursor: resume,
         })
+    }
+}
+
+/// Longest pause between reconnection attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// The prefetch thread: reads train batches ahead of the loop, reconnecting when needed.
+struct Prefetch {
+    url: String,
+    request: StreamRequest,
+    retry_for: Duration,
+    sender: Sender<anyhow::Result<TokenBlocks>>,
+    tokenizer_sender: Sender<anyhow::Result<TokenizerInfo>>,
+    /// The current connection delivered at least one batch.
+    connected: bool,
+}
+
+/// How one connection ended.
+enum StreamEnd {
+    /// The training loop went away.
+    Stopped,
+    /// A finite stream ran out.
+    Finished,
+    /// The connection failed; retrying may help.
+    Broken(ClientError),
+}
+
+impl Prefetch {
+    fn run(mut self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                let _ = self.tokenizer_sender.send(Err(anyhow!(error)));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let mut rows = TokenBlocks::new(self.request.seq_len);
+            let mut announced = false;
+            let mut failing_since: Option<Instant> = None;
+            let mut delay = Duration::from_millis(100);
+            loop {
+                self.connected = false;
+                let error = match self.stream_once(&mut rows, &mut announced).await {
+                    StreamEnd::Stopped => return,
+                    StreamEnd::Finished => {
+                        let _ = self.sender.send(Err(anyhow!("the train stream ended")));
+                        return;
+                    }
+                    StreamEnd::Broken(error) => error,
+                };
+                if self.connected {
+                    // The pipeline was back for a while: a new outage gets the full budget.
+                    failing_since = None;
+                    delay = Duration::from_millis(100);
+                }
+                let retryable = matches!(
+                    error,
+                    ClientError::Unreachable { .. } | ClientError::Stream(_)
+                );
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if !retryable || since.elapsed() >= self.retry_for {
+                    let error = if retryable {
+                        anyhow!(error).context(format!(
+                            "the pipeline at {} was unavailable for more than {} s \
+                             (--pipeline-retry-s)",
+                            self.url,
+                            self.retry_for.as_secs()
+                        ))
+                    } else {
+                        anyhow!(error).context("train stream")
+                    };
+                    self.fail(error, announced);
+                    return;
+                }
+                eprintln!("pipeline unavailable, retrying in {delay:?}: {error}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        });
+    }
+
+    /// Reads one connection's stream until it ends or fails; every batch moves the request's
+    /// cursor past its rows, so a new connection continues right after them.
+    async fn stream_once(&mut self, rows: &mut TokenBlocks, announced: &mut bool) -> StreamEnd {
+        let mut stream = match BlockStream::open(&self.url, &self.request).await {
+            Ok(stream) => stream,
+            Err(error) => return StreamEnd::Broken(error),
+        };
+        while let Some(batch) = stream.next().await {
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => return StreamEnd::Broken(error),
+            };
+            self.connected = true;
+            if !*announced {
+                if let Some(tokenizer) = stream.tokenizer() {
+                    let _ = self.tokenizer_sender.send(Ok(tokenizer.clone()));
+                    *announced = true;
+                }
+            }
+            if batch.rows() > 0 {
+                match batch.cursor_after(batch.rows() - 1) {
+                    Ok(cursor) => self.request.cursor = Some(cursor),
+                    Err(error) => return StreamEnd::Broken(ClientError::Schema(error)),
+                }
+            }
+            rows.append(&batch);
+            while rows.rows() >= self.request.batch_size {
+                if self
+                    .sender
+                    .send(Ok(rows.take_front(self.request.batch_size)))
+                    .is_err()
+                {
+                    return StreamEnd::Stopped;
+                }
+            }
+        }
+        StreamEnd::Finished
+    }
+
+    fn fail(&self, error: anyhow::Error, announced: bool) {
+        if announced {
+            let _ = self.sender.send(Err(error));
+        } else {
+            let _ = self.tokenizer_sender.send(Err(error));
+        }
     }
 }
 

@@ -49,6 +49,10 @@ struct Cli {
 enum Command {
     /// Train on token blocks streamed from a flightlm pipeline.
     Train {
+        /// Seconds to keep retrying (with exponential backoff) while the pipeline is unreachable
+        /// or its stream breaks, before giving up with an error.
+        #[arg(long, default_value_t = 120)]
+        pipeline_retry_s: u64,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -318,7 +322,10 @@ fn keep_freed_memory() {}
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { run } => {
+        Command::Train {
+            pipeline_retry_s,
+            run,
+        } => {
             let Resolved { config, resume } = run.resolve()?;
             if config.pipeline.is_empty() {
                 bail!(
@@ -332,9 +339,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.save(&out)?;
             save_pipeline_tokenizer(&pipeline, &out);
             let cursor = resume.as_ref().and_then(|(_, state)| state.cursor.clone());
-            let mut source =
-                PipelineSource::connect(&pipeline, config.seq_len, config.batch_size, cursor)
-                    .with_context(|| format!("connecting to the pipeline at {pipeline}"))?;
+            let mut source = PipelineSource::connect(
+                &pipeline,
+                config.seq_len,
+                config.batch_size,
+                cursor,
+                std::time::Duration::from_secs(pipeline_retry_s),
+            )
+            .with_context(|| format!("connecting to the pipeline at {pipeline}"))?;
             let mut metrics = match &resume {
                 Some((_, state)) => MetricsLog::resume(&out, state.step, true)?,
                 None => MetricsLog::create(&out, true)?,
