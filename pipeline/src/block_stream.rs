@@ -40,6 +40,13 @@ pub fn start_stream(
     let (state, skip) = match &request.cursor {
         Some(cursor) => {
             check_cursor(&corpus, &fingerprint, &cursor.state)?;
+            if cursor.skip > corpus.chunk_blocks() as u64 {
+                return Err(PipelineError::Cursor(format!(
+                    "skip {} is beyond a chunk of {} blocks",
+                    cursor.skip,
+                    corpus.chunk_blocks()
+                )));
+            }
             (cursor.state.clone(), cursor.skip)
         }
         None => (

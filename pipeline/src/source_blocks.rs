@@ -324,6 +324,12 @@ fn pack_source(
                     }
                 }
                 Encoded::EndOfPass => {
+                    if let Some((file, row)) = expected_start.take() {
+                        return Err(PipelineError::Cursor(format!(
+                            "source `{source_name}`: the cursor's block starts at row {row} of \
+                             {file}, but the pass ends before it (did the file change?)"
+                        )));
+                    }
                     let dropped = packer.finish_pass();
                     starts.clear();
                     counters

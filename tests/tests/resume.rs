@@ -170,3 +170,72 @@ fn shards_partition_the_stream_and_foreign_cursors_are_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn hostile_cursors_are_refused_and_the_server_keeps_serving() {
+    let dir = scratch_dir("resume-hostile");
+    let pipeline = mixture_pipeline(&dir);
+    let (_, cursor) = segment(&pipeline, &dir.join("first.jsonl"), Some(40), None, &[]);
+    let cursor = cursor.expect("a cursor");
+    let edits: [(&str, fn(&mut serde_json::Value), &str); 6] = [
+        (
+            "unknown source",
+            |c| c["state"]["sources"][0]["source"] = "nope".into(),
+            "not served here",
+        ),
+        (
+            "foreign file",
+            |c| c["state"]["sources"][0]["file"] = "/etc/passwd".into(),
+            "has no file",
+        ),
+        (
+            "token past the document",
+            |c| c["state"]["sources"][0]["token"] = 1_000_000_000u64.into(),
+            "past the end",
+        ),
+        (
+            "row past the file",
+            |c| c["state"]["sources"][0]["row"] = 1_000_000_000u64.into(),
+            "did the file change",
+        ),
+        (
+            "skip past the chunk",
+            |c| c["skip"] = 1_000_000_000_000u64.into(),
+            "beyond a chunk",
+        ),
+        (
+            "draws off a chunk",
+            |c| c["state"]["draws"] = 3.into(),
+            "does not start a chunk",
+        ),
+    ];
+    for (name, edit, expected) in edits {
+        let mut hostile = cursor.clone();
+        edit(&mut hostile);
+        let output = run_with_timeout(
+            Command::new(binary("flightlm-pipeline"))
+                .args(["consume", "--pipeline", &pipeline.url, "--epochs", "2"])
+                .args([
+                    "--seq-len",
+                    SEQ_LEN,
+                    "--batch-size",
+                    BATCH,
+                    "--max-blocks",
+                    "8",
+                ])
+                .args(["--cursor", &hostile.to_string()]),
+            Duration::from_secs(60),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name} was accepted");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    let (blocks, _) = segment(
+        &pipeline,
+        &dir.join("after.jsonl"),
+        Some(8),
+        Some(&cursor),
+        &[],
+    );
+    assert_eq!(blocks.len(), 8, "the server still serves");
+}
