@@ -177,7 +177,8 @@ fn hostile_cursors_are_refused_and_the_server_keeps_serving() {
     let pipeline = mixture_pipeline(&dir);
     let (_, cursor) = segment(&pipeline, &dir.join("first.jsonl"), Some(40), None, &[]);
     let cursor = cursor.expect("a cursor");
-    let edits: [(&str, fn(&mut serde_json::Value), &str); 6] = [
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit, &str); 6] = [
         (
             "unknown source",
             |c| c["state"]["sources"][0]["source"] = "nope".into(),
