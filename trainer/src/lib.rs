@@ -17,6 +17,7 @@ pub mod masking;
 pub mod metrics;
 pub mod model;
 pub mod optimizer;
+pub mod plot;
 pub mod progress;
 pub mod resume;
 pub mod rng;

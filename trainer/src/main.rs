@@ -82,6 +82,11 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Draw a run's train/eval loss and perplexity into DIR/curves.png.
+    Plot {
+        /// The run's output directory (holding metrics.jsonl).
+        dir: PathBuf,
+    },
     /// Write a checkpoint's model as a HuggingFace model directory.
     Export(ExportArgs),
     /// Predict the tokens at `<mask>`, printed like transformers' fill-mask pipeline.
@@ -424,6 +429,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(&tokenizer),
                 &export,
             )?;
+            Ok(())
+        }
+        Command::Plot { dir } => {
+            let path = flightlm_trainer::plot::plot_run(&dir)?;
+            println!("{}", serde_json::json!({ "plot": path }));
             Ok(())
         }
         Command::Export(args) => {

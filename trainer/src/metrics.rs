@@ -160,6 +160,14 @@ impl MetricsLog {
             writeln!(writer, "{line}")
                 .and_then(|()| writer.flush())
                 .map_err(|source| TrainError::io(path.as_path(), source))?;
+            if matches!(metric, Metric::Eval { .. }) {
+                // The curves are a convenience: failing to draw them must not stop training.
+                if let Some(dir) = path.parent() {
+                    if let Err(error) = crate::plot::plot_run(dir) {
+                        tracing::warn!("cannot draw the training curves: {error}");
+                    }
+                }
+            }
         }
         if self.echo {
             let mut stdout = std::io::stdout().lock();
