@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context};
@@ -16,20 +15,23 @@ use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::{Autodiff, Cuda, NdArray};
 use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
-use clap::{Args, Parser, Subcommand};
-use flightlm_trainer::checkpoint::{read_state, CheckpointStore, TrainingState};
-use flightlm_trainer::config_layers::{resolve, ConfigLayer};
+use clap::{Parser, Subcommand};
+use flightlm_trainer::checkpoint::{CheckpointStore, TrainingState};
 use flightlm_trainer::data::PipelineSource;
 use flightlm_trainer::hf::commands::{ExportArgs, FillMaskArgs, ScoreArgs};
 use flightlm_trainer::hf::{export_hf, HfRobertaConfig, HfTokenizer, TOKENIZER_FILE};
 use flightlm_trainer::metrics::MetricsLog;
 use flightlm_trainer::model::RobertaConfig;
-use flightlm_trainer::resume::{check_resumable, locate, read_config, run_dir_of};
 use flightlm_trainer::source::BlockSource;
 use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
 use flightlm_trainer::text_file::TextFileSource;
-use flightlm_trainer::{train_with, DeviceKind, Objective, Preset, RunControl, TrainConfig};
-use serde::Serialize;
+use flightlm_trainer::{train_with, DeviceKind, RunControl, TrainConfig};
+
+mod process_setup;
+mod run_args;
+
+use process_setup::{install_stop_handler, keep_freed_memory, STOP_REQUESTED};
+use run_args::{Resolved, RunArgs, ShapeArgs};
 
 type CpuBackend = Autodiff<NdArray<f32>>;
 type CudaBackend = Autodiff<Cuda<f32>>;
@@ -95,196 +97,6 @@ enum Command {
     Score(ScoreArgs),
 }
 
-/// Overrides of the preset's model dimensions.
-#[derive(Args)]
-struct ShapeArgs {
-    #[arg(long)]
-    layers: Option<usize>,
-    #[arg(long)]
-    hidden: Option<usize>,
-    #[arg(long)]
-    heads: Option<usize>,
-    #[arg(long)]
-    intermediate: Option<usize>,
-}
-
-impl ShapeArgs {
-    fn apply(&self, config: &mut TrainConfig) {
-        let shape = &mut config.model;
-        shape.layers = self.layers.unwrap_or(shape.layers);
-        shape.hidden = self.hidden.unwrap_or(shape.hidden);
-        shape.heads = self.heads.unwrap_or(shape.heads);
-        shape.intermediate = self.intermediate.unwrap_or(shape.intermediate);
-    }
-}
-
-/// Settings shared by every command that trains. Each flag overrides the `--config` file, which
-/// overrides the seed recipe; unset flags keep the value from below. The field names are the
-/// configuration's keys (see `TrainConfig`), so the set flags form one configuration layer.
-#[derive(Args, Serialize)]
-struct RunArgs {
-    /// TOML file with configuration keys (any field of the saved config.toml).
-    #[arg(long)]
-    #[serde(skip)]
-    config: Option<PathBuf>,
-    /// Continue a run exactly where it stopped: its output directory (the newest complete
-    /// checkpoint is taken) or one checkpoint directory. Settings come from the checkpoint;
-    /// flags may change only where and how often things are written, the device, the pipeline
-    /// address and max_steps.
-    #[arg(long)]
-    #[serde(skip)]
-    resume: Option<PathBuf>,
-    /// The pipeline's Flight endpoint, e.g. http://127.0.0.1:50051.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pipeline: Option<String>,
-    /// Directory for config.toml, metrics.jsonl and checkpoints/.
-    #[arg(long)]
-    #[serde(rename = "out_dir", skip_serializing_if = "Option::is_none")]
-    out: Option<PathBuf>,
-    /// [default: mlm]
-    #[arg(long, value_enum)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    objective: Option<Objective>,
-    /// Model size: tiny (2x128), small (4x256), base (12x768), large (24x1024) [default: base].
-    #[arg(long, value_enum)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    preset: Option<Preset>,
-    /// Optimizer steps; the learning rate decays linearly to 0 at the last one [default: 10000].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_steps: Option<usize>,
-    /// [default: cpu]
-    #[arg(long, value_enum)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    device: Option<DeviceKind>,
-    /// Tokens per block [default: 128].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq_len: Option<usize>,
-    /// Blocks per micro-batch [default: 32].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    batch_size: Option<usize>,
-    /// Micro-batches averaged into one optimizer step [default: 4].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grad_accum: Option<usize>,
-    /// Peak learning rate [default: 5e-4].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lr: Option<f64>,
-    /// Linear warmup steps [default: 1000].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    warmup_steps: Option<usize>,
-    /// AdamW weight decay, not applied to biases and LayerNorm [default: 0.1].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    weight_decay: Option<f64>,
-    /// Global gradient-norm clipping threshold; 0 disables clipping [default: 1.0].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_grad_norm: Option<f64>,
-    /// Share of tokens the MLM objective predicts [default: 0.15].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mlm_probability: Option<f64>,
-    /// Dropout on embeddings, attention and residual branches [default: 0.1].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dropout: Option<f64>,
-    /// Steps between train metric lines [default: 10].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log_every: Option<usize>,
-    /// Steps between evaluations on the valid split [default: 500].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eval_every: Option<usize>,
-    /// Steps between checkpoints [default: 500].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    save_every: Option<usize>,
-    /// Newest checkpoints kept, besides the best one [default: 5].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    keep_checkpoints: Option<usize>,
-    /// Seed for initialization, dropout and masking [default: 42].
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<u64>,
-    /// Start from the weights of this HF model directory (same network as the run's).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    init_from: Option<PathBuf>,
-}
-
-/// A run's resolved configuration, and the checkpoint it continues from.
-struct Resolved {
-    config: TrainConfig,
-    resume: Option<(PathBuf, TrainingState)>,
-}
-
-impl RunArgs {
-    /// The configuration these flags and their `--config` file describe, over the resumed
-    /// checkpoint's configuration when there is one.
-    fn resolve(&self) -> anyhow::Result<Resolved> {
-        let mut layers = Vec::new();
-        if let Some(path) = &self.config {
-            layers.push(ConfigLayer::from_toml_file(path)?);
-        }
-        layers.push(ConfigLayer::from_serialize("command-line flags", self)?);
-        let Some(resume) = &self.resume else {
-            return Ok(Resolved {
-                config: resolve(None, &layers)?,
-                resume: None,
-            });
-        };
-        let checkpoint = locate(resume)?;
-        let saved = read_config(&checkpoint)?;
-        let mut base = saved.clone();
-        // The run's directory is where the checkpoint is now, even if it was moved.
-        if let Some(run_dir) = run_dir_of(&checkpoint) {
-            base.out_dir = run_dir;
-        }
-        let config = resolve(Some(&base), &layers)?;
-        check_resumable(&saved, &config)
-            .with_context(|| format!("resuming from {}", checkpoint.display()))?;
-        let state = read_state(&checkpoint)?;
-        Ok(Resolved {
-            config,
-            resume: Some((checkpoint, state)),
-        })
-    }
-}
-
-/// Raised by SIGINT (Ctrl-C) or SIGTERM; the loop then checkpoints the current step and stops.
-static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-extern "C" fn request_stop(signal: libc::c_int) {
-    STOP_REQUESTED.store(true, Ordering::SeqCst);
-    // SAFETY: `signal` is async-signal-safe. Restoring the default action makes a second
-    // Ctrl-C end the process at once, for when the current step never finishes.
-    unsafe {
-        libc::signal(signal, libc::SIG_DFL);
-    }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn install_stop_handler() {
-    let handler = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic and calls `signal`, both async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn install_stop_handler() {}
-
 fn main() -> ExitCode {
     keep_freed_memory();
     // Logs go to stderr: stdout carries only the JSON metric lines.
@@ -303,27 +115,6 @@ fn main() -> ExitCode {
         }
     }
 }
-
-/// Every CPU training step allocates and frees the same few dozen multi-megabyte tensors.
-/// glibc serves blocks above 128 KiB with fresh `mmap`s and trims the heap top eagerly, so each
-/// step would page-fault all of that memory in again (measured: ~15 % of a tiny-preset step).
-/// Keeping freed memory in the heap makes the next step reuse it.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_memory() {
-    const MMAP_THRESHOLD: libc::c_int = 32 << 20; // glibc's upper bound for this tunable
-    const TRIM_THRESHOLD: libc::c_int = 1 << 30;
-    const TOP_PAD: libc::c_int = 64 << 20;
-    // SAFETY: `mallopt` only sets allocator tunables; it runs first in `main`, before any other
-    // thread exists. A rejected value leaves glibc's default in place, which is harmless.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-        libc::mallopt(libc::M_TOP_PAD, TOP_PAD);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_memory() {}
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
