@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::access::confine;
 use crate::corpus::{Corpus, Source};
 use crate::error::{PipelineError, Result};
-use crate::reader::CorpusReader;
+use crate::reader::{reader_runtime, CorpusReader};
 use crate::sources::{collect_directory, resolve_inputs};
 
 #[derive(Deserialize)]
@@ -77,16 +77,7 @@ fn check_files(corpus: &Corpus, files: &[crate::sources::CorpusFile]) -> Result<
     let sql = corpus.sql.clone();
     std::thread::scope(|scope| {
         scope
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|source| PipelineError::Io {
-                        path: PathBuf::from("<runtime>"),
-                        source,
-                    })?;
-                runtime.block_on(CorpusReader::with_sql(sql).check(&files))
-            })
+            .spawn(move || reader_runtime()?.block_on(CorpusReader::with_sql(sql).check(&files)))
             .join()
             .unwrap_or_else(|_| Err(PipelineError::Control("checking the files failed".into())))
     })

@@ -34,6 +34,18 @@ pub struct CorpusReader {
     max_line_bytes: usize,
 }
 
+/// A single-threaded async runtime for a reading thread: DataFusion streams are async, but each
+/// reader runs on its own plain thread, off the server's runtime.
+pub fn reader_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| PipelineError::Io {
+            path: std::path::PathBuf::from("<runtime>"),
+            source,
+        })
+}
+
 /// Lines longer than this are bad records unless a reader is told otherwise.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 64 << 20;
 

@@ -6,7 +6,6 @@
 //! one file prefix and re-encodes one document, never the blocks before it.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use crate::bad_records::{BadRecordKind, BadRecords};
 use crate::corpus::{Corpus, Source};
 use crate::error::PipelineError;
 use crate::packing::Packer;
-use crate::reader::CorpusReader;
+use crate::reader::{reader_runtime, CorpusReader};
 use crate::sources::CorpusFile;
 use crate::tokenize::{spawn_workers, EncodeRules, Encoded, Job, Reorder};
 
@@ -116,16 +115,9 @@ fn read_source(
     bad_records: BadRecords,
     jobs: Sender<Job>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match reader_runtime() {
         Ok(runtime) => runtime,
-        Err(source) => {
-            let error = PipelineError::Io {
-                path: PathBuf::from("<runtime>"),
-                source,
-            };
+        Err(error) => {
             let _ = jobs.send(Job::Failed { sequence: 0, error });
             return;
         }

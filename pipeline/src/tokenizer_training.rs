@@ -16,7 +16,7 @@ use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{PipelineError, Result};
-use crate::reader::{documents, CorpusReader};
+use crate::reader::{documents, reader_runtime, CorpusReader};
 use crate::sources::CorpusFile;
 use crate::tokenizer_file::{BOS, EOS, MASK, PAD, UNK};
 
@@ -140,14 +140,7 @@ fn read_all(
     sender: &crossbeam_channel::Sender<Vec<String>>,
     counts: &Mutex<(u64, u64)>,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| PipelineError::Io {
-            path: PathBuf::from("<runtime>"),
-            source,
-        })?;
-    runtime.block_on(async {
+    reader_runtime()?.block_on(async {
         let reader = CorpusReader::new();
         let mut chunk = Vec::with_capacity(DOCUMENTS_PER_CHUNK);
         for file in manifest {

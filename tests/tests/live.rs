@@ -58,6 +58,19 @@ fn start_consumer(pipeline: &Pipeline, dump: &Path, blocks: u64) -> Child {
         .expect("starting a consumer")
 }
 
+/// Reads `max_blocks` blocks of a long train stream (after `cursor`) and returns the summary.
+fn read_blocks(pipeline: &Pipeline, max_blocks: u64, cursor: Option<&str>) -> serde_json::Value {
+    let mut command = Command::new(binary("flightlm-pipeline"));
+    command
+        .args(["consume", "--pipeline", &pipeline.url, "--epochs", "100000"])
+        .args(["--seq-len", "64", "--batch-size", "8"])
+        .args(["--max-blocks", &max_blocks.to_string()]);
+    if let Some(cursor) = cursor {
+        command.args(["--cursor", cursor]);
+    }
+    last_json_line(&run_ok(&mut command, Duration::from_secs(60)))
+}
+
 /// Waits (bounded) until the pipeline has sent at least one block on an active stream.
 fn wait_until_streaming(pipeline: &Pipeline) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -173,19 +186,7 @@ fn a_source_added_by_action_joins_the_mixture_and_cursors_stay_valid() {
     );
 
     // A cursor from before the change.
-    let before = last_json_line(&run_ok(
-        Command::new(binary("flightlm-pipeline"))
-            .args(["consume", "--pipeline", &pipeline.url, "--epochs", "100000"])
-            .args([
-                "--seq-len",
-                "64",
-                "--batch-size",
-                "8",
-                "--max-blocks",
-                "100",
-            ]),
-        Duration::from_secs(60),
-    ));
+    let before = read_blocks(&pipeline, 100, None);
     let consumer = start_consumer(&pipeline, &dir.join("stream.jsonl"), 40_000);
     wait_until_streaming(&pipeline);
     let body = serde_json::json!({ "name": "extra", "inputs": [extra], "weight": 1.0 });
@@ -205,29 +206,10 @@ fn a_source_added_by_action_joins_the_mixture_and_cursors_stay_valid() {
 
     // The old cursor resumes (the new source joins from its start), and so does a new one.
     let cursor = before["cursor"].to_string();
-    let resumed = last_json_line(&run_ok(
-        Command::new(binary("flightlm-pipeline"))
-            .args(["consume", "--pipeline", &pipeline.url, "--epochs", "100000"])
-            .args([
-                "--seq-len",
-                "64",
-                "--batch-size",
-                "8",
-                "--max-blocks",
-                "200",
-            ])
-            .args(["--cursor", &cursor]),
-        Duration::from_secs(60),
-    ));
+    let resumed = read_blocks(&pipeline, 200, Some(&cursor));
     assert_eq!(resumed["blocks"], 200);
     let after = resumed["cursor"].to_string();
     assert!(after.contains("\"extra\""), "{after}");
-    let again = last_json_line(&run_ok(
-        Command::new(binary("flightlm-pipeline"))
-            .args(["consume", "--pipeline", &pipeline.url, "--epochs", "100000"])
-            .args(["--seq-len", "64", "--batch-size", "8", "--max-blocks", "50"])
-            .args(["--cursor", &after]),
-        Duration::from_secs(60),
-    ));
+    let again = read_blocks(&pipeline, 50, Some(&after));
     assert_eq!(again["blocks"], 50);
 }
