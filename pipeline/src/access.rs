@@ -1,6 +1,7 @@
 //! Who may use a pipeline and what it may read: the bearer-token check on every call, the rule
-//! that a non-loopback listener needs a token (or an explicit `--insecure`), and the confinement
-//! of sources added at run time to `--allow-root` directories.
+//! that a non-loopback listener needs a token (or an explicit `--insecure`), the TLS identity
+//! served with `--tls-cert`/`--tls-key`, and the confinement of sources added at run time to
+//! `--allow-root` directories.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -85,6 +86,28 @@ pub fn check_call(token: &Option<AuthToken>, request: Request<()>) -> Result<Req
         )),
         _ => Ok(request),
     }
+}
+
+/// Reads the PEM certificate chain and private key to serve TLS with, checking each file holds
+/// what it should so a mix-up fails at start-up rather than at the first client's handshake.
+pub fn read_tls_identity(cert: &Path, key: &Path) -> Result<tonic::transport::Identity> {
+    let read = |path: &Path, expected: &str, what: &str| -> Result<Vec<u8>> {
+        let bytes = std::fs::read(path).map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
+        if !text.contains("-----BEGIN ") || !text.contains(expected) {
+            return Err(PipelineError::Control(format!(
+                "{} does not hold a PEM {what}",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    };
+    let cert = read(cert, "CERTIFICATE-----", "certificate (--tls-cert)")?;
+    let key = read(key, "PRIVATE KEY-----", "private key (--tls-key)")?;
+    Ok(tonic::transport::Identity::from_pem(cert, key))
 }
 
 /// A listener reachable from other hosts must authenticate callers unless told otherwise.

@@ -7,14 +7,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use flightlm_shared::client::BlockStream;
+use flightlm_shared::client::{BlockStream, PipelineEndpoint};
 use flightlm_shared::{Cursor, StreamRequest};
 use serde::Serialize;
 
 use crate::error::{PipelineError, Result};
 
 pub struct ConsumeOptions {
-    pub url: String,
+    pub endpoint: PipelineEndpoint,
     pub request: StreamRequest,
     pub max_blocks: Option<u64>,
     pub dump: Option<PathBuf>,
@@ -47,7 +47,7 @@ pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
         )),
         None => None,
     };
-    let mut stream = BlockStream::open(&options.url, &options.request).await?;
+    let mut stream = BlockStream::open(&options.endpoint, &options.request).await?;
     let mut first_batch_ms = None;
     let mut blocks = 0u64;
     let mut uncompressed_bytes = 0u64;

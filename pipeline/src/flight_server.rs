@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow::ipc::CompressionType;
+use arrow::record_batch::RecordBatch;
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
@@ -24,8 +25,10 @@ use flightlm_shared::{Split, StreamRequest, CONTRACT_VERSION};
 use futures::stream;
 use futures::{Future, StreamExt};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::{check_call, AuthToken, AUTHORIZATION};
@@ -48,6 +51,9 @@ pub struct PipelineService {
     corpus: Arc<Corpus>,
     streams: StreamRegistry,
     access: Access,
+    /// Becomes true when the server starts shutting down: open streams end after the batch in
+    /// flight, with UNAVAILABLE so their readers resume elsewhere or later.
+    draining: watch::Receiver<bool>,
 }
 
 /// Who may call the service and how much of it one caller may hold.
@@ -56,6 +62,8 @@ pub struct Access {
     pub token: Option<AuthToken>,
     /// Streams open at once; more are refused with RESOURCE_EXHAUSTED.
     pub max_streams: usize,
+    /// Certificate and key to serve TLS with (`--tls-cert`, `--tls-key`).
+    pub tls: Option<Identity>,
 }
 
 impl Default for Access {
@@ -63,16 +71,18 @@ impl Default for Access {
         Access {
             token: None,
             max_streams: 64,
+            tls: None,
         }
     }
 }
 
 impl PipelineService {
-    pub fn new(corpus: Arc<Corpus>, access: Access) -> Self {
+    pub fn new(corpus: Arc<Corpus>, access: Access, draining: watch::Receiver<bool>) -> Self {
         PipelineService {
             corpus,
             streams: StreamRegistry::default(),
             access,
+            draining,
         }
     }
 
@@ -97,7 +107,8 @@ fn ipc_options() -> IpcWriteOptions {
 /// Largest request (ticket, descriptor or action body) accepted.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
-/// Serves `corpus` on `listener` until `shutdown` resolves.
+/// Serves `corpus` on `listener` until `shutdown` resolves; then stops accepting calls, ends open
+/// streams after the batch each is sending, and returns once they are closed.
 pub async fn serve(
     corpus: Arc<Corpus>,
     listener: TcpListener,
@@ -105,17 +116,56 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let token = access.token.clone();
-    let server = FlightServiceServer::new(PipelineService::new(corpus, access))
+    let tls = access.tls.clone();
+    let (start_draining, draining) = watch::channel(false);
+    let server = FlightServiceServer::new(PipelineService::new(corpus, access, draining))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = InterceptedService::new(server, move |request| check_call(&token, request));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = tls {
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: ending open streams");
+        let _ = start_draining.send(true);
+    };
+    builder
         .tcp_nodelay(true)
         .initial_connection_window_size(Some(16 * 1024 * 1024))
         .initial_stream_window_size(Some(8 * 1024 * 1024))
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the pipeline is shutting down; resume from the last cursor")
+}
+
+/// `batches` until the server starts draining, then one UNAVAILABLE error in place of the rest.
+/// Batches already queued are not sent: the reader's cursor covers them.
+fn until_draining<S>(
+    batches: S,
+    draining: watch::Receiver<bool>,
+) -> impl futures::Stream<Item = Result<RecordBatch, FlightError>> + Send
+where
+    S: futures::Stream<Item = Result<RecordBatch, FlightError>> + Send + Unpin,
+{
+    stream::unfold(Some((batches, draining)), |state| async move {
+        let (mut batches, mut draining) = state?;
+        let next = tokio::select! {
+            // Draining first: a producer that is always ahead would otherwise never be cut.
+            biased;
+            _ = draining.wait_for(|draining| *draining) => None,
+            batch = batches.next() => Some(batch),
+        };
+        match next {
+            None => Some((Err(FlightError::Tonic(Box::new(shutting_down()))), None)),
+            Some(batch) => batch.map(|batch| (batch, Some((batches, draining)))),
+        }
+    })
 }
 
 /// Binds `address`; port 0 picks a free port (read it back from the listener).
@@ -138,6 +188,9 @@ impl FlightService for PipelineService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let stream_request = self.parse_request(&request.into_inner().ticket)?;
+        if *self.draining.borrow() {
+            return Err(shutting_down());
+        }
         if self.streams.active_count() >= self.access.max_streams {
             return Err(Status::resource_exhausted(format!(
                 "this pipeline already serves {} streams (--max-streams)",
@@ -157,6 +210,7 @@ impl FlightService for PipelineService {
         )?;
         let batches = ReceiverStream::new(receiver)
             .map(|batch| batch.map_err(|error| FlightError::ExternalError(Box::new(error))));
+        let batches = until_draining(batches, self.draining.clone());
         let flight_data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .with_options(ipc_options())
@@ -166,6 +220,7 @@ impl FlightService for PipelineService {
             .build(batches)
             .map(|data| {
                 data.map_err(|error| match error {
+                    FlightError::Tonic(status) => *status,
                     FlightError::ExternalError(inner) => Status::internal(inner.to_string()),
                     other => Status::internal(other.to_string()),
                 })

@@ -1,22 +1,20 @@
 //! `flightlm-pipeline`: train a tokenizer, serve token blocks, or consume a stream.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
-use flightlm_pipeline::access::{check_listen, AuthToken};
-use flightlm_pipeline::bad_records::BadRecordPolicy;
+use clap::{Args, Parser, Subcommand};
 use flightlm_pipeline::consume::{consume, ConsumeOptions};
-use flightlm_pipeline::corpus_setup::{build_corpus, ServeInputs};
-use flightlm_pipeline::flight_server::{bind, serve, Access, STATS_ACTION};
+use flightlm_pipeline::flight_server::STATS_ACTION;
 use flightlm_pipeline::reader::CorpusReader;
 use flightlm_pipeline::sources::resolve_inputs;
 use flightlm_pipeline::tokenizer_training::{train_tokenizer, TokenizerTrainingConfig};
-use flightlm_shared::client::{run_action, run_action_with_body};
+use flightlm_shared::client::{run_action, run_action_with_body, PipelineEndpoint};
 use flightlm_shared::{Cursor, Split, StreamRequest};
+
+mod serve_command;
+use serve_command::{run_serve, ServeArgs};
 
 #[derive(Parser)]
 #[command(
@@ -45,72 +43,11 @@ enum Command {
         out: PathBuf,
     },
     /// Serve token blocks over Arrow Flight.
-    Serve {
-        /// Corpus files, directories or globs, served as the source `main`.
-        #[arg(long, num_args = 1..)]
-        input: Vec<PathBuf>,
-        /// A named source of a mixture: NAME=PATH[,PATH…][:WEIGHT], e.g.
-        /// `books=data/books/*.parquet:0.7`. Repeat for each source.
-        #[arg(long = "source")]
-        sources: Vec<String>,
-        /// tokenizer.json to encode with.
-        #[arg(long)]
-        tokenizer: PathBuf,
-        /// Blocks shuffled together by a seeded, resumable window; 1 keeps corpus order.
-        #[arg(long, default_value_t = 1)]
-        shuffle_window: usize,
-        /// Watch this directory and add files that appear in it to the source that lists it
-        /// (or to the first source).
-        #[arg(long)]
-        watch: Option<PathBuf>,
-        /// How often the watched directory is listed.
-        #[arg(long, default_value_t = 1000)]
-        watch_interval_ms: u64,
-        /// SQL over the table `corpus` (each file in turn) that yields a string `text` column,
-        /// e.g. "SELECT body AS text FROM corpus WHERE length(body) > 20".
-        #[arg(long)]
-        sql: Option<String>,
-        /// What to do with input that cannot be used: stop with an error, or skip and count it.
-        #[arg(long, value_enum, default_value_t = BadRecordPolicy::Error)]
-        on_bad_record: BadRecordPolicy,
-        /// Documents longer than this are bad records.
-        #[arg(long, default_value_t = 64 << 20)]
-        max_document_bytes: usize,
-        /// Check the corpus and the tokenizer, print the summary line, and exit.
-        #[arg(long)]
-        check_only: bool,
-        /// File holding the token every client must send (`authorization: Bearer <token>`);
-        /// required to listen on a non-loopback address.
-        #[arg(long)]
-        auth_token_file: Option<PathBuf>,
-        /// Listen on a non-loopback address without a token.
-        #[arg(long)]
-        insecure: bool,
-        /// Streams served at once; more are refused.
-        #[arg(long, default_value_t = 64)]
-        max_streams: usize,
-        /// Directory that sources added at run time (`add-source`) must lie in; repeatable.
-        /// Without one, `add-source` is refused.
-        #[arg(long = "allow-root")]
-        allow_roots: Vec<PathBuf>,
-        /// Address to listen on; port 0 picks a free one (printed on stdout).
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        listen: SocketAddr,
-        /// Fraction of documents held out as the `valid` split.
-        #[arg(long, default_value_t = 0.01)]
-        valid_fraction: f64,
-        /// Seed of the valid-split choice.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Tokenizer threads per stream (default: all cores).
-        #[arg(long)]
-        workers: Option<usize>,
-    },
+    Serve(ServeArgs),
     /// Read a stream, decode every batch and print a JSON summary line.
     Consume {
-        /// e.g. http://127.0.0.1:50051
-        #[arg(long)]
-        pipeline: String,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
         #[arg(long)]
         seq_len: usize,
         #[arg(long)]
@@ -135,8 +72,8 @@ enum Command {
     /// `action add-source '{"name":"wiki","inputs":["wiki/"],"weight":0.3}'`,
     /// `action set-weight '{"source":"wiki","weight":0.5}'`, `action sources`.
     Action {
-        #[arg(long)]
-        pipeline: String,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
         /// health, stats, sources, add-source or set-weight.
         name: String,
         /// The action's JSON body.
@@ -145,9 +82,27 @@ enum Command {
     },
     /// Print a running pipeline's counters (per stream: blocks, tokens, tokens/s, queue depth).
     Stats {
-        #[arg(long)]
-        pipeline: String,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
     },
+}
+
+/// Which pipeline a client subcommand talks to.
+#[derive(Args)]
+struct PipelineArgs {
+    /// e.g. http://127.0.0.1:50051, or https://… for a pipeline serving TLS.
+    #[arg(long)]
+    pipeline: String,
+    /// PEM CA certificate of an https:// pipeline [default: $FLIGHTLM_TLS_CA_FILE, else the
+    /// system's roots]. The token, if any, is read from $FLIGHTLM_AUTH_TOKEN_FILE.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+}
+
+impl PipelineArgs {
+    fn endpoint(self) -> PipelineEndpoint {
+        PipelineEndpoint::new(self.pipeline).with_tls_ca(self.tls_ca)
+    }
 }
 
 fn main() -> ExitCode {
@@ -192,82 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Serve {
-            input,
-            sources,
-            tokenizer,
-            listen,
-            valid_fraction,
-            seed,
-            workers,
-            shuffle_window,
-            watch,
-            watch_interval_ms,
-            sql,
-            on_bad_record,
-            max_document_bytes,
-            check_only,
-            auth_token_file,
-            insecure,
-            max_streams,
-            allow_roots,
-        } => {
-            let token = auth_token_file
-                .as_deref()
-                .map(AuthToken::read)
-                .transpose()?;
-            check_listen(listen, &token, insecure)?;
-            let inputs = ServeInputs {
-                input,
-                sources,
-                tokenizer,
-                valid_fraction,
-                seed,
-                workers,
-                shuffle_window,
-                watch,
-                watch_interval: std::time::Duration::from_millis(watch_interval_ms.max(10)),
-                sql,
-                on_bad_record,
-                max_document_bytes,
-                allow_roots,
-            };
-            let corpus = Arc::new(runtime.block_on(build_corpus(inputs))?);
-            if check_only {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "files": corpus.file_count(),
-                        "sources": corpus.describe_sources(),
-                        "tokenizer": corpus.tokenizer_info,
-                    })
-                );
-                return Ok(());
-            }
-            runtime.block_on(async move {
-                let listener = bind(listen)
-                    .await
-                    .with_context(|| format!("cannot listen on {listen}"))?;
-                let address = listener.local_addr()?;
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "listening": address.to_string(),
-                        "url": format!("http://{address}"),
-                        "files": corpus.file_count(),
-                        "sources": corpus.describe_sources(),
-                        "tokenizer": corpus.tokenizer_info,
-                    })
-                );
-                let access = Access {
-                    token,
-                    max_streams: max_streams.max(1),
-                };
-                serve(corpus, listener, access, shutdown_signal())
-                    .await
-                    .context("serving")
-            })
-        }
+        Command::Serve(args) => run_serve(args, &runtime),
         Command::Consume {
             pipeline,
             seq_len,
@@ -298,7 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             request.validate()?;
             let options = ConsumeOptions {
-                url: pipeline,
+                endpoint: pipeline.endpoint(),
                 request,
                 max_blocks,
                 dump,
@@ -312,39 +192,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             body,
         } => {
-            let answer =
-                runtime.block_on(run_action_with_body(&pipeline, &name, body.into_bytes()))?;
+            let answer = runtime.block_on(run_action_with_body(
+                &pipeline.endpoint(),
+                &name,
+                body.into_bytes(),
+            ))?;
             println!("{}", String::from_utf8_lossy(&answer));
             Ok(())
         }
         Command::Stats { pipeline } => {
-            let body = runtime.block_on(run_action(&pipeline, STATS_ACTION))?;
+            let body = runtime.block_on(run_action(&pipeline.endpoint(), STATS_ACTION))?;
             println!("{}", String::from_utf8_lossy(&body));
             Ok(())
         }
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM, so streams end cleanly instead of being cut.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
     }
 }

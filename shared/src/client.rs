@@ -5,15 +5,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::Ticket;
 use futures::{StreamExt, TryStreamExt};
 use thiserror::Error;
-use tonic::transport::{Channel, Endpoint};
 
+pub use crate::endpoint::{
+    PipelineEndpoint, AUTH_TOKEN_FILE_ENV, STREAM_WINDOW_ENV, TLS_CA_FILE_ENV,
+};
 use crate::request::StreamRequest;
 use crate::schema::{tokenizer_from_schema, SchemaError, TokenBlocks, TokenizerInfo};
 
@@ -28,6 +28,13 @@ pub enum ClientError {
     Unreachable { url: String, reason: String },
     #[error("pipeline refused the request: {0}")]
     Refused(String),
+    #[error("pipeline unavailable: {0}")]
+    Unavailable(String),
+    #[error("cannot read {path}: {reason}")]
+    Credentials {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("stream from pipeline broke: {0}")]
     Stream(String),
     #[error(transparent)]
@@ -49,80 +56,24 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     message
 }
 
-/// The environment variable naming a file that holds the pipeline's token, for clients of a
-/// pipeline started with `--auth-token-file`.
-pub const AUTH_TOKEN_FILE_ENV: &str = "FLIGHTLM_AUTH_TOKEN_FILE";
-
-/// Wraps a request with `authorization: Bearer <token>` when a token file is configured.
-fn authorized<T>(message: T) -> Result<tonic::Request<T>, ClientError> {
-    let mut request = tonic::Request::new(message);
-    if let Some(path) = std::env::var_os(AUTH_TOKEN_FILE_ENV) {
-        let token = std::fs::read_to_string(&path).map_err(|error| {
-            ClientError::Refused(format!(
-                "cannot read the token file {} ({AUTH_TOKEN_FILE_ENV}): {error}",
-                std::path::Path::new(&path).display()
-            ))
-        })?;
-        let value = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| ClientError::Refused("the token is not a valid header value".into()))?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    Ok(request)
-}
-
-/// Overrides the HTTP/2 stream window (bytes a pipeline may send ahead of the reader).
-pub const STREAM_WINDOW_ENV: &str = "FLIGHTLM_STREAM_WINDOW_BYTES";
-
-/// 8 MiB by default: enough to keep a high-latency link busy. Smaller values bound how much of a
-/// stream is in flight (and so how far a reader has to resume after a connection breaks).
-fn stream_window_bytes() -> u32 {
-    std::env::var(STREAM_WINDOW_ENV)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(8 * 1024 * 1024)
-}
-
-/// Connects to a pipeline, failing fast with a readable reason when nothing listens there.
-pub async fn connect(url: &str) -> Result<FlightServiceClient<Channel>, ClientError> {
-    let endpoint =
-        Endpoint::from_shared(url.to_string()).map_err(|error| ClientError::InvalidUrl {
-            url: url.to_string(),
-            reason: error_chain(&error),
-        })?;
-    let window = stream_window_bytes();
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .initial_connection_window_size(Some(window.saturating_mul(2)))
-        .initial_stream_window_size(Some(window))
-        .connect()
-        .await
-        .map_err(|error| ClientError::Unreachable {
-            url: url.to_string(),
-            reason: error_chain(&error),
-        })?;
-    Ok(FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
-}
-
 /// Runs a Flight action (`health`, `stats`) and returns the body of its first result.
-pub async fn run_action(url: &str, name: &str) -> Result<Vec<u8>, ClientError> {
-    run_action_with_body(url, name, Vec::new()).await
+pub async fn run_action(endpoint: &PipelineEndpoint, name: &str) -> Result<Vec<u8>, ClientError> {
+    run_action_with_body(endpoint, name, Vec::new()).await
 }
 
 /// Runs a Flight action with a (JSON) body, e.g. `add-source`, and returns its first result.
 pub async fn run_action_with_body(
-    url: &str,
+    endpoint: &PipelineEndpoint,
     name: &str,
     body: Vec<u8>,
 ) -> Result<Vec<u8>, ClientError> {
-    let mut client = connect(url).await?;
+    let mut client = endpoint.connect().await?;
     let action = arrow_flight::Action {
         r#type: name.to_string(),
         body: body.into(),
     };
     let mut results = client
-        .do_action(authorized(action)?)
+        .do_action(endpoint.authorized(action)?)
         .await
         .map_err(refused)?
         .into_inner();
@@ -143,11 +94,17 @@ pub struct BlockStream {
 }
 
 impl BlockStream {
-    /// Sends `request` to the pipeline at `url` and returns the stream of its answer.
-    pub async fn open(url: &str, request: &StreamRequest) -> Result<Self, ClientError> {
-        let mut client = connect(url).await?;
+    /// Sends `request` to the pipeline at `endpoint` and returns the stream of its answer.
+    pub async fn open(
+        endpoint: &PipelineEndpoint,
+        request: &StreamRequest,
+    ) -> Result<Self, ClientError> {
+        let mut client = endpoint.connect().await?;
         let ticket = Ticket::new(request.to_ticket_bytes());
-        let response = client.do_get(authorized(ticket)?).await.map_err(refused)?;
+        let response = client
+            .do_get(endpoint.authorized(ticket)?)
+            .await
+            .map_err(refused)?;
         let wire_bytes = Arc::new(AtomicU64::new(0));
         let counter = wire_bytes.clone();
         let flight_data = response
@@ -190,9 +147,24 @@ impl BlockStream {
     }
 }
 
+impl ClientError {
+    /// Whether trying again later may succeed: the pipeline was down, going down or cut off,
+    /// as opposed to refusing what was asked.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable { .. } | ClientError::Unavailable(_) | ClientError::Stream(_)
+        )
+    }
+}
+
 /// A refusal with its gRPC code, e.g. `Unauthenticated: missing or wrong token`.
 fn refused(status: tonic::Status) -> ClientError {
-    ClientError::Refused(format!("{:?}: {}", status.code(), status.message()))
+    let message = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        tonic::Code::Unavailable => ClientError::Unavailable(message),
+        _ => ClientError::Refused(message),
+    }
 }
 
 fn stream_error(error: arrow_flight::error::FlightError) -> ClientError {

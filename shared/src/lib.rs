@@ -3,11 +3,13 @@
 //! Everything a consumer needs to speak to a pipeline lives here: the stream request that travels
 //! as a Flight ticket ([`request`]), the Arrow schema of the token-block batches and the tokenizer
 //! description carried in its metadata ([`schema`]), stable hashing used for fingerprints and the
-//! train/valid split ([`hashing`]), the resume cursor ([`cursor`]), and a reference Rust client
-//! ([`client`]). The same contract is documented for other languages in `docs/protocol.md`.
+//! train/valid split ([`hashing`]), the resume cursor ([`cursor`]), a reference Rust client
+//! ([`client`]) with its connection settings ([`endpoint`]: URL, TLS CA, token). The same
+//! contract is documented for other languages in `docs/protocol.md`.
 
 pub mod client;
 pub mod cursor;
+pub mod endpoint;
 pub mod hashing;
 pub mod request;
 pub mod schema;

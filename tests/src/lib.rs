@@ -156,6 +156,67 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit, returning its status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on the pid of a child this process started and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the pipeline") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the pipeline did not exit within {timeout:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1 and localhost (made with the
+/// `openssl` command).
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn tls_files(dir: &Path) -> TlsFiles {
+    let openssl = |arguments: &str| {
+        run_ok(
+            Command::new("openssl")
+                .args(arguments.split_whitespace())
+                .current_dir(dir),
+            Duration::from_secs(60),
+        );
+    };
+    let curve = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    openssl(&format!(
+        "req -x509 {curve} -keyout ca.key -out ca.pem -days 2 -subj /CN=flightlm-test-ca"
+    ));
+    openssl(&format!(
+        "req {curve} -keyout server.key -out server.csr -subj /CN=localhost"
+    ));
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("writing the extension file");
+    openssl(
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+         -days 2 -extfile san.ext",
+    );
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    }
+}
+
 impl Drop for Pipeline {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,16 +1,23 @@
 //! The trainer survives its pipeline going away: it reports "pipeline unavailable, retrying",
 //! reconnects with backoff when a pipeline is back on the same address, resumes the stream from
-//! the last block it received, and finishes the run.
+//! the last block it received, and finishes the run, having trained on every block of the stream
+//! exactly once (`audit-blocks`). The pipeline goes away by SIGKILL, by SIGTERM (which ends its
+//! streams cleanly and exits 0), and by a link that resets connections
+//! (`flightlm-fault-proxy`).
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use flightlm_tests::{
     binary, last_json_line, run_ok, sample_corpus, scratch_dir, train_tokenizer, Pipeline,
 };
 
-fn last_step(metrics: &std::path::Path) -> u64 {
+const STEPS: u64 = 150;
+
+fn last_step(metrics: &Path) -> u64 {
     std::fs::read_to_string(metrics)
         .unwrap_or_default()
         .lines()
@@ -21,17 +28,104 @@ fn last_step(metrics: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+}
+
+/// A trainer process reading `url`, its stderr lines collected as they come.
+struct Trainer {
+    child: Child,
+    stderr: Receiver<String>,
+    out: PathBuf,
+}
+
+impl Trainer {
+    fn start(url: &str, out: &Path) -> Trainer {
+        let mut child = Command::new(binary("flightlm-trainer"))
+            .args(["train", "--pipeline", url, "--preset", "tiny"])
+            .args(["--max-steps", &STEPS.to_string(), "--seq-len", "32"])
+            .args(["--batch-size", "8", "--grad-accum", "1", "--log-every", "1"])
+            .args(["--eval-every", "1000", "--save-every", "1000"])
+            .args(["--pipeline-retry-s", "60", "--out"])
+            .arg(out)
+            // A small HTTP/2 window keeps most of the stream on the pipeline's side, so cutting
+            // the connection mid-run really cuts the stream.
+            .env("FLIGHTLM_STREAM_WINDOW_BYTES", "16384")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the trainer");
+        let stderr = child.stderr.take().unwrap();
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        Trainer {
+            child,
+            stderr: received,
+            out: out.to_path_buf(),
+        }
+    }
+
+    fn wait_for_step(&self, step: u64) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while last_step(&self.out.join("metrics.jsonl")) < step {
+            assert!(
+                Instant::now() < deadline,
+                "training did not reach step {step}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for a successful exit and checks the run: every step, every block exactly once,
+    /// and at least one reconnection. Returns the stderr lines.
+    fn finish(mut self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the trainer did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let log: Vec<String> = self.stderr.try_iter().collect();
+        assert!(status.success(), "{}", log.join("\n"));
+        assert!(
+            log.iter()
+                .any(|line| line.contains("pipeline unavailable, retrying")),
+            "{}",
+            log.join("\n")
+        );
+        assert_eq!(last_step(&self.out.join("metrics.jsonl")), STEPS);
+        let audit = last_json_line(&run_ok(
+            Command::new(binary("flightlm-trainer"))
+                .arg("audit-blocks")
+                .arg(&self.out),
+            Duration::from_secs(30),
+        ));
+        assert_eq!(audit["steps"], STEPS, "{audit}");
+        assert_eq!(audit["rows"], STEPS * 8, "{audit}");
+        assert_eq!(
+            (audit["lost"].as_u64(), audit["repeated"].as_u64()),
+            (Some(0), Some(0))
+        );
+        log
+    }
+}
+
 #[test]
-fn training_continues_through_a_pipeline_restart() {
+fn training_continues_through_pipeline_restarts() {
     let dir = scratch_dir("reconnect");
     let corpus = sample_corpus(&dir, 1500);
     let tokenizer = train_tokenizer(&dir, &corpus, 600);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_address();
     let corpus_argument = corpus.to_str().unwrap().to_string();
     let arguments = [
         "--input",
@@ -42,71 +136,29 @@ fn training_continues_through_a_pipeline_restart() {
         "32",
     ];
     let first = Pipeline::start_with(&tokenizer, &arguments);
+    let trainer = Trainer::start(&first.url, &dir.join("run"));
 
-    let out = dir.join("run");
-    let mut trainer = Command::new(binary("flightlm-trainer"))
-        .args(["train", "--pipeline", &first.url, "--preset", "tiny"])
-        .args(["--max-steps", "150", "--seq-len", "32", "--batch-size", "8"])
-        .args([
-            "--grad-accum",
-            "1",
-            "--log-every",
-            "1",
-            "--eval-every",
-            "1000",
-        ])
-        .args(["--save-every", "1000", "--pipeline-retry-s", "60", "--out"])
-        .arg(&out)
-        // A small HTTP/2 window keeps most of the stream on the pipeline's side, so killing it
-        // mid-run really cuts the stream.
-        .env("FLIGHTLM_STREAM_WINDOW_BYTES", "16384")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the trainer");
-    let stderr = trainer.stderr.take().unwrap();
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = lines.send(line);
-        }
-    });
-
-    let metrics = out.join("metrics.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while last_step(&metrics) < 5 {
-        assert!(Instant::now() < deadline, "training did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    trainer.wait_for_step(5);
     drop(first); // SIGKILL
     std::thread::sleep(Duration::from_millis(500));
-    let second = Pipeline::start_with(&tokenizer, &arguments);
+    let mut second = Pipeline::start_with(&tokenizer, &arguments);
 
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = trainer.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = trainer.kill();
-            panic!("the trainer did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let log: Vec<String> = received.try_iter().collect();
-    assert!(status.success(), "{}", log.join("\n"));
+    trainer.wait_for_step(40);
+    let status = second.terminate(Duration::from_secs(15));
     assert!(
-        log.iter()
-            .any(|line| line.contains("pipeline unavailable, retrying")),
-        "{}",
+        status.success(),
+        "SIGTERM ends the pipeline cleanly: {status}"
+    );
+    let third = Pipeline::start_with(&tokenizer, &arguments);
+
+    let log = trainer.finish();
+    assert!(
+        log.iter().any(|line| line.contains("shutting down")),
+        "the SIGTERMed pipeline told the trainer why its stream ended: {}",
         log.join("\n")
     );
-    assert_eq!(last_step(&metrics), 150);
     let stats = last_json_line(&run_ok(
-        Command::new(binary("flightlm-pipeline")).args(["stats", "--pipeline", &second.url]),
+        Command::new(binary("flightlm-pipeline")).args(["stats", "--pipeline", &third.url]),
         Duration::from_secs(30),
     ));
     let resumed = stats["streams"]
@@ -117,5 +169,50 @@ fn training_continues_through_a_pipeline_restart() {
     assert!(
         resumed,
         "the trainer resumed its stream from a cursor: {stats}"
+    );
+}
+
+#[test]
+fn training_continues_through_a_link_that_resets_connections() {
+    let dir = scratch_dir("reconnect-faulty-link");
+    let corpus = sample_corpus(&dir, 1500);
+    let tokenizer = train_tokenizer(&dir, &corpus, 600);
+    let pipeline = Pipeline::start(&[&corpus], &tokenizer, &["--shuffle-window", "32"]);
+    let upstream = pipeline.url.trim_start_matches("http://").to_string();
+    let mut proxy = Command::new(binary("flightlm-fault-proxy"))
+        .args(["--upstream", &upstream, "--latency-ms", "2"])
+        .args([
+            "--bandwidth-mbit",
+            "50",
+            "--reset-min-s",
+            "0.5",
+            "--reset-max-s",
+            "1.5",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the proxy");
+    let mut events = BufReader::new(proxy.stdout.take().unwrap()).lines();
+    let announced: serde_json::Value =
+        serde_json::from_str(&events.next().unwrap().unwrap()).unwrap();
+    let proxied = format!("http://{}", announced["listening"].as_str().unwrap());
+    let (event_lines, received_events) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in events.map_while(Result::ok) {
+            let _ = event_lines.send(line);
+        }
+    });
+
+    let trainer = Trainer::start(&proxied, &dir.join("run"));
+    trainer.finish();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let resets = received_events
+        .try_iter()
+        .filter(|line| line.contains("reset_after_s"))
+        .count();
+    assert!(
+        resets >= 1,
+        "the proxy reset at least one connection mid-run"
     );
 }

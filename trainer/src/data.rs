@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use flightlm_shared::client::{BlockStream, ClientError};
+use flightlm_shared::client::{BlockStream, ClientError, PipelineEndpoint};
 use flightlm_shared::{Cursor, Split, StreamRequest, TokenBlocks, TokenizerInfo};
 
 use crate::source::BlockSource;
@@ -20,13 +20,14 @@ use crate::source::BlockSource;
 const PREFETCH_BATCHES: usize = 8;
 
 pub struct PipelineSource {
-    url: String,
+    endpoint: PipelineEndpoint,
     seq_len: usize,
     batch_size: usize,
     tokenizer: TokenizerInfo,
     train: Receiver<anyhow::Result<TokenBlocks>>,
     runtime: tokio::runtime::Runtime,
     waited: Duration,
+    retry_for: Duration,
     /// Resumes right after the last row handed to the training loop.
     cursor: Option<Cursor>,
 }
@@ -37,7 +38,7 @@ impl PipelineSource {
     /// breaks, the source retries with exponential backoff for up to `retry_for`, continuing
     /// after the last block it received, so nothing is lost or repeated.
     pub fn connect(
-        url: &str,
+        endpoint: &PipelineEndpoint,
         seq_len: usize,
         batch_size: usize,
         resume: Option<Cursor>,
@@ -52,7 +53,7 @@ impl PipelineSource {
         let request =
             StreamRequest::new(Split::Train, seq_len, batch_size).with_cursor(resume.clone());
         let prefetch = Prefetch {
-            url: url.to_string(),
+            endpoint: endpoint.clone(),
             request,
             retry_for,
             sender,
@@ -67,13 +68,14 @@ impl PipelineSource {
             .recv()
             .map_err(|_| anyhow!("the train stream ended before its first batch"))??;
         Ok(PipelineSource {
-            url: url.to_string(),
+            endpoint: endpoint.clone(),
             seq_len,
             batch_size,
             tokenizer,
             train,
             runtime,
             waited: Duration::ZERO,
+            retry_for,
             cursor: resume,
         })
     }
@@ -82,9 +84,51 @@ impl PipelineSource {
 /// Longest pause between reconnection attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
+/// Exponential backoff over one outage, which may last at most `retry_for`.
+struct Backoff {
+    retry_for: Duration,
+    failing_since: Option<Instant>,
+    delay: Duration,
+}
+
+impl Backoff {
+    const FIRST_DELAY: Duration = Duration::from_millis(100);
+
+    fn new(retry_for: Duration) -> Self {
+        Backoff {
+            retry_for,
+            failing_since: None,
+            delay: Self::FIRST_DELAY,
+        }
+    }
+
+    fn reset(&mut self) {
+        *self = Backoff::new(self.retry_for);
+    }
+
+    /// The pause before the next attempt, or `None` once the outage has lasted `retry_for`.
+    fn next_delay(&mut self) -> Option<Duration> {
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.retry_for {
+            return None;
+        }
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(MAX_RETRY_DELAY);
+        Some(delay)
+    }
+}
+
+fn gave_up(error: ClientError, endpoint: &PipelineEndpoint, retry_for: Duration) -> anyhow::Error {
+    anyhow!(error).context(format!(
+        "the pipeline at {} was unavailable for more than {} s (--pipeline-retry-s)",
+        endpoint.url,
+        retry_for.as_secs()
+    ))
+}
+
 /// The prefetch thread: reads train batches ahead of the loop, reconnecting when needed.
 struct Prefetch {
-    url: String,
+    endpoint: PipelineEndpoint,
     request: StreamRequest,
     retry_for: Duration,
     sender: Sender<anyhow::Result<TokenBlocks>>,
@@ -118,8 +162,7 @@ impl Prefetch {
         runtime.block_on(async move {
             let mut rows = TokenBlocks::new(self.request.seq_len);
             let mut announced = false;
-            let mut failing_since: Option<Instant> = None;
-            let mut delay = Duration::from_millis(100);
+            let mut backoff = Backoff::new(self.retry_for);
             loop {
                 self.connected = false;
                 let error = match self.stream_once(&mut rows, &mut announced).await {
@@ -132,31 +175,22 @@ impl Prefetch {
                 };
                 if self.connected {
                     // The pipeline was back for a while: a new outage gets the full budget.
-                    failing_since = None;
-                    delay = Duration::from_millis(100);
+                    backoff.reset();
                 }
-                let retryable = matches!(
-                    error,
-                    ClientError::Unreachable { .. } | ClientError::Stream(_)
-                );
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                if !retryable || since.elapsed() >= self.retry_for {
-                    let error = if retryable {
-                        anyhow!(error).context(format!(
-                            "the pipeline at {} was unavailable for more than {} s \
-                             (--pipeline-retry-s)",
-                            self.url,
-                            self.retry_for.as_secs()
-                        ))
-                    } else {
-                        anyhow!(error).context("train stream")
-                    };
-                    self.fail(error, announced);
+                if !error.is_retryable() {
+                    self.fail(anyhow!(error).context("train stream"), announced);
                     return;
                 }
-                eprintln!("pipeline unavailable, retrying in {delay:?}: {error}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
+                match backoff.next_delay() {
+                    Some(delay) => {
+                        eprintln!("pipeline unavailable, retrying in {delay:?}: {error}");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => {
+                        self.fail(gave_up(error, &self.endpoint, self.retry_for), announced);
+                        return;
+                    }
+                }
             }
         });
     }
@@ -164,7 +198,7 @@ impl Prefetch {
     /// Reads one connection's stream until it ends or fails; every batch moves the request's
     /// cursor past its rows, so a new connection continues right after them.
     async fn stream_once(&mut self, rows: &mut TokenBlocks, announced: &mut bool) -> StreamEnd {
-        let mut stream = match BlockStream::open(&self.url, &self.request).await {
+        let mut stream = match BlockStream::open(&self.endpoint, &self.request).await {
             Ok(stream) => stream,
             Err(error) => return StreamEnd::Broken(error),
         };
@@ -232,23 +266,47 @@ impl BlockSource for PipelineSource {
         self.cursor.clone()
     }
 
+    /// Reads the whole valid split, retrying like the train stream while the pipeline is away.
     fn valid_batches(&mut self) -> anyhow::Result<Vec<TokenBlocks>> {
         let request = StreamRequest::new(Split::Valid, self.seq_len, self.batch_size);
-        let url = self.url.clone();
-        self.runtime.block_on(async move {
-            let mut stream = BlockStream::open(&url, &request).await?;
-            let mut batches = Vec::new();
-            while let Some(batch) = stream.next().await {
-                batches.push(batch.context("valid stream")?);
+        let endpoint = self.endpoint.clone();
+        let mut backoff = Backoff::new(self.retry_for);
+        let batches = self.runtime.block_on(async move {
+            loop {
+                let error = match read_all(&endpoint, &request).await {
+                    Ok(batches) => return Ok(batches),
+                    Err(error) if error.is_retryable() => error,
+                    Err(error) => return Err(anyhow!(error).context("valid stream")),
+                };
+                match backoff.next_delay() {
+                    Some(delay) => {
+                        eprintln!("pipeline unavailable, retrying in {delay:?}: {error}");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return Err(gave_up(error, &endpoint, backoff.retry_for)),
+                }
             }
-            if batches.is_empty() {
-                anyhow::bail!("the valid split is empty");
-            }
-            Ok(batches)
-        })
+        })?;
+        if batches.is_empty() {
+            anyhow::bail!("the valid split is empty");
+        }
+        Ok(batches)
     }
 
     fn seconds_waited(&self) -> f64 {
         self.waited.as_secs_f64()
     }
+}
+
+/// Every batch of a finite stream.
+async fn read_all(
+    endpoint: &PipelineEndpoint,
+    request: &StreamRequest,
+) -> Result<Vec<TokenBlocks>, ClientError> {
+    let mut stream = BlockStream::open(endpoint, request).await?;
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        batches.push(batch?);
+    }
+    Ok(batches)
 }

@@ -4,6 +4,7 @@
 //! The binary is a thin CLI over [`train::train`]; everything else is here so tests and other
 //! front-ends can drive the same loop with any [`source::BlockSource`].
 
+pub mod block_log;
 pub mod checkpoint;
 pub mod collate;
 pub mod config;

@@ -16,6 +16,8 @@ use burn::backend::{Autodiff, Cuda, NdArray};
 use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
 use clap::{Parser, Subcommand};
+use flightlm_shared::client::PipelineEndpoint;
+use flightlm_trainer::block_log::{self, BlockLog};
 use flightlm_trainer::checkpoint::{CheckpointStore, TrainingState};
 use flightlm_trainer::data::PipelineSource;
 use flightlm_trainer::hf::commands::{ExportArgs, FillMaskArgs, ScoreArgs};
@@ -55,6 +57,10 @@ enum Command {
         /// or its stream breaks, before giving up with an error.
         #[arg(long, default_value_t = 120)]
         pipeline_retry_s: u64,
+        /// PEM CA certificate of an https:// pipeline [default: $FLIGHTLM_TLS_CA_FILE, else the
+        /// system's roots].
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -89,6 +95,12 @@ enum Command {
         /// The run's output directory (holding metrics.jsonl).
         dir: PathBuf,
     },
+    /// Check a run's DIR/blocks.jsonl: every stream block up to the last one trained on exactly
+    /// once. Prints the counts as JSON; exits non-zero when a block was lost or repeated.
+    AuditBlocks {
+        /// The run's output directory.
+        dir: PathBuf,
+    },
     /// Write a checkpoint's model as a HuggingFace model directory.
     Export(ExportArgs),
     /// Predict the tokens at `<mask>`, printed like transformers' fill-mask pipeline.
@@ -120,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train {
             pipeline_retry_s,
+            tls_ca,
             run,
         } => {
             let Resolved { config, resume } = run.resolve()?;
@@ -131,7 +144,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if config.out_dir.as_os_str().is_empty() {
                 bail!("no output directory: pass --out DIR or set `out_dir` in --config");
             }
-            let (pipeline, out) = (config.pipeline.clone(), config.out_dir.clone());
+            let out = config.out_dir.clone();
+            let pipeline = PipelineEndpoint::new(config.pipeline.clone()).with_tls_ca(tls_ca);
             config.save(&out)?;
             save_pipeline_tokenizer(&pipeline, &out);
             let cursor = resume.as_ref().and_then(|(_, state)| state.cursor.clone());
@@ -142,7 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cursor,
                 std::time::Duration::from_secs(pipeline_retry_s),
             )
-            .with_context(|| format!("connecting to the pipeline at {pipeline}"))?;
+            .with_context(|| format!("connecting to the pipeline at {}", pipeline.url))?;
             let mut metrics = match &resume {
                 Some((_, state)) => MetricsLog::resume(&out, state.step, true)?,
                 None => MetricsLog::create(&out, true)?,
@@ -199,11 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 valid_fraction,
             )?;
             let mut metrics = MetricsLog::create(&out, true)?;
-            let control = RunControl {
-                checkpoints: None,
-                resume: None,
-                stop: None,
-            };
+            let control = RunControl::default();
             let summary = train_with::<CpuBackend>(
                 &config,
                 &mut source,
@@ -225,6 +235,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plot { dir } => {
             let path = flightlm_trainer::plot::plot_run(&dir)?;
             println!("{}", serde_json::json!({ "plot": path }));
+            Ok(())
+        }
+        Command::AuditBlocks { dir } => {
+            let lines = block_log::read(&dir.join(block_log::BLOCK_LOG_FILE))?;
+            let audit = block_log::BlockAudit::of(&lines);
+            println!("{}", serde_json::to_string(&audit)?);
+            if audit.steps == 0 {
+                bail!(
+                    "{} has no steps",
+                    dir.join(block_log::BLOCK_LOG_FILE).display()
+                );
+            }
+            if !audit.is_exact() {
+                bail!("{} blocks lost and {} repeated", audit.lost, audit.repeated);
+            }
             Ok(())
         }
         Command::Export(args) => {
@@ -251,10 +276,16 @@ fn train_on(
     resume: Option<(PathBuf, TrainingState)>,
 ) -> anyhow::Result<()> {
     install_stop_handler();
+    let block_log = match (&checkpoints, &resume) {
+        (None, _) => None,
+        (Some(_), Some((_, state))) => Some(BlockLog::resume(&config.out_dir, state.step)?),
+        (Some(_), None) => Some(BlockLog::create(&config.out_dir)?),
+    };
     let control = RunControl {
         checkpoints,
         resume: resume.map(|(checkpoint, _)| checkpoint),
         stop: Some(&STOP_REQUESTED),
+        block_log,
     };
     let (steps, stopped) = match config.device {
         DeviceKind::Cpu => {
@@ -286,7 +317,7 @@ fn train_on(
 
 /// Keeps the pipeline's tokenizer.json in the run directory, so checkpoints and the final model
 /// ship with it. A pipeline that cannot send it only costs that convenience.
-fn save_pipeline_tokenizer(pipeline: &str, out: &std::path::Path) {
+fn save_pipeline_tokenizer(pipeline: &PipelineEndpoint, out: &std::path::Path) {
     let fetched = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

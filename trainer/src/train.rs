@@ -18,6 +18,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 use flightlm_shared::TokenizerInfo;
 
+use crate::block_log::BlockLog;
 use crate::checkpoint::{self, BestCheckpoint, CheckpointStore, TrainingState, CHECKPOINT_FORMAT};
 use crate::collate::{Collator, LmBatch};
 use crate::config::{TrainConfig, EVAL_MASKING_SEED};
@@ -61,6 +62,8 @@ pub struct RunControl<'a> {
     pub resume: Option<PathBuf>,
     /// Polled after every step: once set, the run writes a checkpoint and stops.
     pub stop: Option<&'a AtomicBool>,
+    /// Where each step's `block_seq`s are logged (opened to continue after a resumed step).
+    pub block_log: Option<BlockLog>,
 }
 
 /// Trains a fresh model as `config` says, reading blocks from `source` and writing metrics to
@@ -81,7 +84,7 @@ pub fn train_with<B: AutodiffBackend>(
     source: &mut dyn BlockSource,
     device: &B::Device,
     metrics: &mut MetricsLog,
-    control: RunControl<'_>,
+    mut control: RunControl<'_>,
 ) -> Result<TrainSummary<B>, TrainError> {
     config.validate()?;
     let tokenizer = source.tokenizer().clone();
@@ -164,11 +167,14 @@ pub fn train_with<B: AutodiffBackend>(
     let first_step = state.step;
     let mut stopped = false;
     let mut window = Window::<B::InnerBackend>::open(source);
+    let mut step_blocks = Vec::new();
     for step in state.step..config.max_steps {
         B::seed(device, dropout_seed(config.seed, step));
+        step_blocks.clear();
         for micro_batch in 0..config.grad_accum {
             let blocks = source.next_train_batch().map_err(TrainError::Source)?;
             check_blocks(&blocks, config, tokenizer.vocab_size)?;
+            step_blocks.extend_from_slice(&blocks.block_seq);
             let stream = (step * config.grad_accum + micro_batch) as u64;
             let batch = collator.collate(&blocks, config.seed, stream);
             window.tokens += batch.input_tokens();
@@ -189,6 +195,9 @@ pub fn train_with<B: AutodiffBackend>(
         let completed = step + 1;
         state.step = completed;
         state.cursor = source.cursor();
+        if let Some(log) = &mut control.block_log {
+            log.record(completed, &step_blocks)?;
+        }
         let last = completed == config.max_steps;
 
         if completed % config.log_every == 0 || last {

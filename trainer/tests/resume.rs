@@ -63,6 +63,7 @@ fn run(
         checkpoints: Some(CheckpointStore::in_run(&config.out_dir)),
         resume,
         stop,
+        block_log: None,
     };
     let summary =
         train_with::<TestBackend>(config, source, &Default::default(), &mut metrics, control)

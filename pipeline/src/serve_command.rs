@@ -1,0 +1,195 @@
+//! `flightlm-pipeline serve`: its flags, start-up checks, and a shutdown that lets open streams
+//! end cleanly (SIGTERM or Ctrl-C) within a bounded grace period.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use flightlm_pipeline::access::{check_listen, read_tls_identity, AuthToken};
+use flightlm_pipeline::bad_records::BadRecordPolicy;
+use flightlm_pipeline::corpus_setup::{build_corpus, ServeInputs};
+use flightlm_pipeline::flight_server::{bind, serve, Access};
+
+/// How long open streams get to end after a shutdown signal before the process exits anyway
+/// (a reader that stopped reading would otherwise hold it forever).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Corpus files, directories or globs, served as the source `main`.
+    #[arg(long, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// A named source of a mixture: NAME=PATH[,PATH…][:WEIGHT], e.g.
+    /// `books=data/books/*.parquet:0.7`. Repeat for each source.
+    #[arg(long = "source")]
+    sources: Vec<String>,
+    /// tokenizer.json to encode with.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Blocks shuffled together by a seeded, resumable window; 1 keeps corpus order.
+    #[arg(long, default_value_t = 1)]
+    shuffle_window: usize,
+    /// Watch this directory and add files that appear in it to the source that lists it
+    /// (or to the first source).
+    #[arg(long)]
+    watch: Option<PathBuf>,
+    /// How often the watched directory is listed.
+    #[arg(long, default_value_t = 1000)]
+    watch_interval_ms: u64,
+    /// SQL over the table `corpus` (each file in turn) that yields a string `text` column,
+    /// e.g. "SELECT body AS text FROM corpus WHERE length(body) > 20".
+    #[arg(long)]
+    sql: Option<String>,
+    /// What to do with input that cannot be used: stop with an error, or skip and count it.
+    #[arg(long, value_enum, default_value_t = BadRecordPolicy::Error)]
+    on_bad_record: BadRecordPolicy,
+    /// Documents longer than this are bad records.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_document_bytes: usize,
+    /// Check the corpus and the tokenizer, print the summary line, and exit.
+    #[arg(long)]
+    check_only: bool,
+    /// File holding the token every client must send (`authorization: Bearer <token>`);
+    /// required to listen on a non-loopback address.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without a token.
+    #[arg(long)]
+    insecure: bool,
+    /// PEM certificate chain to serve TLS with (clients then use https:// and `--tls-ca`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Streams served at once; more are refused.
+    #[arg(long, default_value_t = 64)]
+    max_streams: usize,
+    /// Directory that sources added at run time (`add-source`) must lie in; repeatable.
+    /// Without one, `add-source` is refused.
+    #[arg(long = "allow-root")]
+    allow_roots: Vec<PathBuf>,
+    /// Address to listen on; port 0 picks a free one (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Fraction of documents held out as the `valid` split.
+    #[arg(long, default_value_t = 0.01)]
+    valid_fraction: f64,
+    /// Seed of the valid-split choice.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Tokenizer threads per stream (default: all cores).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+pub fn run_serve(args: ServeArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let token = args
+        .auth_token_file
+        .as_deref()
+        .map(AuthToken::read)
+        .transpose()?;
+    check_listen(args.listen, &token, args.insecure)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(read_tls_identity(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let inputs = ServeInputs {
+        input: args.input,
+        sources: args.sources,
+        tokenizer: args.tokenizer,
+        valid_fraction: args.valid_fraction,
+        seed: args.seed,
+        workers: args.workers,
+        shuffle_window: args.shuffle_window,
+        watch: args.watch,
+        watch_interval: Duration::from_millis(args.watch_interval_ms.max(10)),
+        sql: args.sql,
+        on_bad_record: args.on_bad_record,
+        max_document_bytes: args.max_document_bytes,
+        allow_roots: args.allow_roots,
+    };
+    let corpus = Arc::new(runtime.block_on(build_corpus(inputs))?);
+    if args.check_only {
+        println!(
+            "{}",
+            serde_json::json!({
+                "files": corpus.file_count(),
+                "sources": corpus.describe_sources(),
+                "tokenizer": corpus.tokenizer_info,
+            })
+        );
+        return Ok(());
+    }
+    let listen = args.listen;
+    runtime.block_on(async move {
+        let listener = bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let address = listener.local_addr()?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "listening": address.to_string(),
+                "url": format!("{scheme}://{address}"),
+                "files": corpus.file_count(),
+                "sources": corpus.describe_sources(),
+                "tokenizer": corpus.tokenizer_info,
+            })
+        );
+        let access = Access {
+            token,
+            max_streams: args.max_streams.max(1),
+            tls,
+        };
+        let (signalled, signal_seen) = tokio::sync::oneshot::channel();
+        let shutdown = async move {
+            shutdown_signal().await;
+            let _ = signalled.send(());
+        };
+        let grace_over = async move {
+            match signal_seen.await {
+                Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = serve(corpus, listener, access, shutdown) => served.context("serving"),
+            () = grace_over => {
+                eprintln!(
+                    "streams still open {} s after the shutdown signal; exiting",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so streams end cleanly instead of being cut.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
