@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow::ipc::CompressionType;
 use arrow::record_batch::RecordBatch;
@@ -98,10 +99,22 @@ impl PipelineService {
     }
 }
 
-fn ipc_options() -> IpcWriteOptions {
+/// IPC settings of every message the service sends: zstd-compressed bodies.
+pub fn ipc_options() -> IpcWriteOptions {
     IpcWriteOptions::default()
         .try_with_compression(Some(CompressionType::ZSTD))
         .expect("arrow-ipc is built with zstd")
+}
+
+/// The encoder `do_get` turns a stream's record batches into Flight messages with; public so the
+/// encoding stage can be benchmarked with the service's own settings.
+pub fn flight_data_encoder(schema: SchemaRef) -> FlightDataEncoderBuilder {
+    FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .with_options(ipc_options())
+        // Each batch carries its own resume-state dictionary; hydrating it would repeat the
+        // state string on every row.
+        .with_dictionary_handling(DictionaryHandling::Resend)
 }
 
 /// Largest request (ticket, descriptor or action body) accepted.
@@ -211,20 +224,13 @@ impl FlightService for PipelineService {
         let batches = ReceiverStream::new(receiver)
             .map(|batch| batch.map_err(|error| FlightError::ExternalError(Box::new(error))));
         let batches = until_draining(batches, self.draining.clone());
-        let flight_data = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .with_options(ipc_options())
-            // Each batch carries its own resume-state dictionary; hydrating it would repeat the
-            // state string on every row.
-            .with_dictionary_handling(DictionaryHandling::Resend)
-            .build(batches)
-            .map(|data| {
-                data.map_err(|error| match error {
-                    FlightError::Tonic(status) => *status,
-                    FlightError::ExternalError(inner) => Status::internal(inner.to_string()),
-                    other => Status::internal(other.to_string()),
-                })
-            });
+        let flight_data = flight_data_encoder(schema).build(batches).map(|data| {
+            data.map_err(|error| match error {
+                FlightError::Tonic(status) => *status,
+                FlightError::ExternalError(inner) => Status::internal(inner.to_string()),
+                other => Status::internal(other.to_string()),
+            })
+        });
         Ok(Response::new(Box::pin(flight_data)))
     }
 

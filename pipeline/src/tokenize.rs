@@ -121,7 +121,10 @@ pub fn spawn_workers(
     }
 }
 
-fn encode(
+/// Encodes one batch of texts exactly as a pool worker does (blank rows skipped, oversized and
+/// other-split documents filtered, special tokens left to the packer); public so the stage can be
+/// benchmarked on its own.
+pub fn encode(
     tokenizer: &Tokenizer,
     rules: &EncodeRules,
     file: Arc<str>,
