@@ -15,3 +15,17 @@ ensure_python() {
     fi
     export FLIGHTLM_PYTHON="$FLIGHTLM_VENV/bin/python"
 }
+
+# Waits (up to 60 s) until a process started with its stdout in FILE announces its address, and
+# prints the "url" (or, for flightlm-fault-proxy, "listening") field. Usage: wait_for_url FILE PID
+wait_for_url() {
+    local file=$1 pid=$2 url=""
+    for _ in $(seq 1 600); do
+        url=$(sed -n 's/.*"\(url\|listening\)":"\([^"]*\)".*/\2/p' "$file" 2>/dev/null | head -1)
+        [ -n "$url" ] && { echo "$url"; return 0; }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "no address announced in $file" >&2
+    return 1
+}
