@@ -1,6 +1,7 @@
 //! Access rules: a token is required from every client when set (wrong or missing: refused as
 //! Unauthenticated, also for pyarrow's handshake), a non-loopback listener needs a token or
-//! --insecure, streams are capped, and sources added at run time stay inside --allow-root.
+//! --insecure, streams are capped, requests are size-limited, and sources added at run time stay
+//! inside --allow-root.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -158,6 +159,50 @@ fn streams_are_capped() {
         "{}",
         stderr(&refused)
     );
+}
+
+/// A 2 MiB action body and a ticket asking for more than the largest batch: both refused with
+/// reasons, and the pipeline keeps serving.
+const PYARROW_OVERSIZED: &str = r#"
+import json, sys
+import pyarrow.flight as flight
+client = flight.connect(sys.argv[1].replace("http://", "grpc://", 1))
+try:
+    list(client.do_action(flight.Action("add-source", b"x" * (2 << 20))))
+    print("accepted")
+except Exception as error:
+    print("refused:", str(error).splitlines()[0])
+request = {"version": 1, "split": "train", "seq_len": 512, "batch_size": 10 ** 9}
+try:
+    client.do_get(flight.Ticket(json.dumps(request))).read_chunk()
+    print("accepted")
+except Exception as error:
+    print("refused:", str(error).splitlines()[0])
+"#;
+
+#[test]
+fn requests_are_size_limited() {
+    let dir = scratch_dir("access-sizes");
+    let corpus = sample_corpus(&dir, 300);
+    let tokenizer = train_tokenizer(&dir, &corpus, 400);
+    let pipeline = Pipeline::start(&[&corpus], &tokenizer, &[]);
+    let output = run_with_timeout(
+        Command::new(python()).args(["-c", PYARROW_OVERSIZED, &pipeline.url]),
+        Duration::from_secs(60),
+    );
+    let answers = String::from_utf8_lossy(&output.stdout).to_string();
+    let lines: Vec<&str> = answers.lines().collect();
+    assert_eq!(lines.len(), 2, "{answers}\n{}", stderr(&output));
+    assert!(
+        lines[0].starts_with("refused:") && lines[0].contains("too large"),
+        "{answers}"
+    );
+    assert!(
+        lines[1].starts_with("refused:") && lines[1].contains("batch_size"),
+        "{answers}"
+    );
+    let health = consume(&pipeline, None);
+    assert!(health.status.success(), "{}", stderr(&health));
 }
 
 fn add_source(pipeline: &Pipeline, input: &Path) -> Output {
