@@ -1,7 +1,8 @@
 """Read a flightlm stream from Python with pyarrow.flight: the way a PyTorch trainer uses it.
 
     python scripts/read_stream.py --pipeline grpc://127.0.0.1:50051 --seq-len 128 --batch-size 32 \
-        [--split train|valid] [--epochs 1] [--max-blocks N] [--dump blocks.jsonl] [--cursor JSON]
+        [--split train|valid] [--epochs 1] [--max-blocks N] [--dump blocks.jsonl] [--cursor JSON] \
+        [--tls-ca ca.pem] [--token-file token]
 
 The request is the JSON of docs/protocol.md: sent first as a FlightDescriptor to GetFlightInfo
 (schema, contract version, tokenizer), then the endpoint's ticket opens the stream. Each record
@@ -21,7 +22,7 @@ import pyarrow.flight as flight
 CONTRACT_VERSION = 1
 
 
-def describe(client, split, seq_len, batch_size, epochs, cursor=None):
+def describe(client, options, split, seq_len, batch_size, epochs, cursor=None):
     """Asks the pipeline to describe the stream (GetFlightInfo) before opening it."""
     request = {
         "version": CONTRACT_VERSION,
@@ -32,7 +33,8 @@ def describe(client, split, seq_len, batch_size, epochs, cursor=None):
     }
     if cursor is not None:
         request["cursor"] = cursor
-    info = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(request)))
+    descriptor = flight.FlightDescriptor.for_command(json.dumps(request))
+    info = client.get_flight_info(descriptor, options)
     description = json.loads(info.app_metadata)
     if description["contract_version"] != CONTRACT_VERSION:
         raise SystemExit(f"pipeline speaks contract {description['contract_version']}")
@@ -58,7 +60,12 @@ def cursor_after(batch, row):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pipeline", required=True, help="grpc://host:port (http:// also accepted)")
+    parser.add_argument(
+        "--pipeline", required=True,
+        help="grpc://host:port (http:// also accepted); grpc+tls:// or https:// for TLS",
+    )
+    parser.add_argument("--tls-ca", help="PEM CA certificate of a TLS pipeline")
+    parser.add_argument("--token-file", help="file holding the pipeline's token")
     parser.add_argument("--seq-len", type=int, required=True)
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--split", default="train", choices=["train", "valid"])
@@ -69,13 +76,20 @@ def main():
     args = parser.parse_args()
     cursor = json.loads(args.cursor) if args.cursor else None
 
-    location = args.pipeline.replace("http://", "grpc://", 1)
-    client = flight.connect(location)
+    location = args.pipeline.replace("https://", "grpc+tls://", 1).replace("http://", "grpc://", 1)
+    tls_root_certs = open(args.tls_ca, "rb").read() if args.tls_ca else None
+    client = flight.connect(location, tls_root_certs=tls_root_certs)
+    options = flight.FlightCallOptions()
+    if args.token_file:
+        # Handshake with the token as a Basic password; every call then carries the bearer.
+        token = open(args.token_file).read().strip()
+        header = client.authenticate_basic_token("reader", token)
+        options = flight.FlightCallOptions(headers=[header])
     started = time.perf_counter()
     info, description = describe(
-        client, args.split, args.seq_len, args.batch_size, args.epochs, cursor
+        client, options, args.split, args.seq_len, args.batch_size, args.epochs, cursor
     )
-    reader = client.do_get(info.endpoints[0].ticket)
+    reader = client.do_get(info.endpoints[0].ticket, options)
     tokenizer = json.loads(reader.schema.metadata[b"flightlm.tokenizer"])
     if tokenizer != description["tokenizer"] or reader.schema != info.schema:
         raise SystemExit("the stream does not match its description")

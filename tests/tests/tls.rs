@@ -1,14 +1,15 @@
-//! TLS: a pipeline started with `--tls-cert/--tls-key` serves https:// only; clients trust it
-//! through `--tls-ca` (or `FLIGHTLM_TLS_CA_FILE`) and refuse it without the right CA; the token
-//! check still applies inside TLS; bad certificate files stop the server at start-up.
+//! TLS: a pipeline started with `--tls-cert/--tls-key` serves https:// only; clients (Rust and
+//! pyarrow) trust it through `--tls-ca` (or `FLIGHTLM_TLS_CA_FILE`) and refuse it without the
+//! right CA; the token check still applies inside TLS; bad certificate files stop the server at
+//! start-up.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use flightlm_tests::{
-    binary, last_json_line, run_with_timeout, sample_corpus, scratch_dir, tls_files,
-    train_tokenizer, Pipeline,
+    binary, last_json_line, python, repo_root, run_with_timeout, sample_corpus, scratch_dir,
+    tls_files, train_tokenizer, Pipeline,
 };
 
 const TOKEN: &str = "tls-token-0123456789abcdef";
@@ -72,6 +73,21 @@ fn tls_streams_need_the_right_ca_and_still_the_token() {
         .env("FLIGHTLM_AUTH_TOKEN_FILE", &token_file);
     let output = run_with_timeout(&mut command, Duration::from_secs(30));
     assert!(output.status.success(), "{}", stderr(&output));
+
+    // pyarrow reads the same stream over TLS, authenticated by the Flight handshake.
+    let output = run_with_timeout(
+        Command::new(python())
+            .arg(repo_root().join("scripts/read_stream.py"))
+            .args(["--pipeline", &pipeline.url, "--seq-len", "32", "--batch-size", "8"])
+            .args(["--max-blocks", "16", "--tls-ca"])
+            .arg(&tls.ca)
+            .arg("--token-file")
+            .arg(&token_file),
+        Duration::from_secs(60),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary = last_json_line(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(summary["blocks"], 16);
 
     // Inside TLS the token is still checked.
     let output = consume(&pipeline.url, Some(&tls.ca), None);
