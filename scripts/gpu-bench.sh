@@ -7,11 +7,15 @@
 #   BIN_DIR   holds flightlm-pipeline and flightlm-trainer (or their .gz)
 #   WORK_DIR  run directory; its kernel-cache/ keeps cubecl's autotune and compilation caches,
 #             so reuse it between runs (default runs/gpu-bench)
-# Environment: STEPS (default 30); BURN_RUNS (1 or 2, default 2: the second run shows the start-up
-# with the caches the first one filled); BURN_TIMEOUT (s, first run, default 300);
-# BURN_WARM_TIMEOUT (s, second run, default 150); TORCH_CONFIGS (objective:seq:batch:precision,…,
-# or "none").
+# Environment: STEPS (default 30); BURN_PRECISIONS (the trainer's --precision values to run,
+# default bf16,f32: bf16 is burn's mixed precision, to set against PyTorch's bf16 autocast);
+# BURN_RUNS (1 or 2, default 2: the second run of a precision shows the start-up with the caches
+# the first one filled; every precision's first run goes before any second run);
+# BURN_TIMEOUT (s, first run, default 300); BURN_WARM_TIMEOUT (s, second run, default 150);
+# BUDGET_S (s, the whole call, default 470: a burn run's deadline is cut to what is left, and a
+# run with under 30 s left is skipped); TORCH_CONFIGS (objective:seq:batch:precision,…, or "none").
 set -euo pipefail
+SCRIPT_STARTED=$(date +%s)
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 BIN_DIR="$(cd "$1" && pwd)"
 WORK="${2:-$FLIGHTLM_REPO/runs/gpu-bench}"
@@ -19,6 +23,8 @@ STEPS="${STEPS:-30}"
 BURN_TIMEOUT="${BURN_TIMEOUT:-300}"
 BURN_WARM_TIMEOUT="${BURN_WARM_TIMEOUT:-150}"
 BURN_RUNS="${BURN_RUNS:-2}"
+BURN_PRECISIONS="${BURN_PRECISIONS:-bf16,f32}"
+BUDGET_S="${BUDGET_S:-470}"
 TORCH_CONFIGS="${TORCH_CONFIGS:-mlm:128:32:bf16,mlm:128:32:f32}"
 mkdir -p "$WORK/kernel-cache"
 WORK="$(cd "$WORK" && pwd)"
@@ -50,12 +56,21 @@ trap 'kill $PIPELINE_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do [ -s pipeline.out ] && break; sleep 0.1; done
 URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' pipeline.out)
 
-burn_run() { # name deadline: trains the base preset from the pipeline
-    local name=$1 deadline=$2
+burn_run() { # name precision deadline: trains the base preset from the pipeline
+    local name=$1 precision=$2 deadline=$3
+    # Seconds left of the budget, less 10 for the summary.
+    local left=$((SCRIPT_STARTED + BUDGET_S - 10 - $(date +%s)))
+    [ "$deadline" -gt "$left" ] && deadline=$left
+    echo "$name $precision" >> burn-runs.txt
+    if [ "$deadline" -lt 30 ]; then
+        echo "   skipped: ${left}s left of the ${BUDGET_S}s budget"
+        echo '{"kind":"exit","status":"skipped"}' > "burn-$name.out"
+        return
+    fi
     local started=$(date +%s.%N)
     timeout "$deadline" ./flightlm-trainer train --pipeline "$URL" --device cuda --objective mlm \
-        --preset base --seq-len 128 --batch-size 32 --grad-accum 1 --warmup-steps 10 \
-        --max-steps "$STEPS" --log-every 5 --eval-every 100000 --out "burn-$name" \
+        --precision "$precision" --preset base --seq-len 128 --batch-size 32 --grad-accum 1 \
+        --warmup-steps 10 --max-steps "$STEPS" --log-every 5 --eval-every 100000 --out "burn-$name" \
         > "burn-$name.out" 2> "burn-$name.err" || echo "{\"kind\":\"exit\",\"status\":$?}" >> "burn-$name.out"
     echo "{\"kind\":\"wall\",\"started\":$started,\"ended\":$(date +%s.%N)}" >> "burn-$name.out"
     grep -E '"kind":"(train|exit)"' "burn-$name.out" | tail -2 || true
@@ -69,12 +84,18 @@ if [ "$TORCH_CONFIGS" != none ]; then
 else
     : > torch.out
 fi
-CACHED=$(find kernel-cache -type f | wc -l)
-echo "== burn-cuda, run 1 ($CACHED cached kernel files at start)"
-burn_run run1 "$BURN_TIMEOUT"
+: > burn-runs.txt
+IFS=, read -ra PRECISIONS <<< "$BURN_PRECISIONS"
+for precision in "${PRECISIONS[@]}"; do
+    CACHED=$(find kernel-cache -type f | wc -l)
+    echo "== burn-cuda $precision, run 1 ($CACHED cached kernel files at start)"
+    burn_run "$precision-run1" "$precision" "$BURN_TIMEOUT"
+done
 if [ "$BURN_RUNS" -ge 2 ]; then
-    echo "== burn-cuda, run 2 (caches filled by run 1)"
-    burn_run run2 "$BURN_WARM_TIMEOUT"
+    for precision in "${PRECISIONS[@]}"; do
+        echo "== burn-cuda $precision, run 2 (caches filled by run 1)"
+        burn_run "$precision-run2" "$precision" "$BURN_WARM_TIMEOUT"
+    done
 fi
 
 python3 - <<'PY'
@@ -101,20 +122,18 @@ def show(name, shape, precision, rate, first, memory):
     first_text = f"{first:.1f}" if first is not None else "-"
     memory_text = f"{memory:.1f}" if memory is not None else "-"
     print(f"{name:22} {shape:>10} {precision:>5} {rate_text:>10} {ratio:>13} {mfu:>6} {first_text:>10} {memory_text:>8}")
-import os
-for run in ("run1", "run2"):
-    if not os.path.exists(f"burn-{run}.out"):
-        continue
-    metrics = lines(f"burn-{run}.out")
-    wall = next(l for l in metrics if l.get("kind") == "wall")
+for name, precision in (line.split() for line in open("burn-runs.txt") if line.strip()):
+    metrics = lines(f"burn-{name}.out")
+    wall = next((l for l in metrics if l.get("kind") == "wall"), None)
     train = [l for l in metrics if l.get("kind") == "train"]
     exit_line = next((l for l in metrics if l.get("kind") == "exit"), None)
     # The first logged window includes compilation; steady state is the last window.
     rate = train[-1]["tokens_per_s"] if len(train) >= 2 else None
     first = train[0]["elapsed_s"] if train else None
-    show(f"burn-cuda ({run})", "32x128", "f32", rate, first, None)
+    show(f"burn-cuda ({name.split('-')[-1]})", "32x128", precision, rate, first, None)
     if exit_line:
-        print(f"   burn {run} run stopped: exit {exit_line['status']} after {wall['ended'] - wall['started']:.0f} s")
+        took = f" after {wall['ended'] - wall['started']:.0f} s" if wall else ""
+        print(f"   burn {name} run stopped: exit {exit_line['status']}{took}")
 for r in rows:
     show(f"pytorch {r['objective']}", f"{r['batch']}x{r['seq_len']}", r["precision"], r["tokens_per_s"], r["first_step_s"], r["peak_mem_gib"])
 PY

@@ -69,6 +69,19 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// What the forward pass computes in. The parameters, their gradients and the optimizer's moments
+/// are f32 either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: the large matrix products in bf16 (accumulating in f32) on bf16 copies
+    /// of the f32 weights; softmax, LayerNorm, GELU and the loss in f32. CUDA only.
+    Bf16,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -108,6 +121,9 @@ pub struct TrainConfig {
     /// Dropout on embeddings, attention probabilities and residual branches.
     pub dropout: f64,
     pub device: DeviceKind,
+    /// Configurations saved before mixed precision existed read as f32, which they ran in.
+    #[serde(default)]
+    pub precision: Precision,
     pub out_dir: PathBuf,
     pub pipeline: String,
     /// An HF model directory (`config.json` + `model.safetensors`) whose weights the run starts
@@ -146,6 +162,7 @@ impl TrainConfig {
             mlm_probability: 0.15,
             dropout: 0.1,
             device: DeviceKind::Cpu,
+            precision: Precision::F32,
             out_dir: out_dir.into(),
             pipeline: pipeline.into(),
             init_from: None,
@@ -217,6 +234,12 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return fail(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        // burn-ndarray has no bf16 tensors: its cast would panic in the first forward pass.
+        if self.precision == Precision::Bf16 && self.device != DeviceKind::Cuda {
+            return fail(
+                "precision bf16 needs --device cuda (the CPU backend has no bf16 kernels)".into(),
+            );
         }
         Ok(())
     }
@@ -317,6 +340,32 @@ mod tests {
         let from_toml: TrainConfig = toml::from_str(&toml_text).expect("parses");
         assert_eq!(from_toml, config);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bf16_is_refused_on_the_cpu() {
+        let mut config = TrainConfig::new("http://x", "out", Preset::Tiny);
+        config.precision = Precision::Bf16;
+        let error = config.validate().expect_err("cpu").to_string();
+        assert!(error.contains("bf16 needs --device cuda"), "{error}");
+        config.device = DeviceKind::Cuda;
+        config.validate().expect("bf16 on cuda is valid");
+    }
+
+    #[test]
+    fn precision_is_saved_and_defaults_to_f32() {
+        let mut config = TrainConfig::new("http://x", "out", Preset::Tiny);
+        config.device = DeviceKind::Cuda;
+        config.precision = Precision::Bf16;
+        let text = config.to_toml().expect("writes");
+        assert!(text.contains("precision = \"bf16\""), "{text}");
+        assert_eq!(
+            toml::from_str::<TrainConfig>(&text).expect("parses"),
+            config
+        );
+        let older = text.replace("precision = \"bf16\"\n", "");
+        let loaded: TrainConfig = toml::from_str(&older).expect("parses");
+        assert_eq!(loaded.precision, Precision::F32);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod synthetic;
 pub mod text_file;
 pub mod train;
 
-pub use config::{DeviceKind, Objective, Preset, TrainConfig};
+pub use config::{DeviceKind, Objective, Precision, Preset, TrainConfig};
 pub use error::TrainError;
 pub use eval::{evaluate, Evaluation};
 pub use train::{train, train_with, RunControl, TrainSummary};

@@ -7,14 +7,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use burn::backend::cuda::CudaDevice;
 use burn::backend::ndarray::NdArrayDevice;
 use burn::backend::{Autodiff, Cuda, NdArray};
 use burn::module::AutodiffModule;
-use burn::tensor::Tensor;
 use clap::{Parser, Subcommand};
 use flightlm_shared::client::PipelineEndpoint;
 use flightlm_trainer::block_log::{self, BlockLog};
@@ -27,11 +25,13 @@ use flightlm_trainer::model::RobertaConfig;
 use flightlm_trainer::source::BlockSource;
 use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
 use flightlm_trainer::text_file::TextFileSource;
-use flightlm_trainer::{train_with, DeviceKind, RunControl, TrainConfig};
+use flightlm_trainer::{train_with, DeviceKind, Precision, RunControl, TrainConfig};
 
+mod cuda_check;
 mod process_setup;
 mod run_args;
 
+use cuda_check::check_cuda;
 use process_setup::{install_stop_handler, keep_freed_memory, STOP_REQUESTED};
 use run_args::{Resolved, RunArgs, ShapeArgs};
 
@@ -198,6 +198,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("no output directory: pass --out DIR or set `out_dir` in --config");
             }
             config.pipeline = "text-file".into();
+            if config.precision != Precision::F32 {
+                bail!("train-text trains on the CPU, which has no bf16: use --precision f32");
+            }
             shape.apply(&mut config);
             config.validate()?;
             let out = config.out_dir.clone();
@@ -298,7 +301,7 @@ fn train_on(
         }
         DeviceKind::Cuda => {
             let device = CudaDevice::default();
-            check_cuda(&device)?;
+            check_cuda(&device, config.precision)?;
             let summary = train_with::<CudaBackend>(config, source, &device, metrics, control)?;
             if !summary.stopped {
                 export_final(config, source, &summary.model)?;
@@ -357,35 +360,4 @@ fn export_final<B: burn::tensor::backend::AutodiffBackend>(
     )?;
     eprintln!("model written to {}", out.display());
     Ok(())
-}
-
-/// Runs one tiny operation on the CUDA device first. Without a driver or NVRTC the CUDA
-/// backend panics on a worker thread and then on the caller; this turns that into one error line.
-fn check_cuda(device: &CudaDevice) -> anyhow::Result<()> {
-    let first_panic = Arc::new(Mutex::new(None::<String>));
-    let recorded = Arc::clone(&first_panic);
-    let previous_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if let Ok(mut slot) = recorded.lock() {
-            slot.get_or_insert_with(|| info.payload_as_str().unwrap_or("panic").to_string());
-        }
-    }));
-    let probe = std::panic::catch_unwind(|| {
-        Tensor::<Cuda<f32>, 1>::ones([1], device)
-            .sum()
-            .try_into_scalar()
-            .map(|_| ())
-            .map_err(|error| error.to_string())
-    });
-    std::panic::set_hook(previous_hook);
-    let reason = match probe {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err(error)) => error,
-        Err(_) => first_panic
-            .lock()
-            .ok()
-            .and_then(|slot| slot.clone())
-            .unwrap_or_else(|| "unknown failure".into()),
-    };
-    Err(anyhow!("the CUDA device is not usable: {reason}"))
 }

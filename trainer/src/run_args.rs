@@ -9,7 +9,7 @@ use clap::Args;
 use flightlm_trainer::checkpoint::{read_state, TrainingState};
 use flightlm_trainer::config_layers::{resolve, ConfigLayer};
 use flightlm_trainer::resume::{check_resumable, locate, read_config, run_dir_of};
-use flightlm_trainer::{DeviceKind, Objective, Preset, TrainConfig};
+use flightlm_trainer::{DeviceKind, Objective, Precision, Preset, TrainConfig};
 use serde::Serialize;
 
 /// Overrides of the preset's model dimensions.
@@ -75,6 +75,10 @@ pub(crate) struct RunArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<DeviceKind>,
+    /// bf16: mixed precision, bf16 matrix products over f32 weights (CUDA only) [default: f32].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<Precision>,
     /// Tokens per block [default: 128].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

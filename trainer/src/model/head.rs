@@ -4,15 +4,19 @@
 //! embedding matrix itself (tied, as HF ties `lm_head.decoder.weight` to
 //! `embeddings.word_embeddings.weight`) and only its bias (`lm_head.bias`) belongs to the head.
 //! The same head serves the causal objective, as in HF `RobertaForCausalLM`.
+//!
+//! Under mixed precision the two products (dense, decoder) run in the compute dtype; GELU,
+//! LayerNorm and the logits the loss reads are f32.
 
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use super::activation::gelu;
 use super::init;
+use super::precision::{compute, full, linear};
 
 #[derive(Config, Debug)]
 pub struct LmHeadConfig {
@@ -46,10 +50,18 @@ impl LmHeadConfig {
 
 impl<B: Backend> LmHead<B> {
     /// Logits `[tokens, vocab]` for the hidden states `[tokens, hidden]` of the positions to
-    /// predict, given the word embedding matrix `[vocab, hidden]`.
-    pub fn forward(&self, hidden: Tensor<B, 2>, word_embeddings: Tensor<B, 2>) -> Tensor<B, 2> {
-        let transformed = self.layer_norm.forward(gelu(self.dense.forward(hidden))); // [tokens, hidden]
-        let logits = transformed.matmul(word_embeddings.transpose()); // [tokens, vocab]
+    /// predict, given the word embedding matrix `[vocab, hidden]`. The logits are f32.
+    pub fn forward(
+        &self,
+        hidden: Tensor<B, 2>,
+        word_embeddings: Tensor<B, 2>,
+        compute_dtype: FloatDType,
+    ) -> Tensor<B, 2> {
+        let dense = full(linear(&self.dense, hidden, compute_dtype));
+        let transformed = self.layer_norm.forward(gelu(dense)); // [tokens, hidden]
+        let transformed = compute(transformed, compute_dtype);
+        let decoder = compute(word_embeddings, compute_dtype).transpose();
+        let logits = full(transformed.matmul(decoder)); // [tokens, vocab]
         logits + self.bias.val().unsqueeze::<2>() // [1, vocab] broadcast
     }
 }

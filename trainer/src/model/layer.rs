@@ -9,16 +9,20 @@
 //!
 //! burn's `TransformerEncoder` is not used: its feed-forward block has a dropout after the GELU
 //! that HF does not have, and keeping the exact HF structure lets weights map one-to-one.
+//!
+//! Under mixed precision (see [`super::precision`]) the products run in `compute_dtype`; the
+//! residual stream between layers, softmax, LayerNorm and GELU stay in f32.
 
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use super::activation::gelu;
 use super::init;
+use super::precision::{compute, full, linear};
 
 #[derive(Config, Debug)]
 pub struct RobertaLayerConfig {
@@ -96,6 +100,7 @@ impl<B: Backend> SelfAttention<B> {
         &self,
         hidden: Tensor<B, 3>,
         attention_bias: Option<Tensor<B, 4>>,
+        compute_dtype: FloatDType,
     ) -> Tensor<B, 3> {
         let [batch, seq_len, width] = hidden.dims();
         let head_dim = width / self.heads;
@@ -107,16 +112,19 @@ impl<B: Backend> SelfAttention<B> {
 
         // Scaling q instead of the scores is the same math on a tensor seq/head_dim times smaller.
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let query = split_heads(self.query.forward(hidden.clone())).mul_scalar(scale);
-        let key = split_heads(self.key.forward(hidden.clone()));
-        let value = split_heads(self.value.forward(hidden));
+        // One cast of the input serves the three projections.
+        let hidden = compute(hidden, compute_dtype);
+        let project = |layer: &Linear<B>| split_heads(linear(layer, hidden.clone(), compute_dtype));
+        let query = project(&self.query).mul_scalar(scale);
+        let key = project(&self.key);
+        let value = project(&self.value);
 
-        let mut scores = query.matmul(key.transpose()); // [batch, heads, seq, seq]
+        let mut scores = full(query.matmul(key.transpose())); // [batch, heads, seq, seq]
         if let Some(bias) = attention_bias {
             scores = scores + bias;
         }
         let probabilities = self.dropout.forward(softmax(scores, 3));
-        probabilities
+        compute(probabilities, compute_dtype)
             .matmul(value) // [batch, heads, seq, head_dim]
             .swap_dims(1, 2) // [batch, seq, heads, head_dim]
             .reshape([batch, seq_len, width])
@@ -124,9 +132,16 @@ impl<B: Backend> SelfAttention<B> {
 }
 
 impl<B: Backend> ResidualOutput<B> {
-    pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        let projected = self.dropout.forward(self.dense.forward(hidden));
-        self.layer_norm.forward(projected + residual)
+    /// `hidden` may be in the compute dtype; `residual` and the result are f32.
+    pub fn forward(
+        &self,
+        hidden: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
+        compute_dtype: FloatDType,
+    ) -> Tensor<B, 3> {
+        let projected = full(linear(&self.dense, hidden, compute_dtype));
+        self.layer_norm
+            .forward(self.dropout.forward(projected) + residual)
     }
 }
 
@@ -136,10 +151,17 @@ impl<B: Backend> RobertaLayer<B> {
         &self,
         hidden: Tensor<B, 3>,
         attention_bias: Option<Tensor<B, 4>>,
+        compute_dtype: FloatDType,
     ) -> Tensor<B, 3> {
-        let attended = self.attention.forward(hidden.clone(), attention_bias);
-        let attention_output = self.attention_output.forward(attended, hidden);
-        let expanded = gelu(self.intermediate.forward(attention_output.clone())); // [batch, seq, ffn]
-        self.output.forward(expanded, attention_output)
+        let attended = self
+            .attention
+            .forward(hidden.clone(), attention_bias, compute_dtype);
+        let attention_output = self
+            .attention_output
+            .forward(attended, hidden, compute_dtype);
+        let intermediate = linear(&self.intermediate, attention_output.clone(), compute_dtype);
+        let expanded = gelu(full(intermediate)); // [batch, seq, ffn]
+        self.output
+            .forward(expanded, attention_output, compute_dtype)
     }
 }

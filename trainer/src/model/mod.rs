@@ -14,12 +14,15 @@
 //! The head runs only on the positions that carry a label (about 15 % of them for MLM): the
 //! encoder output is flattened to `[batch * seq, hidden]` and those rows are selected first,
 //! which makes the vocabulary projection, the softmax and their gradients several times cheaper.
+//!
+//! `precision = "bf16"` runs the matrix products in bf16 over f32 parameters: see [`precision`].
 
 mod activation;
 mod embeddings;
 mod head;
 mod init;
 mod layer;
+pub mod precision;
 
 pub use activation::gelu;
 pub use embeddings::{RobertaEmbeddings, RobertaEmbeddingsConfig, FIRST_POSITION_ID};
@@ -29,10 +32,10 @@ pub use layer::{ResidualOutput, RobertaLayer, RobertaLayerConfig, SelfAttention}
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
 use flightlm_shared::TokenizerInfo;
 
-use crate::config::{Objective, TrainConfig};
+use crate::config::{Objective, Precision, TrainConfig};
 
 /// What is added to masked-out attention scores; finite so a fully masked row cannot turn into
 /// NaN, and far below any real score.
@@ -59,6 +62,9 @@ pub struct RobertaConfig {
     pub attention_dropout: f64,
     #[config(default = 0.02)]
     pub initializer_range: f64,
+    /// How the forward pass computes; the parameters are f32 either way.
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
 }
 
 #[derive(Module, Debug)]
@@ -67,6 +73,9 @@ pub struct Roberta<B: Backend> {
     pub layers: Vec<RobertaLayer<B>>,
     pub lm_head: LmHead<B>,
     pub causal: bool,
+    /// The dtype of the matrix products (f32, or bf16 under mixed precision). Not a parameter:
+    /// a checkpoint loaded into this model computes in the precision the run asks for.
+    pub compute_dtype: FloatDType,
 }
 
 impl RobertaConfig {
@@ -85,6 +94,7 @@ impl RobertaConfig {
         .with_causal(config.objective == Objective::Causal)
         .with_dropout(config.dropout)
         .with_attention_dropout(config.dropout)
+        .with_precision(config.precision)
     }
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> Roberta<B> {
@@ -113,6 +123,7 @@ impl RobertaConfig {
             layers,
             lm_head,
             causal: self.causal,
+            compute_dtype: self.precision.compute_dtype(),
         }
     }
 }
@@ -125,7 +136,7 @@ impl<B: Backend> Roberta<B> {
         let attention_bias = self.causal.then(|| causal_bias::<B>(seq_len, &device));
         let mut hidden = self.embeddings.forward(input_ids);
         for layer in &self.layers {
-            hidden = layer.forward(hidden, attention_bias.clone());
+            hidden = layer.forward(hidden, attention_bias.clone(), self.compute_dtype);
         }
         hidden
     }
@@ -142,8 +153,9 @@ impl<B: Backend> Roberta<B> {
         let selected = hidden
             .reshape([batch * seq_len, width])
             .select(0, positions); // [targets, hidden]
+        let word_embeddings = self.embeddings.word_embeddings.weight.val();
         self.lm_head
-            .forward(selected, self.embeddings.word_embeddings.weight.val())
+            .forward(selected, word_embeddings, self.compute_dtype)
     }
 }
 

@@ -1,0 +1,206 @@
+//! Mixed precision by hand: burn has no autocast, so the model says where each tensor's dtype
+//! changes.
+//!
+//! The parameters stay in the backend's float type (f32, the "master weights"), and so do their
+//! gradients and the optimizer's moments. In bf16 mode the large matrix products (the linear
+//! layers, the attention scores and context, the tied decoder projection) take bf16 copies of
+//! their weights and inputs; the cubecl matmul accumulates bf16 products in f32. Everything whose
+//! accuracy depends on small differences of large sums runs on f32 copies: softmax, LayerNorm,
+//! GELU, the residual stream and the loss. burn-autodiff differentiates a cast by casting the
+//! gradient back to the input's dtype, so every parameter receives an f32 gradient.
+//!
+//! In f32 mode every cast below is a no-op (`Tensor::cast` returns its input unchanged when the
+//! dtype already matches), so the computation is exactly the one without these helpers.
+
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Element, FloatDType, Tensor};
+
+use crate::config::Precision;
+
+impl Precision {
+    /// The dtype the large matrix products run in.
+    pub fn compute_dtype(self) -> FloatDType {
+        match self {
+            Precision::F32 => FloatDType::F32,
+            Precision::Bf16 => FloatDType::BF16,
+        }
+    }
+}
+
+/// `tensor` in the compute dtype, as an operand of a matrix product.
+pub fn compute<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+    compute_dtype: FloatDType,
+) -> Tensor<B, D> {
+    tensor.cast(compute_dtype)
+}
+
+/// `tensor` in the parameters' dtype (f32), before softmax, LayerNorm, GELU, a residual sum or
+/// the loss.
+pub fn full<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B, D> {
+    tensor.cast(FloatDType::from(B::FloatElem::dtype()))
+}
+
+/// `layer(input)` computed in the compute dtype (weight, bias and input cast to it); the output
+/// stays in the compute dtype, so a following product can use it without a round trip.
+pub fn linear<B: Backend, const D: usize>(
+    layer: &Linear<B>,
+    input: Tensor<B, D>,
+    compute_dtype: FloatDType,
+) -> Tensor<B, D> {
+    let weight = compute(layer.weight.val(), compute_dtype);
+    let bias = layer
+        .bias
+        .as_ref()
+        .map(|bias| compute(bias.val(), compute_dtype));
+    burn::tensor::module::linear(compute(input, compute_dtype), weight, bias)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::{DType, TensorData};
+
+    type TestBackend = Autodiff<NdArray<f32>>;
+
+    fn layer(device: &burn::backend::ndarray::NdArrayDevice) -> Linear<TestBackend> {
+        let weight = TensorData::new(vec![0.5f32, -1.0, 2.0, 0.25, 1.5, -0.75], [3, 2]);
+        Linear {
+            weight: burn::module::Param::from_tensor(Tensor::from_data(weight, device)),
+            bias: Some(burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![0.1f32, -0.2], [2]),
+                device,
+            ))),
+        }
+    }
+
+    /// burn-ndarray has f64 but no bf16, so a wider compute dtype stands in for the narrower
+    /// one: the casts, their gradients and the dtypes that reach the parameters are the same.
+    #[test]
+    fn gradients_reach_the_f32_parameters_through_the_casts() {
+        let device = Default::default();
+        let layer = layer(&device);
+        let input = Tensor::<TestBackend, 2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, -1.0, 0.5, 0.0, 3.0], [2, 3]),
+            &device,
+        );
+        let mixed = linear(&layer, input.clone(), FloatDType::F64);
+        assert_eq!(mixed.dtype(), DType::F64);
+        let mixed = full(mixed);
+        assert_eq!(mixed.dtype(), DType::F32);
+        let reference = layer.forward(input);
+        let mixed_values: Vec<f32> = mixed.clone().into_data().to_vec().expect("f32 data");
+        let reference_values: Vec<f32> = reference.clone().into_data().to_vec().expect("f32");
+        for (a, b) in mixed_values.iter().zip(&reference_values) {
+            assert!(
+                (a - b).abs() < 1e-6,
+                "{mixed_values:?} vs {reference_values:?}"
+            );
+        }
+
+        let mixed_gradients = mixed.powi_scalar(2).sum().backward();
+        let reference_gradients = reference.powi_scalar(2).sum().backward();
+        let weight_gradient = layer.weight.grad(&mixed_gradients).expect("gradient");
+        assert_eq!(weight_gradient.dtype(), DType::F32);
+        let expected = layer.weight.grad(&reference_gradients).expect("gradient");
+        weight_gradient
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
+        let bias_gradient = layer.bias.as_ref().expect("bias").grad(&mixed_gradients);
+        assert_eq!(bias_gradient.expect("gradient").dtype(), DType::F32);
+    }
+
+    #[test]
+    fn f32_mode_does_not_cast() {
+        let device = Default::default();
+        let tensor = Tensor::<NdArray<f32>, 1>::ones([3], &device);
+        let same = compute(tensor.clone(), Precision::F32.compute_dtype());
+        assert_eq!(same.dtype(), DType::F32);
+        assert_eq!(full(same).into_data(), tensor.into_data());
+    }
+
+    /// Why `--precision bf16 --device cpu` is refused at validation.
+    #[test]
+    fn the_cpu_backend_has_no_bf16() {
+        let device = Default::default();
+        assert!(!NdArray::<f32>::supports_dtype(&device, DType::BF16));
+        assert!(NdArray::<f32>::supports_dtype(&device, DType::F64));
+    }
+
+    /// A few optimizer steps of a tiny model whose products run in a different dtype than its
+    /// parameters. With f64 standing in for bf16 (see above), the mixed model must follow the
+    /// f32 one step for step: a missing cast would panic here (burn-ndarray refuses operands of
+    /// two dtypes, where a CUDA matmul would read one as the other), and a gradient or an
+    /// optimizer moment in the wrong dtype would panic in the update.
+    #[test]
+    fn mixed_precision_training_follows_f32() {
+        use crate::loss::cross_entropy_mean;
+        use crate::model::{Roberta, RobertaConfig};
+        use crate::optimizer::{AdamWSettings, TrainingOptimizer};
+        use burn::tensor::Int;
+
+        let _rng = crate::backend_rng_lock();
+        let device = Default::default();
+        TestBackend::seed(&device, 7);
+        for causal in [false, true] {
+            let f32_model: Roberta<TestBackend> = RobertaConfig::new(50, 16, 2, 2, 32, 10, 1)
+                .with_causal(causal)
+                .with_dropout(0.0)
+                .with_attention_dropout(0.0)
+                .init(&device);
+            assert_eq!(f32_model.compute_dtype, FloatDType::F32);
+            let mut mixed_model = f32_model.clone();
+            mixed_model.compute_dtype = FloatDType::F64;
+            let f32_losses = train_steps(f32_model, &device);
+            let mixed_losses = train_steps(mixed_model, &device);
+            assert!(
+                f32_losses.last() < f32_losses.first(),
+                "learns: {f32_losses:?}"
+            );
+            for (f32_loss, mixed_loss) in f32_losses.iter().zip(&mixed_losses) {
+                assert!(mixed_loss.is_finite());
+                assert!(
+                    (f32_loss - mixed_loss).abs() < 1e-4,
+                    "{f32_losses:?} vs {mixed_losses:?}"
+                );
+            }
+        }
+
+        fn train_steps(
+            mut model: Roberta<TestBackend>,
+            device: &burn::backend::ndarray::NdArrayDevice,
+        ) -> Vec<f32> {
+            let ids: Vec<i64> = (0..16).map(|i| 5 + (i * 7 % 40) as i64).collect();
+            let targets: Vec<i64> = ids.iter().map(|id| (id * 3) % 50).collect();
+            let input_ids =
+                Tensor::<TestBackend, 2, Int>::from_data(TensorData::new(ids, [2, 8]), device);
+            let positions = Tensor::<TestBackend, 1, Int>::arange(0..16, device);
+            let targets =
+                Tensor::<TestBackend, 1, Int>::from_data(TensorData::new(targets, [16]), device);
+            let weights = Tensor::<TestBackend, 1>::ones([16], device);
+            let settings = AdamWSettings {
+                beta1: 0.9,
+                beta2: 0.98,
+                epsilon: 1e-6,
+                weight_decay: 0.1,
+                max_grad_norm: Some(1.0),
+            };
+            let mut optimizer =
+                TrainingOptimizer::<TestBackend, Roberta<TestBackend>>::new(settings);
+            let mut losses = Vec::new();
+            for _ in 0..6 {
+                let logits = model.forward(input_ids.clone(), positions.clone());
+                assert_eq!(logits.dtype(), DType::F32, "the loss reads f32 logits");
+                let loss = cross_entropy_mean(logits, targets.clone(), weights.clone(), 16);
+                losses.push(loss.clone().into_scalar());
+                optimizer.accumulate(&model, loss.backward());
+                model = optimizer.step(1e-2, model).expect("steps").0;
+            }
+            let query = &model.layers[0].attention.query;
+            assert_eq!(query.weight.val().dtype(), DType::F32, "master weights");
+            losses
+        }
+    }
+}
