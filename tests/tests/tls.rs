@@ -78,8 +78,9 @@ fn tls_streams_need_the_right_ca_and_still_the_token() {
     let output = run_with_timeout(
         Command::new(python())
             .arg(repo_root().join("scripts/read_stream.py"))
-            .args(["--pipeline", &pipeline.url, "--seq-len", "32", "--batch-size", "8"])
-            .args(["--max-blocks", "16", "--tls-ca"])
+            .args(["--pipeline", &pipeline.url])
+            .args(["--seq-len", "32", "--batch-size", "8", "--max-blocks", "16"])
+            .arg("--tls-ca")
             .arg(&tls.ca)
             .arg("--token-file")
             .arg(&token_file),
