@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+use crate::metrics::replace_then_append;
 
 pub const BLOCK_LOG_FILE: &str = "blocks.jsonl";
 
@@ -70,13 +71,7 @@ impl BlockLog {
             .filter(|line| line.step <= step)
             .map(|line| serde_json::to_string(&line).expect("serializable") + "\n")
             .collect();
-        let rewritten = dir.join("blocks.jsonl.resume");
-        fs::write(&rewritten, kept).map_err(|source| TrainError::io(&rewritten, source))?;
-        fs::rename(&rewritten, &path).map_err(|source| TrainError::io(&path, source))?;
-        let file = fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|source| TrainError::io(&path, source))?;
+        let file = replace_then_append(&path, &kept)?;
         Ok(BlockLog {
             path,
             file: BufWriter::new(file),

@@ -122,13 +122,7 @@ impl MetricsLog {
             .filter(|line| keeps_line_before(line, step))
             .flat_map(|line| [line, "\n"])
             .collect();
-        let rewritten = dir.join("metrics.jsonl.resume");
-        fs::write(&rewritten, kept).map_err(|source| TrainError::io(&rewritten, source))?;
-        fs::rename(&rewritten, &path).map_err(|source| TrainError::io(&path, source))?;
-        let file = fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|source| TrainError::io(&path, source))?;
+        let file = replace_then_append(&path, &kept)?;
         Ok(MetricsLog {
             file: Some((path, BufWriter::new(file))),
             echo,
@@ -188,6 +182,20 @@ impl MetricsLog {
 }
 
 /// Whether a metrics line belongs to the part of a run up to and including `step`.
+/// Atomically replaces the log at `path` with `kept` (through a temporary file and a rename, so a
+/// kill cannot leave it half written) and opens it for appending.
+pub(crate) fn replace_then_append(path: &Path, kept: &str) -> Result<File, TrainError> {
+    let mut rewritten = path.as_os_str().to_owned();
+    rewritten.push(".resume");
+    let rewritten = PathBuf::from(rewritten);
+    fs::write(&rewritten, kept).map_err(|source| TrainError::io(&rewritten, source))?;
+    fs::rename(&rewritten, path).map_err(|source| TrainError::io(path, source))?;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|source| TrainError::io(path, source))
+}
+
 fn keeps_line_before(line: &str, step: usize) -> bool {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
         return false; // a line cut short by a kill
