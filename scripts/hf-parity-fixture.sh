@@ -42,5 +42,5 @@ for objective in mlm causal; do
         --out "$FIXTURE/$objective"
 done
 
-"$TORCH_VENV/bin/python" scripts/hf_parity_fixture.py "$FIXTURE"
+"$TORCH_VENV/bin/python" scripts/hf_parity_fixture.py "$FIXTURE" "$FLIGHTLM_BIN/flightlm-trainer"
 du -sh "$FIXTURE"

@@ -1,6 +1,6 @@
 """HuggingFace side of the parity fixture: what `transformers` computes with flightlm's exports.
 
-Usage: hf_parity_fixture.py FIXTURE_DIR
+Usage: hf_parity_fixture.py FIXTURE_DIR FLIGHTLM_TRAINER
 
 FIXTURE_DIR holds `mlm/` and `causal/`, two HF model directories written by
 `flightlm-trainer export`. Loads them with RobertaForMaskedLM / RobertaForCausalLM and
@@ -10,11 +10,15 @@ AutoTokenizer (PyTorch, CPU, eval mode) and writes FIXTURE_DIR/expected.json:
 - inputs: for each model and text, the token ids, the logits at every position for a fixed
   subset of vocabulary columns (every LOGIT_STRIDE-th id), and each row's logsumexp, argmax;
 - causal_losses: the model's loss with labels=input_ids (mean next-token cross-entropy);
-- fill_mask: transformers.pipeline("fill-mask") results for a few texts, one and two masks.
+- fill_mask: transformers.pipeline("fill-mask") results for a few texts, one and two masks;
+- mlm_scores: for each text, the masked input and labels `flightlm-trainer score --show-inputs`
+  chose, and the loss transformers computes on them (`model(input_ids, labels=labels).loss`).
 """
 
 import json
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -66,13 +70,34 @@ def describe_inputs(model, tokenizer):
     return described
 
 
+def mlm_scores(model, directory, trainer):
+    """The loss transformers computes on the masked inputs flightlm's `score` scored."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as lines:
+        lines.write("\n".join(TEXTS) + "\n")
+        lines.flush()
+        output = subprocess.run(
+            [trainer, "score", "--model", str(directory), "--text-file", lines.name,
+             "--show-inputs"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    records = [json.loads(line) for line in output.splitlines()][: len(TEXTS)]
+    scores = []
+    for text, record in zip(TEXTS, records):
+        with torch.no_grad():
+            loss = model(torch.tensor([record["input_ids"]]),
+                         labels=torch.tensor([record["labels"]])).loss
+        scores.append({"text": text, "input_ids": record["input_ids"],
+                       "labels": record["labels"], "loss": float(loss)})
+    return scores
+
+
 def loading_report(info):
     return {key: sorted(str(item) for item in info.get(key, [])) for key in
             ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
 
 
 def main():
-    fixture = Path(sys.argv[1])
+    fixture, trainer = Path(sys.argv[1]), sys.argv[2]
     torch.manual_seed(0)
     expected = {"transformers": __import__("transformers").__version__,
                 "torch": torch.__version__, "models": {}}
@@ -98,6 +123,7 @@ def main():
             entry["causal_losses"] = [{"text": t, "loss": l} for t, l in zip(TEXTS, losses)]
         else:
             fill = pipeline("fill-mask", model=model, tokenizer=tokenizer, device="cpu")
+            entry["mlm_scores"] = mlm_scores(model, directory, trainer)
             entry["fill_mask"] = [
                 {"text": text, "top_k": TOP_K, "output": fill(text, top_k=TOP_K)}
                 for text in MASKED_TEXTS

@@ -4,8 +4,8 @@
 //! flightlm, and `expected.json`: what `transformers` 5.24 (PyTorch, CPU) computes with them
 //! (`scripts/hf-parity-fixture.sh` regenerates both; CI needs no PyTorch). Here flightlm loads
 //! the same directories and must agree: tokenization, logits within 1e-4, the `fill-mask`
-//! command's output, causal losses through `score`, and a re-export that is byte-for-byte the
-//! committed tensors.
+//! command's output, causal and masked losses through `score` (the masked one on the very inputs
+//! `score --show-inputs` reports), and a re-export that is byte-for-byte the committed tensors.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -213,6 +213,55 @@ fn score_reports_the_causal_loss_transformers_computes() {
             record["scored"].as_u64(),
             record["tokens"].as_u64().map(|tokens| tokens - 1),
             "every next token"
+        );
+    }
+}
+
+#[test]
+fn score_reports_the_masked_loss_transformers_computes() {
+    let expected = expected();
+    let cases = expected["models"]["mlm"]["mlm_scores"]
+        .as_array()
+        .expect("MLM scores");
+    let dir = scratch_dir("hf_parity_mlm_score");
+    let texts: Vec<&str> = cases
+        .iter()
+        .map(|case| case["text"].as_str().expect("text"))
+        .collect();
+    let file = dir.join("lines.txt");
+    std::fs::write(&file, texts.join("\n") + "\n").expect("writes lines");
+    let stdout = run_ok(
+        Command::new(binary("flightlm-trainer"))
+            .args(["score", "--show-inputs", "--model"])
+            .arg(fixture().join("mlm"))
+            .arg("--text-file")
+            .arg(&file),
+        Duration::from_secs(60),
+    );
+    let records: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect();
+    assert_eq!(
+        records.len(),
+        texts.len() + 1,
+        "a line per text and a total"
+    );
+    for (record, case) in records.iter().zip(cases) {
+        // The masking is seeded: the same inputs and labels transformers was given.
+        assert_eq!(record["input_ids"], case["input_ids"], "{}", case["text"]);
+        assert_eq!(record["labels"], case["labels"], "{}", case["text"]);
+        let scored = case["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|label| label.as_i64() != Some(-100))
+            .count();
+        assert_eq!(record["scored"].as_u64(), Some(scored as u64));
+        assert_close(
+            number(&record["loss"]),
+            number(&case["loss"]),
+            &format!("masked loss of {}", case["text"]),
         );
     }
 }

@@ -57,6 +57,10 @@ pub struct ScoreArgs {
     /// Share of tokens an MLM model is scored on.
     #[arg(long, default_value_t = 0.15)]
     pub mlm_probability: f64,
+    /// Add each line's `input_ids` and `labels` (transformers' convention, -100 where nothing is
+    /// predicted), so the loss can be recomputed elsewhere.
+    #[arg(long)]
+    pub show_inputs: bool,
 }
 
 /// Re-writes a checkpoint's model as an HF directory with its tokenizer.
@@ -109,6 +113,7 @@ pub fn score_command(args: &ScoreArgs, out: &mut dyn Write) -> Result<(), HfErro
         seed: args.seed.unwrap_or(EVAL_MASKING_SEED),
         mlm_probability: args.mlm_probability,
         max_tokens: config.max_tokens(),
+        show_inputs: args.show_inputs,
     };
     let total = score_text(&model, &tokenizer, &settings, &text, &device, |line| {
         print_json(out, line)

@@ -25,6 +25,17 @@ pub struct ScoreSettings {
     pub mlm_probability: f64,
     /// Longest input the model reads; longer lines are cut to this many tokens.
     pub max_tokens: usize,
+    /// Report each line's model input and labels, so another implementation can recompute it.
+    pub show_inputs: bool,
+}
+
+/// What the model read for one line and what it was scored on, in `transformers`' terms: the loss
+/// is `model(input_ids, labels=labels).loss` (labels are -100 where nothing is predicted; a
+/// causal model's labels are its inputs, shifted inside the model).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScoredInputs {
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<i64>,
 }
 
 /// One line's result.
@@ -41,6 +52,8 @@ pub struct LineScore {
     pub perplexity: Option<f64>,
     /// The line was longer than the model reads and was cut.
     pub truncated: bool,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<ScoredInputs>,
 }
 
 /// The whole file: the mean over every scored prediction of every line.
@@ -92,6 +105,22 @@ pub fn score_line<B: Backend>(
         }
     }
     let loss = (!positions.is_empty()).then(|| total / positions.len() as f64);
+    let shown = settings.show_inputs.then(|| {
+        let labels = match settings.objective {
+            Objective::Causal => ids.iter().map(|&id| i64::from(id)).collect(),
+            Objective::Mlm => {
+                let mut labels = vec![-100; inputs.len()];
+                for (&position, &target) in positions.iter().zip(&targets) {
+                    labels[position as usize] = i64::from(target);
+                }
+                labels
+            }
+        };
+        ScoredInputs {
+            input_ids: inputs.clone(),
+            labels,
+        }
+    });
     let score = LineScore {
         line: index + 1,
         tokens: ids.len(),
@@ -99,6 +128,7 @@ pub fn score_line<B: Backend>(
         loss,
         perplexity: loss.map(f64::exp),
         truncated,
+        inputs: shown,
     };
     Ok((score, total))
 }
