@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Trainer speed on CPU, fed by a live pipeline process: tokens/s, ms/step and the share of step
-# time spent waiting for data, for the tiny and small presets (MLM, seq 128, batch 16).
+# time spent waiting for data, for the tiny and small presets (MLM, seq 128, batch 16), next to
+# HF RobertaForMaskedLM in PyTorch on the same shapes and cores (random blocks, AdamW).
 # Usage: bash scripts/bench-trainer.sh [STEPS]   (default 60; the first window is warm-up)
+# The PyTorch side uses the venv at $FLIGHTLM_TORCH_VENV (default $HOME/.cache/flightlm-torch-venv,
+# created from PyPI if missing); TORCH=0 skips it.
 set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
@@ -28,10 +31,27 @@ for preset in tiny small; do
         --log-every $((STEPS / 3)) --eval-every 100000 --out "$WORK/$preset" > /dev/null
 done
 
+: > "$WORK/torch.out"
+if [ "${TORCH:-1}" != 0 ]; then
+    TORCH_VENV="${FLIGHTLM_TORCH_VENV:-$HOME/.cache/flightlm-torch-venv}"
+    if ! "$TORCH_VENV/bin/python" -c "import torch, transformers" 2>/dev/null; then
+        python3 -m venv "$TORCH_VENV"
+        "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check \
+            torch transformers==5.24.0 tokenizers==0.23.3 numpy==2.4.6
+    fi
+    for preset in tiny small; do
+        echo "== pytorch $preset"
+        "$TORCH_VENV/bin/python" scripts/gpu_bench_torch.py --device cpu --threads "$(nproc)" \
+            --preset "$preset" --configs mlm:128:16:f32 --vocab 8192 --steps 20 --warmup 3 \
+            >> "$WORK/torch.out"
+    done
+fi
+
 python3 - "$WORK" <<'PY'
 import json, sys
 work = sys.argv[1]
-print(f'{"preset":8} {"params":>10} {"tokens/s":>10} {"ms/step":>9} {"data wait":>10}')
+torch = {line["preset"]: line for line in map(json.loads, open(f"{work}/torch.out"))}
+print(f'{"preset":8} {"params":>10} {"tokens/s":>10} {"ms/step":>9} {"data wait":>10} {"pytorch tok/s":>13} {"ratio":>6}')
 for preset in ("tiny", "small"):
     lines = [json.loads(l) for l in open(f"{work}/{preset}/metrics.jsonl")]
     start = next(l for l in lines if l["kind"] == "start")
@@ -40,5 +60,7 @@ for preset in ("tiny", "small"):
     rate = sum(l["tokens_per_s"] for l in steady) / len(steady)
     wait = sum(l["data_wait"] for l in steady) / len(steady)
     tokens_per_step = start["batch_size"] * start["grad_accum"] * start["seq_len"]
-    print(f'{preset:8} {start["parameters"]:>10,} {rate:>10,.0f} {tokens_per_step / rate * 1e3:>9.1f} {wait * 100:>9.3f}%')
+    reference = torch.get(preset, {}).get("tokens_per_s")
+    versus = f"{reference:>13,.0f} {rate / reference:>5.2f}x" if reference else f'{"-":>13} {"-":>6}'
+    print(f'{preset:8} {start["parameters"]:>10,} {rate:>10,.0f} {tokens_per_step / rate * 1e3:>9.1f} {wait * 100:>9.3f}% {versus}')
 PY

@@ -1,7 +1,8 @@
-"""PyTorch/transformers side of scripts/gpu-bench.sh: RobertaForMaskedLM or RobertaForCausalLM in
-the roberta-base shape, trained on random blocks with the settings users run (SDPA attention,
-fused AdamW, bf16 autocast or f32/tf32), timed after warm-up. Prints one JSON line per config,
-plus the bf16 matmul peak of the card measured in the same process.
+"""PyTorch/transformers side of scripts/gpu-bench.sh (and, with --device cpu, of
+scripts/bench-trainer.sh): RobertaForMaskedLM or RobertaForCausalLM in a preset's shape (default
+roberta-base), trained on random blocks with the settings users run (SDPA attention, fused AdamW
+on CUDA, bf16 autocast or f32/tf32), timed after warm-up. Prints one JSON line per config, plus
+(on CUDA) the bf16 matmul peak of the card measured in the same process.
 """
 
 import argparse
@@ -25,33 +26,42 @@ def matmul_peak_tflops(size=8192, repeats=20):
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
 
 
-def bench(objective, seq_len, batch, precision, vocab, steps, warmup):
+# layers, hidden, heads, intermediate: the trainer's presets.
+SHAPES = {"tiny": (2, 128, 2, 512), "small": (4, 256, 4, 1024), "base": (12, 768, 12, 3072),
+          "large": (24, 1024, 16, 4096)}
+
+
+def bench(objective, seq_len, batch, precision, vocab, steps, warmup, preset="base", device="cuda"):
+    layers, hidden, heads, intermediate = SHAPES[preset]
     config = RobertaConfig(
         vocab_size=vocab,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
         max_position_embeddings=seq_len + 2,
         type_vocab_size=1,
         is_decoder=objective == "causal",
         attn_implementation="sdpa",
     )
     model_class = RobertaForCausalLM if objective == "causal" else RobertaForMaskedLM
-    model = model_class(config).cuda().train()
+    model = model_class(config).to(device).train()
+    cuda = device == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6,
-                                  weight_decay=0.1, fused=True)
+                                  weight_decay=0.1, fused=cuda)
     torch.backends.cuda.matmul.allow_tf32 = precision != "f32-strict"
-    input_ids = torch.randint(5, vocab, (batch, seq_len), device="cuda")
+    input_ids = torch.randint(5, vocab, (batch, seq_len), device=device)
     if objective == "causal":
         labels = input_ids.clone()
     else:
-        labels = torch.where(torch.rand(batch, seq_len, device="cuda") < 0.15, input_ids, -100)
+        labels = torch.where(torch.rand(batch, seq_len, device=device) < 0.15, input_ids, -100)
     autocast = precision == "bf16"
-    torch.cuda.reset_peak_memory_stats()
+    synchronize = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             loss = model(input_ids=input_ids, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -59,20 +69,21 @@ def bench(objective, seq_len, batch, precision, vocab, steps, warmup):
 
     started = time.perf_counter()
     step()
-    torch.cuda.synchronize()
+    synchronize()
     first_step_s = time.perf_counter() - started
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
+    synchronize()
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    synchronize()
     seconds = time.perf_counter() - started
     parameters = sum(p.numel() for p in model.parameters())
     tokens_per_s = batch * seq_len * steps / seconds
     return {
         "impl": "pytorch",
+        "preset": preset,
         "objective": objective,
         "seq_len": seq_len,
         "batch": batch,
@@ -80,7 +91,7 @@ def bench(objective, seq_len, batch, precision, vocab, steps, warmup):
         "tokens_per_s": tokens_per_s,
         "ms_per_step": seconds / steps * 1e3,
         "first_step_s": first_step_s,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "train_flops_per_token": 6 * parameters,
     }
 
@@ -91,14 +102,22 @@ def main():
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--preset", default="base", choices=sorted(SHAPES))
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
     args = parser.parse_args()
-    print(json.dumps({"matmul_bf16_tflops": matmul_peak_tflops(),
-                      "device": torch.cuda.get_device_name()}), flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        print(json.dumps({"matmul_bf16_tflops": matmul_peak_tflops(),
+                          "device": torch.cuda.get_device_name()}), flush=True)
     for spec in args.configs.split(","):
         objective, seq_len, batch, precision = spec.split(":")
-        result = bench(objective, int(seq_len), int(batch), precision, args.vocab, args.steps, args.warmup)
+        result = bench(objective, int(seq_len), int(batch), precision, args.vocab, args.steps,
+                       args.warmup, args.preset, args.device)
         print(json.dumps(result), flush=True)
-        torch.cuda.empty_cache()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
