@@ -167,14 +167,11 @@ fn fill_mask_prints_what_the_transformers_pipeline_returns() {
     }
 }
 
-#[test]
-fn score_reports_the_causal_loss_transformers_computes() {
-    let expected = expected();
-    let losses = expected["models"]["causal"]["causal_losses"]
-        .as_array()
-        .expect("causal losses");
-    let dir = scratch_dir("hf_parity_score");
-    let texts: Vec<&str> = losses
+/// Runs `score` on the fixture model `kind` over the cases' texts (one per line) and returns its
+/// JSON lines: one per text, then the total.
+fn score_cases(kind: &str, cases: &[Value], flags: &[&str]) -> Vec<Value> {
+    let dir = scratch_dir(&format!("hf_parity_score_{kind}"));
+    let texts: Vec<&str> = cases
         .iter()
         .map(|case| case["text"].as_str().expect("text"))
         .collect();
@@ -182,8 +179,10 @@ fn score_reports_the_causal_loss_transformers_computes() {
     std::fs::write(&file, texts.join("\n") + "\n").expect("writes lines");
     let stdout = run_ok(
         Command::new(binary("flightlm-trainer"))
-            .args(["score", "--model"])
-            .arg(fixture().join("causal"))
+            .arg("score")
+            .args(flags)
+            .arg("--model")
+            .arg(fixture().join(kind))
             .arg("--text-file")
             .arg(&file),
         Duration::from_secs(60),
@@ -197,6 +196,16 @@ fn score_reports_the_causal_loss_transformers_computes() {
         texts.len() + 1,
         "a line per text and a total"
     );
+    records
+}
+
+#[test]
+fn score_reports_the_causal_loss_transformers_computes() {
+    let expected = expected();
+    let losses = expected["models"]["causal"]["causal_losses"]
+        .as_array()
+        .expect("causal losses");
+    let records = score_cases("causal", losses, &[]);
     for (record, case) in records.iter().zip(losses) {
         let loss = number(&record["loss"]);
         assert_close(
@@ -223,30 +232,7 @@ fn score_reports_the_masked_loss_transformers_computes() {
     let cases = expected["models"]["mlm"]["mlm_scores"]
         .as_array()
         .expect("MLM scores");
-    let dir = scratch_dir("hf_parity_mlm_score");
-    let texts: Vec<&str> = cases
-        .iter()
-        .map(|case| case["text"].as_str().expect("text"))
-        .collect();
-    let file = dir.join("lines.txt");
-    std::fs::write(&file, texts.join("\n") + "\n").expect("writes lines");
-    let stdout = run_ok(
-        Command::new(binary("flightlm-trainer"))
-            .args(["score", "--show-inputs", "--model"])
-            .arg(fixture().join("mlm"))
-            .arg("--text-file")
-            .arg(&file),
-        Duration::from_secs(60),
-    );
-    let records: Vec<Value> = stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("JSON line"))
-        .collect();
-    assert_eq!(
-        records.len(),
-        texts.len() + 1,
-        "a line per text and a total"
-    );
+    let records = score_cases("mlm", cases, &["--show-inputs"]);
     for (record, case) in records.iter().zip(cases) {
         // The masking is seeded: the same inputs and labels transformers was given.
         assert_eq!(record["input_ids"], case["input_ids"], "{}", case["text"]);
