@@ -2,22 +2,33 @@
 # GPU host benchmark: flightlm-trainer (burn-cuda) against PyTorch/transformers on the same card
 # and shapes, in one call. Builds nothing: it runs binaries built beforehand (the GPU host needs
 # the NVIDIA driver, the CUDA toolkit's NVRTC, and PyTorch + transformers for the comparison).
-# Every burn run trains the base preset from a pipeline process on the same host.
+# Every burn run trains the base preset from a pipeline process on the same host. Order: the first
+# burn config (filling the kernel caches), PyTorch, the first config again, then the others, each
+# while the budget lasts.
 #
 # Usage: bash scripts/gpu-bench.sh BIN_DIR [WORK_DIR]
-#   BIN_DIR   holds flightlm-pipeline and flightlm-trainer (or their .gz)
+#   BIN_DIR   holds flightlm-pipeline and flightlm-trainer (or their .gz or .xz)
 #   WORK_DIR  run directory; its kernel-cache/ keeps cubecl's autotune and compilation caches,
 #             so reuse it between runs (default runs/gpu-bench): a second call starts in seconds
+#
+# Kernel compilation and autotuning dominate a cold start: on an H200, the first MLM bf16 step
+# came about 490 s after launch with empty caches (191 s of it compiling the step-0 evaluation),
+# and 8 s with the caches filled; causal bf16 after MLM's caches took 152 s. A cold call therefore
+# covers one or two configs within the budget and skips the rest; each call adds to the caches.
 # Environment:
 #   BURN_CONFIGS   objective:seq_len:batch:precision[:steps],… (default
 #                  mlm:128:32:bf16:200,mlm:128:32:f32,causal:128:32:bf16,mlm:512:16:bf16; steps
 #                  default STEPS=30). precision bf16 is burn's mixed precision (f32 master weights)
 #   TORCH_CONFIGS  objective:seq_len:batch:precision,… or "none" (default: the same shapes)
-#   BURN_RUNS      2 (default) runs the first burn config again at the end, to show the start-up
-#                  with the caches the call filled; 1 does not
+#   BURN_RUNS      2 (default) runs the first burn config again (STEPS steps) right after PyTorch,
+#                  to show a second run's start-up with the caches the first one filled; 1 does not
 #   BURN_TIMEOUT   s, per burn run (default 300)
 #   BUDGET_S       s, the whole call (default 470): a burn run's deadline is cut to what is left,
 #                  and a run with under 30 s left is skipped
+#   KERNEL_CACHE_ARCHIVE  a .tgz of kernel-cache/ for hosts that start empty: unpacked before the
+#                  runs when kernel-cache/ is empty, and rewritten with the filled caches at the end
+#   PROFILE_STEPS  N > 0 ends with an N-step run of the first config under cubecl's kernel
+#                  profiler, and prints GPU time and launches per step with the top kernels
 set -euo pipefail
 SCRIPT_STARTED=$(date +%s)
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,13 +42,23 @@ BUDGET_S="${BUDGET_S:-470}"
 TORCH_CONFIGS="${TORCH_CONFIGS:-mlm:128:32:bf16,mlm:128:32:f32,causal:128:32:bf16,mlm:512:16:bf16}"
 mkdir -p "$WORK/kernel-cache"
 WORK="$(cd "$WORK" && pwd)"
+KERNEL_CACHE_ARCHIVE="${KERNEL_CACHE_ARCHIVE:+$(realpath -m "$KERNEL_CACHE_ARCHIVE")}"
+PROFILE_STEPS="${PROFILE_STEPS:-0}"
 for binary in flightlm-pipeline flightlm-trainer; do
-    if [ ! -x "$BIN_DIR/$binary" ] && [ -f "$BIN_DIR/$binary.gz" ]; then
-        gzip -dc "$BIN_DIR/$binary.gz" > "$WORK/$binary" && chmod +x "$WORK/$binary"
-    else
-        ln -sf "$BIN_DIR/$binary" "$WORK/$binary"
+    rm -f "$WORK/$binary"
+    if [ -x "$BIN_DIR/$binary" ]; then
+        ln -s "$BIN_DIR/$binary" "$WORK/$binary"
+    elif [ -f "$BIN_DIR/$binary.gz" ]; then
+        gzip -dc "$BIN_DIR/$binary.gz" > "$WORK/$binary"
+    else # .xz, through Python: GPU images often lack the xz tool
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' \
+            "$BIN_DIR/$binary.xz" > "$WORK/$binary"
     fi
+    chmod +x "$WORK/$binary"
 done
+if [ -n "$KERNEL_CACHE_ARCHIVE" ] && [ -f "$KERNEL_CACHE_ARCHIVE" ] && [ -z "$(ls -A "$WORK/kernel-cache")" ]; then
+    tar xzf "$KERNEL_CACHE_ARCHIVE" -C "$WORK"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$WORK/card.txt"
 
 # cubecl reads cubecl.toml from the working directory: keep its caches in WORK/kernel-cache.
@@ -59,6 +80,11 @@ trap 'kill $PIPELINE_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do [ -s pipeline.out ] && break; sleep 0.1; done
 URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' pipeline.out)
 
+trainer_args() { # objective seq_len batch precision steps out: the base preset from the pipeline
+    TRAIN_ARGS=(train --pipeline "$URL" --device cuda --objective "$1" --precision "$4"
+        --preset base --seq-len "$2" --batch-size "$3" --grad-accum 1 --warmup-steps 10
+        --max-steps "$5" --log-every 1 --eval-every 100000 --save-every 100000 --out "$6")
+}
 burn_run() { # name objective seq_len batch precision steps: the base preset from the pipeline
     local name=$1 objective=$2 seq_len=$3 batch=$4 precision=$5 steps=$6
     # Seconds left of the budget, less 15 for the summary.
@@ -76,83 +102,64 @@ burn_run() { # name objective seq_len batch precision steps: the base preset fro
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >> "mem-$name.txt" &
     local sampler=$!
     local started=$(date +%s.%N)
-    timeout "$deadline" ./flightlm-trainer train --pipeline "$URL" --device cuda \
-        --objective "$objective" --precision "$precision" --preset base --seq-len "$seq_len" \
-        --batch-size "$batch" --grad-accum 1 --warmup-steps 10 --max-steps "$steps" \
-        --log-every 1 --eval-every 100000 --save-every 100000 --out "burn-$name" \
+    # Time to the first step as a user sees it: from the launch to the first train line.
+    (for _ in $(seq 1 $((deadline * 10))); do
+        grep -q '"kind":"train"' "burn-$name.out" 2> /dev/null && { date +%s.%N > "first-$name.txt"; break; }
+        sleep 0.1
+    done) &
+    local watcher=$!
+    trainer_args "$objective" "$seq_len" "$batch" "$precision" "$steps" "burn-$name"
+    timeout -k 20 "$deadline" ./flightlm-trainer "${TRAIN_ARGS[@]}" \
         > "burn-$name.out" 2> "burn-$name.err" || echo "{\"kind\":\"exit\",\"status\":$?}" >> "burn-$name.out"
     echo "{\"kind\":\"wall\",\"started\":$started,\"ended\":$(date +%s.%N)}" >> "burn-$name.out"
-    kill "$sampler" 2> /dev/null || true
+    kill "$sampler" "$watcher" 2> /dev/null || true
+    [ -f "first-$name.txt" ] && echo "{\"kind\":\"first_step\",\"at\":$(cat "first-$name.txt")}" >> "burn-$name.out"
     grep -E '"kind":"(train|exit)"' "burn-$name.out" | tail -1 || true
     tail -2 "burn-$name.err" | tr '\r' '\n' | tail -2 || true
 }
-if [ "$TORCH_CONFIGS" != none ]; then
-    echo "== PyTorch"
-    timeout 240 python3 "$FLIGHTLM_REPO/scripts/gpu_bench_torch.py" --configs "$TORCH_CONFIGS" \
-        --steps 20 > torch.out 2> torch.err || echo "pytorch exit $?" >> torch.err
-    cat torch.out
-else
-    : > torch.out
-fi
+run_torch() {
+    if [ "$TORCH_CONFIGS" != none ]; then
+        echo "== PyTorch"
+        timeout 240 python3 "$FLIGHTLM_REPO/scripts/gpu_bench_torch.py" --configs "$TORCH_CONFIGS" \
+            --steps 20 > torch.out 2> torch.err || echo "pytorch exit $?" >> torch.err
+        cat torch.out
+    fi
+}
+# With TORCH_CONFIGS=none an earlier call's torch.out stays, and the table says so.
+[ "$TORCH_CONFIGS" != none ] && : > torch.out
 : > burn-runs.txt
+rm -f burn-* mem-* first-*
 IFS=, read -ra CONFIGS <<< "$BURN_CONFIGS"
-[ "$BURN_RUNS" -ge 2 ] && CONFIGS+=("${CONFIGS[0]}")
-for index in "${!CONFIGS[@]}"; do
-    IFS=: read -r objective seq_len batch precision steps <<< "${CONFIGS[$index]}"
+ORDER=(0 torch)
+[ "$BURN_RUNS" -ge 2 ] && ORDER+=(again)
+for index in "${!CONFIGS[@]}"; do [ "$index" -gt 0 ] && ORDER+=("$index"); done
+for entry in "${ORDER[@]}"; do
+    [ "$entry" = torch ] && { run_torch; continue; }
+    config=${CONFIGS[${entry/again/0}]}
+    IFS=: read -r objective seq_len batch precision steps <<< "$config"
+    [ "$entry" = again ] && steps=$STEPS
     CACHED=$(find kernel-cache -type f | wc -l)
     echo "== burn-cuda $objective seq $seq_len batch $batch $precision ($CACHED cached kernel files)"
-    burn_run "$index" "$objective" "$seq_len" "$batch" "$precision" "${steps:-$STEPS}"
+    burn_run "$entry" "$objective" "$seq_len" "$batch" "$precision" "${steps:-$STEPS}"
 done
 
-python3 - <<'PY'
-import json
-def lines(path):
-    out = []
-    for line in open(path):
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
-torch_lines = lines("torch.out")
-peak = next((l["matmul_bf16_tflops"] for l in torch_lines if "matmul_bf16_tflops" in l), None)
-rows = [l for l in torch_lines if l.get("impl") == "pytorch"]
-flops_per_token = rows[0]["train_flops_per_token"] if rows else None
-def reference(objective, seq_len):
-    return next((r["tokens_per_s"] for r in rows if r["precision"] == "bf16"
-                 and r["objective"] == objective and r["seq_len"] == seq_len), None)
-print(f"card: {open('card.txt').read().strip()}; bf16 matmul peak measured: {peak and round(peak)} TFLOP/s")
-print("MFU: 6 x parameters FLOPs per token against that peak; 'vs torch' is against PyTorch bf16 autocast, same shape")
-print(f'{"impl":16} {"obj":>6} {"shape":>7} {"prec":>5} {"tokens/s":>10} {"vs torch":>8} {"MFU":>6} {"1st step s":>10} {"peak GiB":>8}  loss')
-def show(name, objective, shape, precision, rate, first, memory, seq_len, loss=""):
-    base = reference(objective, seq_len)
-    ratio = f"{rate / base:.2f}x" if rate and base else "-"
-    mfu = f"{rate * flops_per_token / (peak * 1e12) * 100:.1f}%" if rate and peak and flops_per_token else "-"
-    rate_text = f"{rate:,.0f}" if rate else "-"
-    first_text = f"{first:.1f}" if first is not None else "-"
-    memory_text = f"{memory:.1f}" if memory is not None else "-"
-    print(f"{name:16} {objective:>6} {shape:>7} {precision:>5} {rate_text:>10} {ratio:>8} {mfu:>6} {first_text:>10} {memory_text:>8}  {loss}")
-for name, objective, seq_len, batch, precision in (line.split() for line in open("burn-runs.txt") if line.strip()):
-    metrics = lines(f"burn-{name}.out")
-    wall = next((l for l in metrics if l.get("kind") == "wall"), None)
-    train = [l for l in metrics if l.get("kind") == "train"]
-    exit_line = next((l for l in metrics if l.get("kind") == "exit"), None)
-    # Steady state: the second half of the steps (the first ones include compilation).
-    steady = train[len(train) // 2:]
-    rate = sum(l["tokens_per_s"] for l in steady) / len(steady) if len(train) >= 4 else None
-    first = train[0]["elapsed_s"] if train else None
-    memory = None
-    try:
-        used = [float(v) for v in open(f"mem-{name}.txt").read().split()]
-        memory = (max(used) - used[0]) / 1024 if len(used) > 1 else None
-    except (OSError, ValueError):
-        pass
-    loss = f"{train[0]['loss']:.3f} -> {train[-1]['loss']:.3f} ({train[-1]['step']} steps)" if train else ""
-    show(f"burn-cuda #{name}", objective, f"{batch}x{seq_len}", precision, rate, first, memory, int(seq_len), loss)
-    if exit_line:
-        took = f" after {wall['ended'] - wall['started']:.0f} s" if wall else ""
-        print(f"   burn run #{name} stopped: exit {exit_line['status']}{took}")
-for r in rows:
-    show("pytorch", r["objective"], f"{r['batch']}x{r['seq_len']}", r["precision"], r["tokens_per_s"],
-         r["first_step_s"], r["peak_mem_gib"], r["seq_len"])
-PY
+if [ "$PROFILE_STEPS" -gt 0 ]; then
+    # Every kernel timed on the device (which serializes launches, so only the GPU time counts).
+    IFS=: read -r objective seq_len batch precision _ <<< "${CONFIGS[0]}"
+    echo "== kernel profile: burn-cuda $objective seq $seq_len batch $batch $precision, $PROFILE_STEPS steps"
+    mkdir -p profile && rm -rf profile/run profile/kernels.log
+    { cat cubecl.toml
+      printf '\n[profiling.logger]\nlevel = "basic"\nfile = "%s"\nappend = false\n' "$WORK/profile/kernels.log"
+    } > profile/cubecl.toml
+    trainer_args "$objective" "$seq_len" "$batch" "$precision" "$PROFILE_STEPS" run
+    (cd profile && timeout -k 20 "$BURN_TIMEOUT" ../flightlm-trainer "${TRAIN_ARGS[@]}" \
+        > run.out 2> run.err) || echo "   profile run exit $?"
+    # Set beside the first config's unprofiled steady state, when it ran.
+    [ -s profile/kernels.log ] && python3 "$FLIGHTLM_REPO/scripts/gpu_kernel_profile.py" \
+        profile/kernels.log "$PROFILE_STEPS" burn-0.out | tee profile/summary.txt
+fi
+
+python3 "$FLIGHTLM_REPO/scripts/gpu_bench_table.py"
+if [ -n "$KERNEL_CACHE_ARCHIVE" ]; then
+    tar czf "$KERNEL_CACHE_ARCHIVE.partial" kernel-cache && mv "$KERNEL_CACHE_ARCHIVE.partial" "$KERNEL_CACHE_ARCHIVE"
+fi
