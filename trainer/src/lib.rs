@@ -6,6 +6,7 @@
 
 pub mod block_log;
 pub mod checkpoint;
+pub mod clipping;
 pub mod collate;
 pub mod config;
 pub mod config_layers;

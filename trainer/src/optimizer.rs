@@ -13,9 +13,10 @@
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 
+use crate::clipping::{average_and_clip, GradientNorm};
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 
@@ -64,10 +65,10 @@ pub type OptimizerRecord<B, M> = (AdamWRecord<B, M>, AdamWRecord<B, M>);
 type AdamWRecord<B, M> = <OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record;
 
 /// What one optimizer step did.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepReport {
+#[derive(Clone, Debug)]
+pub struct StepReport<B: Backend> {
     /// Global L2 norm of the averaged gradients before clipping; computed only when clipping.
-    pub grad_norm: Option<f64>,
+    pub grad_norm: Option<GradientNorm<B>>,
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
@@ -111,32 +112,18 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
 
     /// Averages, clips and applies the accumulated gradients with learning rate `lr`.
     /// Without accumulated gradients the model is returned unchanged.
-    pub fn step(&mut self, lr: f64, model: M) -> Result<(M, StepReport), TrainError> {
+    pub fn step(
+        &mut self,
+        lr: f64,
+        model: M,
+    ) -> Result<(M, StepReport<B::InnerBackend>), TrainError> {
         let micro_batches = std::mem::take(&mut self.micro_batches);
         let mut gradients = self.accumulator.grads();
         if micro_batches == 0 {
             return Ok((model, StepReport { grad_norm: None }));
         }
-        let mut factor = 1.0 / micro_batches as f64;
-        let mut grad_norm = None;
-        if let Some(max_norm) = self.max_grad_norm {
-            let norm = global_norm::<B, M>(&model, &gradients)? * factor;
-            if !norm.is_finite() {
-                return Err(TrainError::NonFiniteGradients(norm));
-            }
-            // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) only when below 1.
-            let clip = max_norm / (norm + 1e-6);
-            if clip < 1.0 {
-                factor *= clip;
-            }
-            grad_norm = Some(norm);
-        }
-        if factor != 1.0 {
-            model.visit(&mut ScaleGradients {
-                gradients: &mut gradients,
-                factor,
-            });
-        }
+        let grad_norm =
+            average_and_clip::<B, M>(&model, &mut gradients, micro_batches, self.max_grad_norm);
         let mut vectors = SplitVectors {
             gradients: &mut gradients,
             vectors: GradientsParams::new(),
@@ -146,57 +133,6 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
         let model = self.decayed.step(lr, model, gradients);
         let model = self.not_decayed.step(lr, model, vectors);
         Ok((model, StepReport { grad_norm }))
-    }
-}
-
-/// L2 norm of all gradients together, read back with a single device sync.
-fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
-    model: &M,
-    gradients: &GradientsParams,
-) -> Result<f64, TrainError> {
-    let mut visitor = SquaredNorm::<B> {
-        gradients,
-        total: None,
-    };
-    model.visit(&mut visitor);
-    let Some(total) = visitor.total else {
-        return Ok(0.0);
-    };
-    let squared: f64 = total
-        .try_into_scalar()
-        .map_err(|error| TrainError::Device(error.to_string()))?
-        .elem();
-    Ok(squared.sqrt())
-}
-
-struct SquaredNorm<'a, B: AutodiffBackend> {
-    gradients: &'a GradientsParams,
-    total: Option<Tensor<B::InnerBackend, 1>>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(gradient) = self.gradients.get::<B::InnerBackend, D>(param.id) {
-            let squared = gradient.square().sum();
-            self.total = Some(match self.total.take() {
-                Some(total) => total + squared,
-                None => squared,
-            });
-        }
-    }
-}
-
-struct ScaleGradients<'a> {
-    gradients: &'a mut GradientsParams,
-    factor: f64,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGradients<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(gradient) = self.gradients.remove::<B::InnerBackend, D>(param.id) {
-            self.gradients
-                .register::<B::InnerBackend, D>(param.id, gradient.mul_scalar(self.factor));
-        }
     }
 }
 
@@ -262,6 +198,7 @@ mod tests {
         let (_, report) = optimizer.step(0.0, model).expect("steps");
         // Averaged gradient is 2 for each of the 4 weights (the bias gets none): norm 4.
         let norm = report.grad_norm.expect("clipping computes the norm");
+        let norm = norm.read().expect("finite");
         assert!((norm - 4.0).abs() < 1e-5, "{norm}");
         assert_eq!(optimizer.pending(), 0);
     }

@@ -192,6 +192,8 @@ pub fn train_with<B: AutodiffBackend>(
         let lr = schedule.lr(step);
         let (updated, report) = optimizer.step(lr, model)?;
         model = updated;
+        // Read back only where it is logged or a checkpoint may follow: see `clipping`.
+        let mut unread_norm = report.grad_norm;
         let completed = step + 1;
         state.step = completed;
         state.cursor = source.cursor();
@@ -220,7 +222,7 @@ pub fn train_with<B: AutodiffBackend>(
                 lr,
                 tokens_per_s: window.tokens as f64 / seconds,
                 data_wait: (waited / seconds).clamp(0.0, 1.0),
-                grad_norm: report.grad_norm,
+                grad_norm: unread_norm.take().map(|norm| norm.read()).transpose()?,
                 elapsed_s: run_started.elapsed().as_secs_f64(),
                 eta_s: eta_seconds(loop_started, first_step, completed, config.max_steps),
             })?;
@@ -237,6 +239,7 @@ pub fn train_with<B: AutodiffBackend>(
         stopped = control.stop.is_some_and(|flag| flag.load(Ordering::SeqCst));
         if let Some(store) = &control.checkpoints {
             if completed % config.save_every == 0 || last || stopped {
+                unread_norm.take().map(|norm| norm.read()).transpose()?;
                 save_checkpoint(
                     store, &model, &optimizer, &mut state, config, &tokenizer, metrics,
                 )?;
