@@ -47,10 +47,10 @@ def main():
         print(f"PyTorch rows and the peak are from an earlier call on this host ({taken} UTC)")
     print("MFU: 6 x parameters FLOPs per token against that peak; 'vs torch' is against PyTorch "
           "bf16 autocast, same shape")
-    print("1st step: burn from the process launch to its first step's log line (start-up, CUDA "
-          "init, kernel compilation and autotune); PyTorch the first step alone")
+    print("1st step: burn from the process launch to its first log line, at the step in brackets "
+          "(start-up, CUDA init, kernel compilation and autotune); PyTorch the first step alone")
     print(f'{"impl":16} {"obj":>6} {"shape":>7} {"prec":>5} {"tokens/s":>10} {"vs torch":>8} '
-          f'{"MFU":>6} {"1st step s":>10} {"peak GiB":>8}  loss')
+          f'{"MFU":>6} {"1st step s":>11} {"peak GiB":>8}  loss')
 
     def show(name, objective, shape, precision, rate, first, memory, seq_len, loss=""):
         base = reference(objective, seq_len)
@@ -58,10 +58,10 @@ def main():
         mfu = (f"{rate * flops_per_token / (peak * 1e12) * 100:.1f}%"
                if rate and peak and flops_per_token else "-")
         rate_text = f"{rate:,.0f}" if rate else "-"
-        first_text = f"{first:.1f}" if first is not None else "-"
+        first_text = first if isinstance(first, str) else f"{first:.1f}" if first is not None else "-"
         memory_text = f"{memory:.1f}" if memory is not None else "-"
         print(f"{name:16} {objective:>6} {shape:>7} {precision:>5} {rate_text:>10} {ratio:>8} "
-              f"{mfu:>6} {first_text:>10} {memory_text:>8}  {loss}")
+              f"{mfu:>6} {first_text:>11} {memory_text:>8}  {loss}")
 
     for line in open("burn-runs.txt"):
         if not line.strip():
@@ -75,7 +75,7 @@ def main():
         steady = train[len(train) // 2:]
         rate = sum(l["tokens_per_s"] for l in steady) / len(steady) if len(train) >= 4 else None
         seen = next((l["at"] for l in metrics if l.get("kind") == "first_step"), None)
-        first = seen - wall["started"] if seen and wall else None
+        first = f"{seen - wall['started']:.1f} ({train[0]['step']})" if seen and wall and train else None
         loss = (f"{train[0]['loss']:.3f} -> {train[-1]['loss']:.3f} ({train[-1]['step']} steps)"
                 if train else "")
         show(f"burn-cuda #{name}", objective, f"{batch}x{seq_len}", precision, rate, first,
