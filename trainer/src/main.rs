@@ -28,10 +28,12 @@ use flightlm_trainer::text_file::TextFileSource;
 use flightlm_trainer::{train_with, DeviceKind, Precision, RunControl, TrainConfig};
 
 mod cuda_check;
+mod kernel_cache;
 mod process_setup;
 mod run_args;
 
 use cuda_check::check_cuda;
+use kernel_cache::{use_kernel_caches, KERNEL_CACHE_ENV};
 use process_setup::{install_stop_handler, keep_freed_memory, STOP_REQUESTED};
 use run_args::{Resolved, RunArgs, ShapeArgs};
 
@@ -300,6 +302,9 @@ fn train_on(
             (summary.steps, summary.stopped)
         }
         DeviceKind::Cuda => {
+            if let Some(dir) = use_kernel_caches() {
+                eprintln!("kernel caches in {} (${KERNEL_CACHE_ENV})", dir.display());
+            }
             let device = CudaDevice::default();
             check_cuda(&device, config.precision)?;
             let summary = train_with::<CudaBackend>(config, source, &device, metrics, control)?;
