@@ -53,7 +53,7 @@ for binary in flightlm-pipeline flightlm-trainer; do
         ln -s "$BIN_DIR/$binary" "$WORK/$binary"
     elif [ -f "$BIN_DIR/$binary.gz" ]; then
         gzip -dc "$BIN_DIR/$binary.gz" > "$WORK/$binary"
-    else # .xz, through Python: GPU images often lack the xz tool
+    else # .xz, through Python (present for the PyTorch side), so the host needs no xz tool
         python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' \
             "$BIN_DIR/$binary.xz" > "$WORK/$binary"
     fi
