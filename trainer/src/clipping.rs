@@ -33,6 +33,11 @@ impl<B: Backend> GradientNorm<B> {
             Err(TrainError::NonFiniteGradients(norm))
         }
     }
+
+    /// Reads a norm not read yet, leaving `None` behind, so a step's norm is read at most once.
+    pub fn read_pending(pending: &mut Option<Self>) -> Result<Option<f64>, TrainError> {
+        pending.take().map(Self::read).transpose()
+    }
 }
 
 /// Divides the summed gradients of `micro_batches` micro-batches by their count and, with

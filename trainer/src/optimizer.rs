@@ -18,7 +18,6 @@ use burn::tensor::Tensor;
 
 use crate::clipping::{average_and_clip, GradientNorm};
 use crate::config::TrainConfig;
-use crate::error::TrainError;
 
 /// AdamW hyper-parameters (PyTorch semantics: `eps` is added to `sqrt(v_hat)`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -112,15 +111,11 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
 
     /// Averages, clips and applies the accumulated gradients with learning rate `lr`.
     /// Without accumulated gradients the model is returned unchanged.
-    pub fn step(
-        &mut self,
-        lr: f64,
-        model: M,
-    ) -> Result<(M, StepReport<B::InnerBackend>), TrainError> {
+    pub fn step(&mut self, lr: f64, model: M) -> (M, StepReport<B::InnerBackend>) {
         let micro_batches = std::mem::take(&mut self.micro_batches);
         let mut gradients = self.accumulator.grads();
         if micro_batches == 0 {
-            return Ok((model, StepReport { grad_norm: None }));
+            return (model, StepReport { grad_norm: None });
         }
         let grad_norm =
             average_and_clip::<B, M>(&model, &mut gradients, micro_batches, self.max_grad_norm);
@@ -132,7 +127,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
         let vectors = vectors.vectors;
         let model = self.decayed.step(lr, model, gradients);
         let model = self.not_decayed.step(lr, model, vectors);
-        Ok((model, StepReport { grad_norm }))
+        (model, StepReport { grad_norm })
     }
 }
 
@@ -195,7 +190,7 @@ mod tests {
         optimizer.accumulate(&model, gradients(&model, 1.0));
         optimizer.accumulate(&model, gradients(&model, 3.0));
         assert_eq!(optimizer.pending(), 2);
-        let (_, report) = optimizer.step(0.0, model).expect("steps");
+        let (_, report) = optimizer.step(0.0, model);
         // Averaged gradient is 2 for each of the 4 weights (the bias gets none): norm 4.
         let norm = report.grad_norm.expect("clipping computes the norm");
         let norm = norm.read().expect("finite");
@@ -223,7 +218,7 @@ mod tests {
         let input = Tensor::<TestBackend, 2>::zeros([1, 2], &device);
         let loss = model.forward(input).sum().mul_scalar(0.0);
         optimizer.accumulate(&model, loss.backward());
-        let (model, _) = optimizer.step(0.1, model).expect("steps");
+        let (model, _) = optimizer.step(0.1, model);
         let model = model.valid();
         assert!(values(model.weight.val())
             .iter()

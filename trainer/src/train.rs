@@ -20,6 +20,7 @@ use flightlm_shared::TokenizerInfo;
 
 use crate::block_log::BlockLog;
 use crate::checkpoint::{self, BestCheckpoint, CheckpointStore, TrainingState, CHECKPOINT_FORMAT};
+use crate::clipping::GradientNorm;
 use crate::collate::{Collator, LmBatch};
 use crate::config::{TrainConfig, EVAL_MASKING_SEED};
 use crate::error::TrainError;
@@ -190,7 +191,7 @@ pub fn train_with<B: AutodiffBackend>(
             window.add_loss(loss.inner());
         }
         let lr = schedule.lr(step);
-        let (updated, report) = optimizer.step(lr, model)?;
+        let (updated, report) = optimizer.step(lr, model);
         model = updated;
         // Read back only where it is logged or a checkpoint may follow: see `clipping`.
         let mut unread_norm = report.grad_norm;
@@ -222,7 +223,7 @@ pub fn train_with<B: AutodiffBackend>(
                 lr,
                 tokens_per_s: window.tokens as f64 / seconds,
                 data_wait: (waited / seconds).clamp(0.0, 1.0),
-                grad_norm: unread_norm.take().map(|norm| norm.read()).transpose()?,
+                grad_norm: GradientNorm::read_pending(&mut unread_norm)?,
                 elapsed_s: run_started.elapsed().as_secs_f64(),
                 eta_s: eta_seconds(loop_started, first_step, completed, config.max_steps),
             })?;
@@ -239,7 +240,7 @@ pub fn train_with<B: AutodiffBackend>(
         stopped = control.stop.is_some_and(|flag| flag.load(Ordering::SeqCst));
         if let Some(store) = &control.checkpoints {
             if completed % config.save_every == 0 || last || stopped {
-                unread_norm.take().map(|norm| norm.read()).transpose()?;
+                GradientNorm::read_pending(&mut unread_norm)?;
                 save_checkpoint(
                     store, &model, &optimizer, &mut state, config, &tokenizer, metrics,
                 )?;
