@@ -44,6 +44,12 @@ pub fn full<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B, D> {
 
 /// `layer(input)` computed in the compute dtype (weight, bias and input cast to it); the output
 /// stays in the compute dtype, so a following product can use it without a round trip.
+///
+/// The input is flattened to `[rows, in]` first. burn's `linear` broadcasts the weight over the
+/// leading dimensions instead, and its backward pass then computes the weight gradient as one
+/// `[in, out]` product per batch entry and sums them: a batch-sized stack of weight-shaped
+/// tensors per layer and small products, where one `[in, rows] x [rows, out]` product does the
+/// same sum (as PyTorch does).
 pub fn linear<B: Backend, const D: usize>(
     layer: &Linear<B>,
     input: Tensor<B, D>,
@@ -54,7 +60,12 @@ pub fn linear<B: Backend, const D: usize>(
         .bias
         .as_ref()
         .map(|bias| compute(bias.val(), compute_dtype));
-    burn::tensor::module::linear(compute(input, compute_dtype), weight, bias)
+    let mut dims = input.dims();
+    let [_, outputs] = weight.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let flat: Tensor<B, 2> = compute(input, compute_dtype).reshape([rows, dims[D - 1]]);
+    dims[D - 1] = outputs;
+    burn::tensor::module::linear(flat, weight, bias).reshape(dims) // [.., out]
 }
 
 #[cfg(test)]
@@ -110,6 +121,41 @@ mod tests {
             .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
         let bias_gradient = layer.bias.as_ref().expect("bias").grad(&mixed_gradients);
         assert_eq!(bias_gradient.expect("gradient").dtype(), DType::F32);
+    }
+
+    /// The flattened product gives burn's batched result and the same gradients.
+    #[test]
+    fn a_batched_input_matches_the_broadcast_linear() {
+        let device = Default::default();
+        let layer = layer(&device);
+        let values: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin()).collect();
+        let input =
+            Tensor::<TestBackend, 3>::from_data(TensorData::new(values, [2, 2, 3]), &device)
+                .require_grad();
+        let flattened = linear(&layer, input.clone(), FloatDType::F32);
+        let reference = layer.forward(input.clone());
+        assert_eq!(flattened.dims(), [2, 2, 2]);
+        flattened
+            .clone()
+            .into_data()
+            .assert_approx_eq::<f32>(&reference.clone().into_data(), Default::default());
+        let flat_gradients = flattened.powi_scalar(2).sum().backward();
+        let reference_gradients = reference.powi_scalar(2).sum().backward();
+        let gradient_of =
+            |gradients: &<TestBackend as burn::tensor::backend::AutodiffBackend>::Gradients| {
+                (
+                    layer
+                        .weight
+                        .grad(gradients)
+                        .expect("weight gradient")
+                        .into_data(),
+                    input.grad(gradients).expect("input gradient").into_data(),
+                )
+            };
+        let (weight, input_gradient) = gradient_of(&flat_gradients);
+        let (expected_weight, expected_input) = gradient_of(&reference_gradients);
+        weight.assert_approx_eq::<f32>(&expected_weight, Default::default());
+        input_gradient.assert_approx_eq::<f32>(&expected_input, Default::default());
     }
 
     #[test]
