@@ -22,12 +22,13 @@ use crate::block_log::BlockLog;
 use crate::checkpoint::{self, BestCheckpoint, CheckpointStore, TrainingState, CHECKPOINT_FORMAT};
 use crate::clipping::GradientNorm;
 use crate::collate::{Collator, LmBatch};
-use crate::config::{TrainConfig, EVAL_MASKING_SEED};
+use crate::config::{DeviceKind, TrainConfig, EVAL_MASKING_SEED};
 use crate::error::TrainError;
 use crate::eval::{evaluate, read_scalar, Evaluation};
 use crate::hf::HfRobertaConfig;
 use crate::loss::cross_entropy_mean;
 use crate::metrics::{Metric, MetricsLog};
+use crate::model::dropout::seed_host_masks;
 use crate::model::{Roberta, RobertaConfig};
 use crate::optimizer::{AdamWSettings, TrainingOptimizer};
 use crate::progress::{eta_seconds, Window};
@@ -93,6 +94,8 @@ pub fn train_with<B: AutodiffBackend>(
     let run_started = Instant::now();
 
     B::seed(device, config.seed);
+    // burn-ndarray's generator is slow enough to show in a CPU step; see `model::dropout`.
+    let host_masks = config.device == DeviceKind::Cpu;
     let model_config = RobertaConfig::from_train_config(config, &tokenizer);
     let mut model: Roberta<B> = model_config.init(device);
     if let Some(dir) = &config.init_from {
@@ -171,6 +174,7 @@ pub fn train_with<B: AutodiffBackend>(
     let mut step_blocks = Vec::new();
     for step in state.step..config.max_steps {
         B::seed(device, dropout_seed(config.seed, step));
+        seed_host_masks(host_masks.then(|| dropout_seed(config.seed, step)));
         step_blocks.clear();
         for micro_batch in 0..config.grad_accum {
             let blocks = source.next_train_batch().map_err(TrainError::Source)?;

@@ -11,6 +11,7 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
+use super::dropout::dropout;
 use super::init;
 
 /// The first position id HF RoBERTa assigns to a real token (`padding_idx + 1`).
@@ -92,6 +93,6 @@ impl<B: Backend> RobertaEmbeddings<B> {
             .reshape([1, 1, hidden]); // [1, 1, hidden]
 
         let embeddings = words + positions + token_type; // [batch, seq, hidden]
-        self.dropout.forward(self.layer_norm.forward(embeddings))
+        dropout(&self.dropout, self.layer_norm.forward(embeddings))
     }
 }

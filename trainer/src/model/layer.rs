@@ -21,6 +21,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 
 use super::activation::gelu;
+use super::dropout::dropout;
 use super::init;
 use super::precision::{compute, full, linear};
 
@@ -123,7 +124,7 @@ impl<B: Backend> SelfAttention<B> {
         if let Some(bias) = attention_bias {
             scores = scores + bias;
         }
-        let probabilities = self.dropout.forward(softmax(scores, 3));
+        let probabilities = dropout(&self.dropout, softmax(scores, 3));
         compute(probabilities, compute_dtype)
             .matmul(value) // [batch, heads, seq, head_dim]
             .swap_dims(1, 2) // [batch, seq, heads, head_dim]
@@ -141,7 +142,7 @@ impl<B: Backend> ResidualOutput<B> {
     ) -> Tensor<B, 3> {
         let projected = full(linear(&self.dense, hidden, compute_dtype));
         self.layer_norm
-            .forward(self.dropout.forward(projected) + residual)
+            .forward(dropout(&self.dropout, projected) + residual)
     }
 }
 
