@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use flightlm_shared::{TokenBlocks, TokenizerInfo};
 
-use crate::config::Objective;
+use crate::config::{DeviceKind, Objective, TrainConfig};
 use crate::masking::MlmMasking;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +76,20 @@ impl Collator {
         Collator {
             labels,
             head_rows: 0,
+        }
+    }
+
+    /// The collator a training run asks for. MLM on a GPU pads to [`steady_head_rows`], so the
+    /// head keeps one shape (a GPU compiles and autotunes each new one); on the CPU padding rows
+    /// would only cost time.
+    pub fn from_train_config(config: &TrainConfig, tokenizer: &TokenizerInfo) -> Self {
+        let collator = Collator::new(config.objective, tokenizer, config.mlm_probability);
+        match (config.device, config.objective) {
+            (DeviceKind::Cuda, Objective::Mlm) => collator.with_head_rows(steady_head_rows(
+                config.batch_size * config.seq_len,
+                config.mlm_probability,
+            )),
+            _ => collator,
         }
     }
 
@@ -230,6 +244,23 @@ mod tests {
             TARGET_BUCKET,
             "never above the tokens, rounded"
         );
+    }
+
+    #[test]
+    fn only_mlm_on_a_gpu_pads_to_the_steady_head() {
+        use crate::config::Preset;
+        let mut config = TrainConfig::new("http://x", "out", Preset::Tiny);
+        let steady = steady_head_rows(config.batch_size * config.seq_len, config.mlm_probability);
+        let head_rows = |config: &TrainConfig| {
+            Collator::from_train_config(config, &tokenizer())
+                .collate(&blocks(), 0, 0)
+                .head_rows
+        };
+        assert_eq!(head_rows(&config), 0, "CPU");
+        config.device = DeviceKind::Cuda;
+        assert_eq!(head_rows(&config), steady, "MLM on a GPU");
+        config.objective = Objective::Causal;
+        assert_eq!(head_rows(&config), 0, "causal has a fixed count");
     }
 
     #[test]

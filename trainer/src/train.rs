@@ -21,8 +21,8 @@ use flightlm_shared::TokenizerInfo;
 use crate::block_log::BlockLog;
 use crate::checkpoint::{self, BestCheckpoint, CheckpointStore, TrainingState, CHECKPOINT_FORMAT};
 use crate::clipping::GradientNorm;
-use crate::collate::{steady_head_rows, Collator, LmBatch};
-use crate::config::{DeviceKind, Objective, TrainConfig, EVAL_MASKING_SEED};
+use crate::collate::{Collator, LmBatch};
+use crate::config::{DeviceKind, TrainConfig, EVAL_MASKING_SEED};
 use crate::error::TrainError;
 use crate::eval::{evaluate, read_scalar, Evaluation};
 use crate::hf::HfRobertaConfig;
@@ -104,16 +104,7 @@ pub fn train_with<B: AutodiffBackend>(
     let optimizer =
         TrainingOptimizer::<B, Roberta<B>>::new(AdamWSettings::from_train_config(config));
     let schedule = LinearSchedule::new(config.lr, config.warmup_steps, config.max_steps);
-    // One head shape per run on a GPU, which compiles and autotunes each new shape; on the CPU,
-    // padding rows would only cost time.
-    let head_rows = match (config.device, config.objective) {
-        (DeviceKind::Cuda, Objective::Mlm) => {
-            steady_head_rows(config.batch_size * config.seq_len, config.mlm_probability)
-        }
-        _ => 0,
-    };
-    let collator = Collator::new(config.objective, &tokenizer, config.mlm_probability)
-        .with_head_rows(head_rows);
+    let collator = Collator::from_train_config(config, &tokenizer);
 
     let valid_blocks = source.valid_batches().map_err(TrainError::Source)?;
     let mut valid = Vec::with_capacity(valid_blocks.len());
@@ -182,8 +173,9 @@ pub fn train_with<B: AutodiffBackend>(
     let mut window = Window::<B::InnerBackend>::open(source);
     let mut step_blocks = Vec::new();
     for step in state.step..config.max_steps {
-        B::seed(device, dropout_seed(config.seed, step));
-        seed_host_masks(host_masks.then(|| dropout_seed(config.seed, step)));
+        let step_seed = dropout_seed(config.seed, step);
+        B::seed(device, step_seed);
+        seed_host_masks(host_masks.then_some(step_seed));
         step_blocks.clear();
         for micro_batch in 0..config.grad_accum {
             let blocks = source.next_train_batch().map_err(TrainError::Source)?;
