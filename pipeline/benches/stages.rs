@@ -32,7 +32,13 @@ use flightlm_shared::{SourcePosition, Split, StreamState, TokenBlocks, Tokenizer
 use futures::{executor::block_on, stream, StreamExt, TryStreamExt};
 use tokenizers::Tokenizer;
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/kjv.txt.zst");
+/// The sample corpus. cargo sets `CARGO_MANIFEST_DIR` when it runs a bench, and that value follows
+/// the checkout when a shared target dir keeps a build made in another clone.
+fn corpus_path() -> String {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    format!("{manifest_dir}/../data/kjv.txt.zst")
+}
 const CORPUS_BYTES: usize = 2 << 20;
 const VOCAB_SIZE: usize = 8192;
 const SEQ_LEN: usize = 128;
@@ -62,7 +68,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let tokenizer_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stages-tokenizer");
-        let corpus = CorpusFile::classify(Path::new(CORPUS)).expect("a .txt.zst corpus");
+        let corpus = CorpusFile::classify(Path::new(&corpus_path())).expect("a .txt.zst corpus");
         let config = TokenizerTrainingConfig {
             vocab_size: VOCAB_SIZE,
             min_frequency: 2,
@@ -141,7 +147,7 @@ impl Fixture {
 
 /// The corpus's first lines up to `CORPUS_BYTES`, in text batches as the reader produces them.
 fn read_texts() -> Vec<StringArray> {
-    let file = std::fs::File::open(CORPUS).expect("the sample corpus");
+    let file = std::fs::File::open(corpus_path()).expect("the sample corpus");
     let lines = BufReader::new(zstd::stream::read::Decoder::new(file).expect("zstd"));
     let mut bytes = 0;
     let lines: Vec<String> = lines
@@ -163,7 +169,7 @@ fn tokenize(
     rules: &EncodeRules,
     texts: &[StringArray],
 ) -> Vec<Vec<(u64, Vec<u32>)>> {
-    let file: Arc<str> = Arc::from(CORPUS);
+    let file: Arc<str> = Arc::from(corpus_path());
     let mut first_row = 0;
     texts
         .iter()
@@ -221,7 +227,7 @@ fn chunk_state(block_seq: usize) -> Arc<str> {
         sources: vec![SourcePosition {
             source: "main".into(),
             pass: 0,
-            file: Some(CORPUS.into()),
+            file: Some(corpus_path()),
             row: block_seq as u64 * 3,
             token: 17,
         }],

@@ -27,11 +27,15 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// The repository root (this crate lives in `tests/`).
+///
+/// cargo sets `CARGO_MANIFEST_DIR` when it runs a test, and that value follows the checkout. The
+/// compile-time value does not: cargo reuses a build from a shared target dir after the workspace
+/// moves (another clone), and the old path would be baked in.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().expect("workspace root").to_path_buf()
 }
 
 /// A fresh directory under the target dir, removed and recreated per test.
