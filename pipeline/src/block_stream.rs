@@ -1,28 +1,25 @@
-//! One stream of token blocks: per-source block producers → seeded mixture → chunk shuffle →
-//! skip/shard → record batches.
+//! One stream of token blocks as a consumer reads it: the shared chunk sequence (`chunk_hub`,
+//! `chunk_producer`) → skip what the cursor says was consumed, keep the request's shard → record
+//! batches.
 //!
-//! The stream is cut into chunks of draws (one shuffle window each). At the start of a chunk the
-//! state is small — where every source's next block begins, how many draws and blocks so far — and
-//! every row sent from the chunk carries it, so a consumer can resume after any row: the pipeline
-//! restarts each source at its position, redraws the chunk and skips what was consumed.
-//!
-//! Each stream owns its threads and bounded channels, so concurrent consumers each get their own
-//! backpressure. When the consumer goes away the output channel closes and every stage winds down
-//! in turn.
+//! Each stream owns its sending thread and bounded channel, so concurrent consumers each get their
+//! own backpressure; the shards of one job share the production of the chunks and advance
+//! together. When the consumer goes away the output channel closes, the stream leaves its hub, and
+//! a hub with no reader left winds its sources down.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use crossbeam_channel::Receiver;
 use flightlm_shared::schema::block_schema;
-use flightlm_shared::{SourcePosition, StreamRequest, StreamState, TokenBlocks};
+use flightlm_shared::{StreamRequest, StreamState, TokenBlocks};
 
-use crate::corpus::{Corpus, Source};
+use crate::chunk_hub::{ChunkSource, HubKey, HubRegistry, Reader};
+use crate::chunk_producer::{ChunkProducer, ChunkRequest};
+use crate::corpus::Corpus;
 use crate::error::PipelineError;
-use crate::mixture::{chunk_order, pick_source};
-use crate::source_blocks::{start_source, SourceBlock, SourceCounters, SourceItem, SourceRequest};
-use crate::stats::StreamStats;
+use crate::stats::{ReadCounters, StreamStats};
 use crate::tokenize::{EncodeRules, SplitFilter};
 
 /// Record batches waiting for the network: a little slack so encoding overlaps sending.
@@ -30,16 +27,25 @@ const BATCHES_IN_FLIGHT: usize = 4;
 
 pub type BatchReceiver = tokio::sync::mpsc::Receiver<Result<RecordBatch, PipelineError>>;
 
-/// Checks the request's cursor and starts the stream; returns the receiving end of its batches.
-pub fn start_stream(
-    corpus: Arc<Corpus>,
+/// A stream whose cursor was checked and whose place in a hub is taken, not yet sending.
+pub struct OpenStream {
+    reader: Reader,
+    request: StreamRequest,
+    schema: SchemaRef,
+    /// Blocks of the first chunk the consumer already has.
+    skip: u64,
+}
+
+/// Checks the request's cursor and finds (or starts) the production of its chunks.
+pub fn open_stream(
+    corpus: &Arc<Corpus>,
+    hubs: &HubRegistry,
     request: &StreamRequest,
-    stats: Arc<StreamStats>,
-) -> Result<BatchReceiver, PipelineError> {
+) -> Result<OpenStream, PipelineError> {
     let fingerprint = corpus.fingerprint(request.split, request.seq_len);
     let (state, skip) = match &request.cursor {
         Some(cursor) => {
-            check_cursor(&corpus, &fingerprint, &cursor.state)?;
+            check_cursor(corpus, &fingerprint, &cursor.state)?;
             if cursor.skip > corpus.chunk_blocks() as u64 {
                 return Err(PipelineError::Cursor(format!(
                     "skip {} is beyond a chunk of {} blocks",
@@ -51,7 +57,7 @@ pub fn start_stream(
         }
         None => (
             StreamState {
-                fingerprint,
+                fingerprint: fingerprint.clone(),
                 block_seq: 0,
                 draws: 0,
                 sources: Vec::new(),
@@ -59,35 +65,69 @@ pub fn start_stream(
             0,
         ),
     };
-    let rules = EncodeRules {
-        filter: SplitFilter {
-            split: request.split,
-            valid_fraction: corpus.valid_fraction,
-            seed: corpus.seed,
-        },
-        max_document_bytes: corpus.max_document_bytes,
-        bad_records: stats.bad_records.clone(),
-    };
-    let (batches, receiver) = tokio::sync::mpsc::channel(BATCHES_IN_FLIGHT);
-    let request = request.clone();
-    std::thread::Builder::new()
-        .name("mixer".into())
-        .spawn(move || {
-            let mut mixer = Mixer {
-                corpus,
-                request,
-                rules,
-                stats: stats.clone(),
-                producers: Vec::new(),
-                batches,
-            };
-            if let Err(error) = mixer.run(state, skip) {
-                let _ = mixer.batches.blocking_send(Err(error));
-            }
-            stats.active.store(false, Ordering::Relaxed);
-        })
-        .expect("spawning the mixer thread");
-    Ok(receiver)
+    let key = request
+        .shard
+        .filter(|shard| shard.count > 1)
+        .map(|shard| HubKey {
+            fingerprint,
+            passes: request.epoch_limit(),
+            shard_count: shard.count,
+        });
+    let entry: Arc<str> = serde_json::to_string(&state)
+        .expect("a StreamState always serializes")
+        .into();
+    let reader = hubs.open(key, entry, || {
+        let counters = ReadCounters::new(corpus.bad_records);
+        let rules = EncodeRules {
+            filter: SplitFilter {
+                split: request.split,
+                valid_fraction: corpus.valid_fraction,
+                seed: corpus.seed,
+            },
+            max_document_bytes: corpus.max_document_bytes,
+            bad_records: counters.bad_records.clone(),
+        };
+        let chunks = ChunkRequest {
+            rules,
+            seq_len: request.seq_len,
+            passes: request.epoch_limit(),
+        };
+        let producer = ChunkProducer::new(corpus.clone(), chunks, state, counters.clone());
+        (Box::new(producer) as Box<dyn ChunkSource>, counters)
+    });
+    Ok(OpenStream {
+        reader,
+        request: request.clone(),
+        schema: block_schema(request.seq_len, &corpus.tokenizer_info),
+        skip,
+    })
+}
+
+impl OpenStream {
+    /// The reading counters of the production this stream reads (shared with its job's shards).
+    pub fn reading(&self) -> Arc<ReadCounters> {
+        self.reader.counters()
+    }
+
+    /// Starts sending; returns the receiving end of the stream's batches.
+    pub fn start(self, stats: Arc<StreamStats>) -> BatchReceiver {
+        let (batches, receiver) = tokio::sync::mpsc::channel(BATCHES_IN_FLIGHT);
+        std::thread::Builder::new()
+            .name("stream".into())
+            .spawn(move || {
+                let mut sender = Sender {
+                    stats: stats.clone(),
+                    batches,
+                    schema: self.schema.clone(),
+                };
+                if let Err(error) = sender.run(&self.reader, &self.request, self.skip) {
+                    let _ = sender.batches.blocking_send(Err(error));
+                }
+                stats.active.store(false, Ordering::Relaxed);
+            })
+            .expect("spawning the stream thread");
+        receiver
+    }
 }
 
 fn check_cursor(
@@ -120,194 +160,78 @@ fn check_cursor(
     Ok(())
 }
 
-/// One source as the mixer sees it: the next block, looked at but not yet taken.
-struct Producer {
-    source: Arc<Source>,
-    items: Receiver<SourceItem>,
-    next: Option<SourceBlock>,
-    exhausted: bool,
-    counters: Arc<SourceCounters>,
-}
-
-impl Producer {
-    /// Makes sure the next block is known; false once the source has no more blocks.
-    fn peek(&mut self) -> Result<bool, PipelineError> {
-        if self.next.is_none() && !self.exhausted {
-            match self.items.recv() {
-                Ok(SourceItem::Block(block)) => self.next = Some(block),
-                Ok(SourceItem::Exhausted) => self.exhausted = true,
-                Ok(SourceItem::Failed(error)) => return Err(error),
-                Err(_) => {
-                    return Err(PipelineError::Control(format!(
-                        "source `{}` stopped unexpectedly",
-                        self.source.name
-                    )))
-                }
-            }
-        }
-        Ok(self.next.is_some())
-    }
-
-    /// Where the next block begins (after the last pass when exhausted).
-    fn position(&mut self, passes: Option<u64>) -> Result<SourcePosition, PipelineError> {
-        self.peek()?;
-        Ok(match &self.next {
-            Some(block) => block.start.clone(),
-            None => SourcePosition {
-                pass: passes.unwrap_or(0),
-                ..SourcePosition::start(&self.source.name)
-            },
-        })
-    }
-}
-
-struct Mixer {
-    corpus: Arc<Corpus>,
-    request: StreamRequest,
-    rules: EncodeRules,
+/// The sending side of one stream.
+struct Sender {
     stats: Arc<StreamStats>,
-    producers: Vec<Producer>,
     batches: tokio::sync::mpsc::Sender<Result<RecordBatch, PipelineError>>,
+    schema: SchemaRef,
 }
 
 /// Rows waiting to fill a batch, with the source each came from.
 struct Pending {
     blocks: TokenBlocks,
-    sources: Vec<usize>,
+    sources: Vec<Arc<str>>,
 }
 
-impl Mixer {
-    fn run(&mut self, state: StreamState, mut skip: u64) -> Result<(), PipelineError> {
-        let seq_len = self.request.seq_len;
-        let schema = block_schema(seq_len, &self.corpus.tokenizer_info);
-        let passes = self.request.epoch_limit();
-        let chunk_blocks = self.corpus.chunk_blocks();
-        let shuffle = self.corpus.shuffle_window > 1;
-        let mut block_seq = state.block_seq;
-        let mut draws = state.draws;
+impl Sender {
+    fn run(
+        &mut self,
+        reader: &Reader,
+        request: &StreamRequest,
+        mut skip: u64,
+    ) -> Result<(), PipelineError> {
         let mut pending = Pending {
-            blocks: TokenBlocks::new(seq_len),
+            blocks: TokenBlocks::new(request.seq_len),
             sources: Vec::new(),
         };
-        loop {
-            self.add_new_sources(&state.sources);
-            let mut positions = Vec::with_capacity(self.producers.len());
-            for producer in &mut self.producers {
-                positions.push(producer.position(passes)?);
-            }
-            let chunk_state = StreamState {
-                fingerprint: state.fingerprint.clone(),
-                block_seq,
-                draws,
-                sources: positions,
-            };
-            let chunk_state: Arc<str> = serde_json::to_string(&chunk_state)
-                .expect("a StreamState always serializes")
-                .into();
-            let chunk_start = draws;
-            let mut chunk = Vec::with_capacity(chunk_blocks);
-            let mut ended = false;
-            while chunk.len() < chunk_blocks {
-                let weights: Vec<f64> = self.producers.iter().map(|p| p.source.weight()).collect();
-                let index = pick_source(self.corpus.seed, draws, &weights)
-                    .ok_or_else(|| PipelineError::Control("every source has weight 0".into()))?;
-                let producer = &mut self.producers[index];
-                if !producer.peek()? {
-                    // The first source to run out of passes ends the stream.
-                    ended = true;
-                    break;
-                }
-                let block = producer.next.take().expect("peeked");
-                chunk.push(Some((block, index)));
-                draws += 1;
-            }
-            let order: Vec<usize> = if shuffle {
-                chunk_order(self.corpus.seed, chunk_start, chunk.len())
-            } else {
-                (0..chunk.len()).collect()
-            };
-            for (sent, position) in order.into_iter().enumerate() {
-                let (block, source) = chunk[position].take().expect("each block sent once");
-                let seq = block_seq + sent as u64;
+        while let Some(chunk) = reader.next_chunk()? {
+            for (sent, block) in chunk.blocks.iter().enumerate() {
+                let seq = chunk.block_seq + sent as u64;
                 let consumed_before = (sent as u64) < skip;
-                let other_shard = self.request.shard.is_some_and(|shard| !shard.keeps(seq));
+                let other_shard = request.shard.is_some_and(|shard| !shard.keeps(seq));
                 if consumed_before || other_shard {
                     continue;
                 }
                 pending.blocks.push_resumable(
                     &block.tokens,
                     seq,
-                    block.start.pass as u32,
-                    &chunk_state,
+                    block.pass,
+                    &chunk.state,
                     sent as u32 + 1,
                 );
-                pending.sources.push(source);
-                while pending.blocks.rows() >= self.request.batch_size {
-                    if !self.send(&mut pending, self.request.batch_size, &schema)? {
+                pending
+                    .sources
+                    .push(chunk.source_names[block.source].clone());
+                while pending.blocks.rows() >= request.batch_size {
+                    if !self.send(&mut pending, request.batch_size)? {
                         return Ok(());
                     }
                 }
             }
-            block_seq += chunk.len() as u64;
             skip = 0;
-            if ended {
-                let rows = pending.blocks.rows();
-                if rows > 0 {
-                    self.send(&mut pending, rows, &schema)?;
-                }
-                return Ok(());
+            if chunk.last {
+                break;
             }
         }
-    }
-
-    /// Starts producers for sources not yet read by this stream: at the cursor's position when it
-    /// names them, from the start otherwise (a source added while the stream runs).
-    fn add_new_sources(&mut self, positions: &[SourcePosition]) {
-        for source in self.corpus.sources().into_iter().skip(self.producers.len()) {
-            let start = positions
-                .iter()
-                .find(|position| position.source == source.name)
-                .cloned()
-                .unwrap_or_else(|| SourcePosition::start(&source.name));
-            let counters = self.stats.source_counters(&source.name);
-            let request = SourceRequest {
-                rules: self.rules.clone(),
-                seq_len: self.request.seq_len,
-                passes: self.request.epoch_limit(),
-                start,
-                counters: counters.clone(),
-            };
-            let items = start_source(&self.corpus, source.clone(), request);
-            self.producers.push(Producer {
-                source,
-                items,
-                next: None,
-                exhausted: false,
-                counters,
-            });
+        let rows = pending.blocks.rows();
+        if rows > 0 {
+            self.send(&mut pending, rows)?;
         }
+        Ok(())
     }
 
     /// Sends the first `rows` pending rows; false when the consumer has gone.
-    fn send(
-        &self,
-        pending: &mut Pending,
-        rows: usize,
-        schema: &arrow::datatypes::SchemaRef,
-    ) -> Result<bool, PipelineError> {
+    fn send(&self, pending: &mut Pending, rows: usize) -> Result<bool, PipelineError> {
         let blocks = pending.blocks.take_front(rows);
-        let sources: Vec<usize> = pending.sources.drain(..rows).collect();
-        let batch = blocks.to_record_batch(schema.clone())?;
+        let sources: Vec<Arc<str>> = pending.sources.drain(..rows).collect();
+        let batch = blocks.to_record_batch(self.schema.clone())?;
         if self.batches.blocking_send(Ok(batch)).is_err() {
             return Ok(false);
         }
         // Counted once handed to the network stage, so totals match what consumers get.
         self.stats.blocks.fetch_add(rows as u64, Ordering::Relaxed);
         for source in sources {
-            self.producers[source]
-                .counters
-                .blocks
-                .fetch_add(1, Ordering::Relaxed);
+            self.stats.count_sent(&source, 1);
         }
         if let Some(last) = blocks.epoch.last() {
             self.stats.epoch.store(u64::from(*last), Ordering::Relaxed);

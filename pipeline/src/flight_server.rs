@@ -33,7 +33,8 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::{check_call, AuthToken, AUTHORIZATION};
-use crate::block_stream::start_stream;
+use crate::block_stream::open_stream;
+use crate::chunk_hub::HubRegistry;
 use crate::control::{add_source, set_weight};
 use crate::corpus::Corpus;
 use crate::error::PipelineError;
@@ -51,6 +52,8 @@ type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + S
 pub struct PipelineService {
     corpus: Arc<Corpus>,
     streams: StreamRegistry,
+    /// Productions that the shards of one job share.
+    hubs: HubRegistry,
     access: Access,
     /// Becomes true when the server starts shutting down: open streams end after the batch in
     /// flight, with UNAVAILABLE so their readers resume elsewhere or later.
@@ -82,6 +85,7 @@ impl PipelineService {
         PipelineService {
             corpus,
             streams: StreamRegistry::default(),
+            hubs: HubRegistry::default(),
             access,
             draining,
         }
@@ -212,15 +216,15 @@ impl FlightService for PipelineService {
         }
         tracing::info!(?stream_request, "stream opened");
         let schema = block_schema(stream_request.seq_len, &self.corpus.tokenizer_info);
-        let stats = self
-            .streams
-            .register(&stream_request, self.corpus.bad_records);
-        let receiver = start_stream(self.corpus.clone(), &stream_request, stats).map_err(
-            |error| match error {
-                PipelineError::Cursor(_) => Status::failed_precondition(error.to_string()),
-                other => Status::internal(other.to_string()),
-            },
-        )?;
+        let stream =
+            open_stream(&self.corpus, &self.hubs, &stream_request).map_err(
+                |error| match error {
+                    PipelineError::Cursor(_) => Status::failed_precondition(error.to_string()),
+                    other => Status::internal(other.to_string()),
+                },
+            )?;
+        let stats = self.streams.register(&stream_request, stream.reading());
+        let receiver = stream.start(stats);
         let batches = ReceiverStream::new(receiver)
             .map(|batch| batch.map_err(|error| FlightError::ExternalError(Box::new(error))));
         let batches = until_draining(batches, self.draining.clone());

@@ -4,13 +4,16 @@
 //! Stages, in the order data flows: [`corpus`] (named sources, each a live sorted file list, set up
 //! by [`corpus_setup`] and changed by [`control`]) → [`reader`] / [`text_table`] / [`json_lines`]
 //! (DataFusion, bad records per [`bad_records`]) → [`tokenize`] (worker pool) → [`packing`] in
-//! [`source_blocks`] (one producer per source) → [`block_stream`] (seeded [`mixture`], chunk
-//! shuffle, resume cursor; counted in [`stats`]) → [`flight_server`]. [`tokenizer_training`] trains
+//! [`source_blocks`] (one producer per source) → [`chunk_producer`] (seeded [`mixture`], chunk
+//! shuffle), shared by the shards of a job through [`chunk_hub`] → [`block_stream`] (resume cursor,
+//! shard; counted in [`stats`]) → [`flight_server`]. [`tokenizer_training`] trains
 //! the tokenizer from the same sources, and [`consume`] is the command-line client.
 
 pub mod access;
 pub mod bad_records;
 pub mod block_stream;
+pub mod chunk_hub;
+pub mod chunk_producer;
 pub mod consume;
 pub mod control;
 pub mod corpus;

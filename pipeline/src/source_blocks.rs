@@ -41,8 +41,6 @@ pub enum SourceItem {
 pub struct SourceCounters {
     pub documents: AtomicU64,
     pub skipped_rows: AtomicU64,
-    /// Blocks sent to the consumer (after skipping and sharding).
-    pub blocks: AtomicU64,
     pub dropped_tokens: AtomicU64,
 }
 

@@ -18,23 +18,27 @@ use crate::source_blocks::SourceCounters;
 /// Finished streams kept for inspection.
 const FINISHED_STREAMS_KEPT: usize = 64;
 
-/// Counters of one stream.
-pub struct StreamStats {
+/// What reading a stream's sources counts: documents, skipped rows, dropped tokens and bad
+/// records. The shards of one job that read one production (`chunk_hub`) share one of these.
+pub struct ReadCounters {
+    /// Identifies the production, so totals count shared reading once.
     pub id: u64,
-    pub request: StreamRequest,
-    started: Instant,
-    pub blocks: AtomicU64,
-    /// Per source, in the order the stream started reading them.
+    /// Per source, in the order reading started.
     sources: Mutex<Vec<(String, Arc<SourceCounters>)>>,
     pub bad_records: BadRecords,
-    /// Record batches encoded and waiting for the network.
-    pub queued_batches: AtomicU64,
-    pub epoch: AtomicU64,
-    pub active: AtomicBool,
 }
 
-impl StreamStats {
-    /// The counters of source `name` in this stream, created on first use.
+impl ReadCounters {
+    pub fn new(policy: BadRecordPolicy) -> Arc<Self> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Arc::new(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            sources: Mutex::default(),
+            bad_records: BadRecords::new(policy),
+        })
+    }
+
+    /// The counters of source `name`, created on first use.
     pub fn source_counters(&self, name: &str) -> Arc<SourceCounters> {
         let Ok(mut sources) = self.sources.lock() else {
             return Arc::default();
@@ -47,32 +51,64 @@ impl StreamStats {
         counters
     }
 
+    fn sources(&self) -> Vec<(String, Arc<SourceCounters>)> {
+        self.sources.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Counters of one stream.
+pub struct StreamStats {
+    pub id: u64,
+    pub request: StreamRequest,
+    started: Instant,
+    pub blocks: AtomicU64,
+    /// Blocks this stream sent, per source.
+    sent: Mutex<Vec<(Arc<str>, u64)>>,
+    pub reading: Arc<ReadCounters>,
+    /// Record batches encoded and waiting for the network.
+    pub queued_batches: AtomicU64,
+    pub epoch: AtomicU64,
+    pub active: AtomicBool,
+}
+
+impl StreamStats {
+    /// Counts blocks sent from `source`.
+    pub fn count_sent(&self, source: &Arc<str>, blocks: u64) {
+        let Ok(mut sent) = self.sent.lock() else {
+            return;
+        };
+        match sent.iter_mut().find(|(name, _)| name == source) {
+            Some((_, count)) => *count += blocks,
+            None => sent.push((source.clone(), blocks)),
+        }
+    }
+
     fn snapshot(&self) -> Value {
         let seconds = self.started.elapsed().as_secs_f64();
         let blocks = self.blocks.load(Ordering::Relaxed);
         let seq_len = self.request.seq_len as u64;
         let tokens = blocks * seq_len;
+        let sent = self.sent.lock().map(|s| s.clone()).unwrap_or_default();
         let sources: Vec<Value> = self
-            .sources
-            .lock()
-            .map(|sources| {
-                sources
+            .reading
+            .sources()
+            .iter()
+            .map(|(name, counters)| {
+                let blocks = sent
                     .iter()
-                    .map(|(name, counters)| {
-                        let blocks = counters.blocks.load(Ordering::Relaxed);
-                        json!({
-                            "source": name,
-                            "documents": counters.documents.load(Ordering::Relaxed),
-                            "blocks": blocks,
-                            "tokens": blocks * seq_len,
-                            "tokens_per_s": (blocks * seq_len) as f64 / seconds.max(1e-9),
-                            "skipped_rows": counters.skipped_rows.load(Ordering::Relaxed),
-                            "dropped_tokens": counters.dropped_tokens.load(Ordering::Relaxed),
-                        })
-                    })
-                    .collect()
+                    .find(|(source, _)| &**source == name)
+                    .map_or(0, |(_, blocks)| *blocks);
+                json!({
+                    "source": name,
+                    "documents": counters.documents.load(Ordering::Relaxed),
+                    "blocks": blocks,
+                    "tokens": blocks * seq_len,
+                    "tokens_per_s": (blocks * seq_len) as f64 / seconds.max(1e-9),
+                    "skipped_rows": counters.skipped_rows.load(Ordering::Relaxed),
+                    "dropped_tokens": counters.dropped_tokens.load(Ordering::Relaxed),
+                })
             })
-            .unwrap_or_default();
+            .collect();
         let sum = |key: &str| -> u64 { sources.iter().filter_map(|s| s[key].as_u64()).sum() };
         json!({
             "id": self.id,
@@ -85,6 +121,7 @@ impl StreamStats {
             "epoch": self.epoch.load(Ordering::Relaxed),
             "shard": self.request.shard,
             "resumed": self.request.cursor.is_some(),
+            "reading": self.reading.id,
             "documents": sum("documents"),
             "blocks": blocks,
             "tokens": tokens,
@@ -92,7 +129,7 @@ impl StreamStats {
             "queued_batches": self.queued_batches.load(Ordering::Relaxed),
             "skipped_rows": sum("skipped_rows"),
             "dropped_tokens": sum("dropped_tokens"),
-            "bad_records": self.bad_records.snapshot(),
+            "bad_records": self.reading.bad_records.snapshot(),
             "sources": sources,
         })
     }
@@ -107,14 +144,18 @@ pub struct StreamRegistry {
 
 impl StreamRegistry {
     /// Registers a new stream and returns its counters.
-    pub fn register(&self, request: &StreamRequest, policy: BadRecordPolicy) -> Arc<StreamStats> {
+    pub fn register(
+        &self,
+        request: &StreamRequest,
+        reading: Arc<ReadCounters>,
+    ) -> Arc<StreamStats> {
         let stats = Arc::new(StreamStats {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             request: request.clone(),
             started: Instant::now(),
             blocks: AtomicU64::new(0),
-            sources: Mutex::default(),
-            bad_records: BadRecords::new(policy),
+            sent: Mutex::default(),
+            reading,
             queued_batches: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             active: AtomicBool::new(true),
@@ -155,7 +196,19 @@ impl StreamRegistry {
             .map(|streams| streams.iter().map(|stream| stream.snapshot()).collect())
             .unwrap_or_default();
         let total = |key: &str| -> u64 { streams.iter().filter_map(|s| s[key].as_u64()).sum() };
-        let bad_records: u64 = streams
+        // Shards reading one production share its reading counters: count each production once.
+        let mut readings: Vec<&Value> = Vec::new();
+        for stream in &streams {
+            if !readings
+                .iter()
+                .any(|seen| seen["reading"] == stream["reading"])
+            {
+                readings.push(stream);
+            }
+        }
+        let reading_total =
+            |key: &str| -> u64 { readings.iter().filter_map(|s| s[key].as_u64()).sum() };
+        let bad_records: u64 = readings
             .iter()
             .filter_map(|s| s["bad_records"].as_object())
             .flat_map(|counts| counts.values().filter_map(Value::as_u64))
@@ -164,8 +217,8 @@ impl StreamRegistry {
             "active_streams": streams.iter().filter(|s| s["active"] == true).count(),
             "blocks": total("blocks"),
             "tokens": total("tokens"),
-            "documents": total("documents"),
-            "skipped_rows": total("skipped_rows"),
+            "documents": reading_total("documents"),
+            "skipped_rows": reading_total("skipped_rows"),
             "bad_records": bad_records,
             "streams": streams,
         })
@@ -181,19 +234,29 @@ mod tests {
     fn snapshot_sums_streams_and_bounds_finished_ones() {
         let registry = StreamRegistry::default();
         let request = StreamRequest::new(Split::Train, 8, 2);
-        let first = registry.register(&request, BadRecordPolicy::Error);
+        let shared = ReadCounters::new(BadRecordPolicy::Error);
+        shared
+            .source_counters("main")
+            .documents
+            .store(5, Ordering::Relaxed);
+        let first = registry.register(&request, shared.clone());
         first.blocks.store(3, Ordering::Relaxed);
-        let second = registry.register(&request, BadRecordPolicy::Error);
+        let second = registry.register(&request, shared);
         second.blocks.store(4, Ordering::Relaxed);
         second.active.store(false, Ordering::Relaxed);
         let snapshot = registry.snapshot();
         assert_eq!(snapshot["blocks"], 7);
         assert_eq!(snapshot["tokens"], 56);
         assert_eq!(snapshot["active_streams"], 1);
+        assert_eq!(
+            snapshot["documents"], 5,
+            "two shards of one reading count its documents once"
+        );
+        assert_eq!(snapshot["streams"][1]["documents"], 5);
 
         for _ in 0..(FINISHED_STREAMS_KEPT + 10) {
             registry
-                .register(&request, BadRecordPolicy::Error)
+                .register(&request, ReadCounters::new(BadRecordPolicy::Error))
                 .active
                 .store(false, Ordering::Relaxed);
         }

@@ -1,0 +1,173 @@
+//! Tests of `chunk_hub` with a counting chunk source in place of a corpus.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::bad_records::BadRecordPolicy;
+use crate::chunk_producer::ChunkBlock;
+
+/// Chunks `s0`, `s1`, … of two 4-token blocks; the last is `chunks - 1`; fails at `fail_at`.
+struct Counting {
+    made: Arc<AtomicU64>,
+    chunks: u64,
+    fail_at: Option<u64>,
+}
+
+impl ChunkSource for Counting {
+    fn next_chunk(&mut self) -> Result<Chunk, PipelineError> {
+        let index = self.made.fetch_add(1, Ordering::SeqCst);
+        if self.fail_at == Some(index) {
+            return Err(PipelineError::Control(format!("chunk {index} broke")));
+        }
+        Ok(Chunk {
+            state: format!("s{index}").into(),
+            block_seq: index * 2,
+            blocks: (0..2)
+                .map(|_| ChunkBlock {
+                    tokens: vec![index as u32; 4],
+                    pass: 0,
+                    source: 0,
+                })
+                .collect(),
+            source_names: vec!["main".into()],
+            last: index + 1 == self.chunks,
+        })
+    }
+}
+
+fn key(shard_count: u64) -> Option<HubKey> {
+    Some(HubKey {
+        fingerprint: "f".into(),
+        passes: Some(1),
+        shard_count,
+    })
+}
+
+/// Opens a reader at `entry`; `started` counts the productions started.
+fn open(
+    registry: &HubRegistry,
+    key: Option<HubKey>,
+    entry: &str,
+    made: &Arc<AtomicU64>,
+    started: &AtomicU64,
+) -> Reader {
+    registry.open(key, entry.into(), || {
+        started.fetch_add(1, Ordering::SeqCst);
+        let source = Counting {
+            made: made.clone(),
+            chunks: 6,
+            fail_at: None,
+        };
+        let counters = ReadCounters::new(BadRecordPolicy::Error);
+        (Box::new(source) as Box<dyn ChunkSource>, counters)
+    })
+}
+
+fn states(chunks: &[Arc<Chunk>]) -> Vec<String> {
+    chunks.iter().map(|chunk| chunk.state.to_string()).collect()
+}
+
+#[test]
+fn readers_that_start_together_share_one_production() {
+    let registry = HubRegistry::default();
+    let (made, started) = (Arc::new(AtomicU64::new(0)), AtomicU64::new(0));
+    let first = open(&registry, key(2), "start", &made, &started);
+    let second = open(&registry, key(2), "start", &made, &started);
+    let (mut seen_first, mut seen_second) = (Vec::new(), Vec::new());
+    while let Some(chunk) = first.next_chunk().unwrap() {
+        seen_first.push(chunk);
+        seen_second.push(second.next_chunk().unwrap().expect("the same chunks"));
+    }
+    assert!(second.next_chunk().unwrap().is_none());
+    assert_eq!(states(&seen_first), ["s0", "s1", "s2", "s3", "s4", "s5"]);
+    assert_eq!(states(&seen_first), states(&seen_second));
+    assert_eq!(started.load(Ordering::SeqCst), 1, "one production");
+    assert_eq!(made.load(Ordering::SeqCst), 6, "each chunk made once");
+    assert!(
+        Arc::ptr_eq(&first.counters(), &second.counters()),
+        "one set of counters"
+    );
+}
+
+#[test]
+fn the_producer_stays_within_reach_of_the_slowest_reader() {
+    let registry = HubRegistry::default();
+    let (made, started) = (Arc::new(AtomicU64::new(0)), AtomicU64::new(0));
+    let fast = open(&registry, key(2), "start", &made, &started);
+    let _slow = open(&registry, key(2), "start", &made, &started);
+    fast.next_chunk().unwrap().unwrap();
+    fast.next_chunk().unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        made.load(Ordering::SeqCst),
+        CHUNKS_AHEAD,
+        "the slow reader has taken nothing"
+    );
+}
+
+#[test]
+fn late_readers_join_at_a_held_chunk_or_start_their_own() {
+    let registry = HubRegistry::default();
+    let (made, started) = (Arc::new(AtomicU64::new(0)), AtomicU64::new(0));
+    let first = open(&registry, key(2), "start", &made, &started);
+    first.next_chunk().unwrap().unwrap();
+    first.next_chunk().unwrap().unwrap();
+    let late = open(&registry, key(2), "s1", &made, &started);
+    assert_eq!(started.load(Ordering::SeqCst), 1, "s1 is held: joined");
+    assert_eq!(&*late.next_chunk().unwrap().unwrap().state, "s1");
+
+    let other_count = open(&registry, key(3), "s1", &made, &started);
+    assert_eq!(started.load(Ordering::SeqCst), 2, "another shard count");
+    let not_made = open(&registry, key(2), "s5", &made, &started);
+    assert_eq!(started.load(Ordering::SeqCst), 3, "s5 is not held yet");
+    let unkeyed = open(&registry, None, "start", &made, &started);
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        4,
+        "unsharded streams never share"
+    );
+    drop((other_count, not_made, unkeyed));
+}
+
+#[test]
+fn a_hub_without_readers_stops_and_takes_nobody() {
+    let registry = HubRegistry::default();
+    let (made, started) = (Arc::new(AtomicU64::new(0)), AtomicU64::new(0));
+    let only = open(&registry, key(2), "start", &made, &started);
+    only.next_chunk().unwrap().unwrap();
+    drop(only);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = made.load(Ordering::SeqCst);
+    assert!(after <= 1 + CHUNKS_AHEAD, "{after} chunks made");
+    let again = open(&registry, key(2), "start", &made, &started);
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        2,
+        "a closed hub is not joined"
+    );
+    drop(again);
+}
+
+#[test]
+fn a_failed_production_reaches_every_reader() {
+    let registry = HubRegistry::default();
+    let made = Arc::new(AtomicU64::new(0));
+    let start = || {
+        let source = Counting {
+            made: made.clone(),
+            chunks: 6,
+            fail_at: Some(1),
+        };
+        let counters = ReadCounters::new(BadRecordPolicy::Error);
+        (Box::new(source) as Box<dyn ChunkSource>, counters)
+    };
+    let first = registry.open(key(2), "start".into(), start);
+    let second = registry.open(key(2), "start".into(), || unreachable!("joins"));
+    for reader in [&first, &second] {
+        assert_eq!(&*reader.next_chunk().unwrap().unwrap().state, "s0");
+        let error = reader.next_chunk().err().expect("the failure");
+        assert!(error.to_string().contains("chunk 1 broke"), "{error}");
+    }
+}
