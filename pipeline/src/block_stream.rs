@@ -15,7 +15,7 @@ use arrow::record_batch::RecordBatch;
 use flightlm_shared::schema::block_schema;
 use flightlm_shared::{StreamRequest, StreamState, TokenBlocks};
 
-use crate::chunk_hub::{ChunkSource, HubKey, HubRegistry, Reader};
+use crate::chunk_hub::{ChunkSource, HubKey, HubRegistry, MakeChunks, Reader};
 use crate::chunk_producer::{ChunkProducer, ChunkRequest};
 use crate::corpus::Corpus;
 use crate::error::PipelineError;
@@ -76,25 +76,32 @@ pub fn open_stream(
     let entry: Arc<str> = serde_json::to_string(&state)
         .expect("a StreamState always serializes")
         .into();
-    let reader = hubs.open(key, entry, || {
-        let counters = ReadCounters::new(corpus.bad_records);
-        let rules = EncodeRules {
-            filter: SplitFilter {
-                split: request.split,
-                valid_fraction: corpus.valid_fraction,
-                seed: corpus.seed,
-            },
-            max_document_bytes: corpus.max_document_bytes,
-            bad_records: counters.bad_records.clone(),
-        };
-        let chunks = ChunkRequest {
-            rules,
-            seq_len: request.seq_len,
-            passes: request.epoch_limit(),
-        };
-        let producer = ChunkProducer::new(corpus.clone(), chunks, state, counters.clone());
-        (Box::new(producer) as Box<dyn ChunkSource>, counters)
-    });
+    let make: MakeChunks = {
+        let corpus = corpus.clone();
+        let (split, seq_len, passes) = (request.split, request.seq_len, request.epoch_limit());
+        Arc::new(move |entry: &str, counters: Arc<ReadCounters>| {
+            let state: StreamState = serde_json::from_str(entry).map_err(|error| {
+                PipelineError::Control(format!("a chunk state does not parse: {error}"))
+            })?;
+            let rules = EncodeRules {
+                filter: SplitFilter {
+                    split,
+                    valid_fraction: corpus.valid_fraction,
+                    seed: corpus.seed,
+                },
+                max_document_bytes: corpus.max_document_bytes,
+                bad_records: counters.bad_records.clone(),
+            };
+            let chunks = ChunkRequest {
+                rules,
+                seq_len,
+                passes,
+            };
+            let producer = ChunkProducer::new(corpus.clone(), chunks, state, counters);
+            Ok(Box::new(producer) as Box<dyn ChunkSource>)
+        })
+    };
+    let reader = hubs.open(key, entry, make, || ReadCounters::new(corpus.bad_records))?;
     Ok(OpenStream {
         reader,
         request: request.clone(),
@@ -120,7 +127,8 @@ impl OpenStream {
                     batches,
                     schema: self.schema.clone(),
                 };
-                if let Err(error) = sender.run(&self.reader, &self.request, self.skip) {
+                let mut stream = self;
+                if let Err(error) = sender.run(&mut stream.reader, &stream.request, stream.skip) {
                     let _ = sender.batches.blocking_send(Err(error));
                 }
                 stats.active.store(false, Ordering::Relaxed);
@@ -176,7 +184,7 @@ struct Pending {
 impl Sender {
     fn run(
         &mut self,
-        reader: &Reader,
+        reader: &mut Reader,
         request: &StreamRequest,
         mut skip: u64,
     ) -> Result<(), PipelineError> {

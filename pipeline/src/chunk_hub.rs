@@ -12,9 +12,14 @@
 //! may take a whole HTTP/2 window (8 MiB of compressed blocks, about 5M tokens) before the others
 //! arrive. A stream that finds no hub holding its chunk starts its own. Unsharded streams always
 //! have a hub of their own that keeps nothing behind: each consumer keeps its own pace.
+//!
+//! A reader that holds the others back for [`STALL_LIMIT`] while one of them waits for a chunk
+//! (a client draining its shards one after the other, say) leaves the hub and continues on a
+//! production of its own from the chunk it had reached: slower, never stuck.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use crate::chunk_producer::Chunk;
 use crate::error::PipelineError;
@@ -25,6 +30,14 @@ pub const CHUNKS_AHEAD: u64 = 2;
 /// Tokens of chunks a shared hub keeps behind its slowest reader, for readers that join late
 /// (64 MiB of token ids).
 pub const TOKENS_KEPT: usize = 16 << 20;
+/// How long a reader may hold a hub back while another waits before it is moved off the hub.
+pub const STALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// Makes a chunk source that starts at an entry (a serialized starting state), reading into the
+/// given counters: how a hub starts, and how a reader moved off it continues.
+pub type MakeChunks = Arc<
+    dyn Fn(&str, Arc<ReadCounters>) -> Result<Box<dyn ChunkSource>, PipelineError> + Send + Sync,
+>;
 
 /// Where a hub's chunks come from (a [`crate::chunk_producer::ChunkProducer`]).
 pub trait ChunkSource: Send + 'static {
@@ -64,6 +77,8 @@ struct HubState {
     first: u64,
     /// Reader id and the index of the next chunk it takes.
     readers: Vec<(u64, u64)>,
+    /// Readers moved off for holding the others back, with the entry of their next chunk.
+    moved_off: Vec<(u64, Arc<str>)>,
     next_reader_id: u64,
     /// Set when the producer stops: `Ok` after the last chunk, the error otherwise.
     end: Option<Result<(), String>>,
@@ -87,6 +102,8 @@ pub struct Hub {
     start_entry: Arc<str>,
     /// Tokens kept behind the slowest reader: none for a hub nobody may join.
     tokens_kept: usize,
+    stall_limit: Duration,
+    make: MakeChunks,
     /// Documents, rows and bad records of this production, shared by its readers' stats.
     pub counters: Arc<ReadCounters>,
     state: Mutex<HubState>,
@@ -98,11 +115,15 @@ impl Hub {
     fn start(
         key: Option<HubKey>,
         entry: Arc<str>,
-        mut producer: Box<dyn ChunkSource>,
+        make: MakeChunks,
         counters: Arc<ReadCounters>,
-    ) -> Reader {
+        stall_limit: Duration,
+    ) -> Result<Reader, PipelineError> {
+        let mut producer = make(&entry, counters.clone())?;
         let hub = Arc::new(Hub {
             tokens_kept: if key.is_some() { TOKENS_KEPT } else { 0 },
+            stall_limit,
+            make,
             key,
             start_entry: entry.clone(),
             counters,
@@ -110,6 +131,7 @@ impl Hub {
                 chunks: VecDeque::new(),
                 first: 0,
                 readers: vec![(0, 0)],
+                moved_off: Vec::new(),
                 next_reader_id: 1,
                 end: None,
                 closed: false,
@@ -121,7 +143,7 @@ impl Hub {
             .name("mixer".into())
             .spawn(move || producing.produce(producer.as_mut()))
             .expect("spawning the mixer thread");
-        Reader { hub, id: 0 }
+        Ok(Reader { hub, id: 0 })
     }
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
@@ -140,16 +162,8 @@ impl Hub {
     fn produce(&self, producer: &mut dyn ChunkSource) {
         let mut entry = Some(self.start_entry.clone());
         loop {
-            {
-                let mut state = self.lock();
-                while !state.closed
-                    && state.produced() >= state.slowest().unwrap_or(0) + CHUNKS_AHEAD
-                {
-                    state = self.wait(state);
-                }
-                if state.closed {
-                    return;
-                }
+            if !self.wait_for_room() {
+                return;
             }
             let made = producer.next_chunk();
             let mut state = self.lock();
@@ -172,6 +186,59 @@ impl Hub {
                 return;
             }
         }
+    }
+
+    /// Waits until the slowest reader is within [`CHUNKS_AHEAD`]; false once the hub is closed.
+    /// Readers holding back another that waits for a chunk are moved off after the stall limit.
+    fn wait_for_room(&self) -> bool {
+        let mut state = self.lock();
+        let mut stalled_since: Option<Instant> = None;
+        loop {
+            if state.closed {
+                return false;
+            }
+            let Some(slowest) = state.slowest() else {
+                return false;
+            };
+            let produced = state.produced();
+            if produced < slowest + CHUNKS_AHEAD {
+                return true;
+            }
+            let someone_waits = state.readers.iter().any(|(_, next)| *next >= produced);
+            if !someone_waits {
+                stalled_since = None;
+                state = self.wait(state);
+                continue;
+            }
+            let since = *stalled_since.get_or_insert_with(Instant::now);
+            let left = self.stall_limit.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                Self::move_off_slowest(&mut state, slowest);
+                stalled_since = None;
+                self.changed.notify_all();
+                continue;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .map(|(state, _)| state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+    }
+
+    fn move_off_slowest(state: &mut HubState, slowest: u64) {
+        let entry = state.chunks[(slowest - state.first) as usize].entry.clone();
+        let (stuck, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut state.readers)
+            .into_iter()
+            .partition(|(_, next)| *next == slowest);
+        tracing::warn!(
+            readers = stuck.len(),
+            "shard streams held the others back; they continue on their own production"
+        );
+        state
+            .moved_off
+            .extend(stuck.iter().map(|(id, _)| (*id, entry.clone())));
+        state.readers = kept;
     }
 
     /// Adds a reader at the held chunk that `entry` leads to, if the hub still holds it.
@@ -223,15 +290,20 @@ impl Reader {
     }
 
     /// Waits for this reader's next chunk; `None` once the stream has ended.
-    pub fn next_chunk(&self) -> Result<Option<Arc<Chunk>>, PipelineError> {
+    pub fn next_chunk(&mut self) -> Result<Option<Arc<Chunk>>, PipelineError> {
         let mut state = self.hub.lock();
         loop {
-            let next = state
+            let Some(next) = state
                 .readers
                 .iter()
                 .find(|(id, _)| *id == self.id)
                 .map(|(_, next)| *next)
-                .expect("a reader stays registered until dropped");
+            else {
+                drop(state);
+                self.continue_alone()?;
+                state = self.hub.lock();
+                continue;
+            };
             if next < state.produced() {
                 let chunk = state.chunks[(next - state.first) as usize].chunk.clone();
                 if let Some(reader) = state.readers.iter_mut().find(|(id, _)| *id == self.id) {
@@ -250,10 +322,37 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// Moves this reader, moved off its hub, onto a production of its own from where it was.
+    fn continue_alone(&mut self) -> Result<(), PipelineError> {
+        let entry = {
+            let state = self.hub.lock();
+            let (_, entry) = state
+                .moved_off
+                .iter()
+                .find(|(id, _)| *id == self.id)
+                .expect("a reader leaves the readers only when moved off");
+            entry.clone()
+        };
+        let hub = &self.hub;
+        let alone = Hub::start(
+            None,
+            entry,
+            hub.make.clone(),
+            hub.counters.clone(),
+            hub.stall_limit,
+        )?;
+        // The old place is released by dropping it.
+        *self = alone;
+        Ok(())
+    }
+}
+
 impl Drop for Reader {
     fn drop(&mut self) {
         let mut state = self.hub.lock();
         state.readers.retain(|(id, _)| *id != self.id);
+        state.moved_off.retain(|(id, _)| *id != self.id);
         if state.readers.is_empty() {
             state.closed = true;
         } else {
@@ -264,38 +363,50 @@ impl Drop for Reader {
 }
 
 /// The hubs sharded streams may join.
-#[derive(Default)]
 pub struct HubRegistry {
     hubs: Mutex<Vec<Weak<Hub>>>,
+    stall_limit: Duration,
+}
+
+impl Default for HubRegistry {
+    fn default() -> Self {
+        Self::with_stall_limit(STALL_LIMIT)
+    }
 }
 
 impl HubRegistry {
+    pub fn with_stall_limit(stall_limit: Duration) -> Self {
+        Self {
+            hubs: Mutex::default(),
+            stall_limit,
+        }
+    }
+
     /// A reader of the chunks that start at `entry`: a place in a running hub with the same key
-    /// that still holds them, or a new hub (`start` makes its producer and counters). Streams
+    /// that still holds them, or a new hub that `make` starts, reading into `counters()`. Streams
     /// without a key always get a hub of their own.
     pub fn open(
         &self,
         key: Option<HubKey>,
         entry: Arc<str>,
-        start: impl FnOnce() -> (Box<dyn ChunkSource>, Arc<ReadCounters>),
-    ) -> Reader {
+        make: MakeChunks,
+        counters: impl FnOnce() -> Arc<ReadCounters>,
+    ) -> Result<Reader, PipelineError> {
         let Some(key) = key else {
-            let (producer, counters) = start();
-            return Hub::start(None, entry, producer, counters);
+            return Hub::start(None, entry, make, counters(), self.stall_limit);
         };
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
         hubs.retain(|hub| hub.strong_count() > 0);
         for hub in hubs.iter().filter_map(Weak::upgrade) {
             if hub.key.as_ref() == Some(&key) {
                 if let Some(reader) = hub.join(&entry) {
-                    return reader;
+                    return Ok(reader);
                 }
             }
         }
-        let (producer, counters) = start();
-        let reader = Hub::start(Some(key), entry, producer, counters);
+        let reader = Hub::start(Some(key), entry, make, counters(), self.stall_limit)?;
         hubs.push(Arc::downgrade(&reader.hub));
-        reader
+        Ok(reader)
     }
 }
 

@@ -8,16 +8,18 @@ use super::*;
 use crate::bad_records::BadRecordPolicy;
 use crate::chunk_producer::ChunkBlock;
 
-/// Chunks `s0`, `s1`, … of two 4-token blocks; the last is `chunks - 1`; fails at `fail_at`.
+/// Chunks `s0`, `s1`, … of two 4-token blocks, up to `s5` (the last); fails at `fail_at`.
 struct Counting {
     made: Arc<AtomicU64>,
-    chunks: u64,
+    next: u64,
     fail_at: Option<u64>,
 }
 
 impl ChunkSource for Counting {
     fn next_chunk(&mut self) -> Result<Chunk, PipelineError> {
-        let index = self.made.fetch_add(1, Ordering::SeqCst);
+        self.made.fetch_add(1, Ordering::SeqCst);
+        let index = self.next;
+        self.next += 1;
         if self.fail_at == Some(index) {
             return Err(PipelineError::Control(format!("chunk {index} broke")));
         }
@@ -32,9 +34,26 @@ impl ChunkSource for Counting {
                 })
                 .collect(),
             source_names: vec!["main".into()],
-            last: index + 1 == self.chunks,
+            last: index == 5,
         })
     }
+}
+
+/// Counting sources that start at their entry (`start` is `s0`) and count into `made`.
+fn counting(made: &Arc<AtomicU64>, fail_at: Option<u64>) -> MakeChunks {
+    let made = made.clone();
+    Arc::new(move |entry: &str, _counters: Arc<ReadCounters>| {
+        let next = match entry {
+            "start" => 0,
+            state => state.trim_start_matches('s').parse().unwrap(),
+        };
+        let source = Counting {
+            made: made.clone(),
+            next,
+            fail_at,
+        };
+        Ok(Box::new(source) as Box<dyn ChunkSource>)
+    })
 }
 
 fn key(shard_count: u64) -> Option<HubKey> {
@@ -45,7 +64,7 @@ fn key(shard_count: u64) -> Option<HubKey> {
     })
 }
 
-/// Opens a reader at `entry`; `started` counts the productions started.
+/// Opens a reader at `entry`; `started` counts the hubs started.
 fn open(
     registry: &HubRegistry,
     key: Option<HubKey>,
@@ -53,16 +72,22 @@ fn open(
     made: &Arc<AtomicU64>,
     started: &AtomicU64,
 ) -> Reader {
-    registry.open(key, entry.into(), || {
+    let counters = || {
         started.fetch_add(1, Ordering::SeqCst);
-        let source = Counting {
-            made: made.clone(),
-            chunks: 6,
-            fail_at: None,
-        };
-        let counters = ReadCounters::new(BadRecordPolicy::Error);
-        (Box::new(source) as Box<dyn ChunkSource>, counters)
-    })
+        ReadCounters::new(BadRecordPolicy::Error)
+    };
+    registry
+        .open(key, entry.into(), counting(made, None), counters)
+        .expect("opening a reader")
+}
+
+/// Every chunk left for `reader`, to the end.
+fn drain(reader: &mut Reader) -> Vec<String> {
+    let mut states = Vec::new();
+    while let Some(chunk) = reader.next_chunk().unwrap() {
+        states.push(chunk.state.to_string());
+    }
+    states
 }
 
 fn states(chunks: &[Arc<Chunk>]) -> Vec<String> {
@@ -73,8 +98,8 @@ fn states(chunks: &[Arc<Chunk>]) -> Vec<String> {
 fn readers_that_start_together_share_one_production() {
     let registry = HubRegistry::default();
     let (made, started) = (Arc::new(AtomicU64::new(0)), AtomicU64::new(0));
-    let first = open(&registry, key(2), "start", &made, &started);
-    let second = open(&registry, key(2), "start", &made, &started);
+    let mut first = open(&registry, key(2), "start", &made, &started);
+    let mut second = open(&registry, key(2), "start", &made, &started);
     let (mut seen_first, mut seen_second) = (Vec::new(), Vec::new());
     while let Some(chunk) = first.next_chunk().unwrap() {
         seen_first.push(chunk);
@@ -95,7 +120,7 @@ fn readers_that_start_together_share_one_production() {
 fn the_producer_stays_within_reach_of_the_slowest_reader() {
     let registry = HubRegistry::default();
     let (made, started) = (Arc::new(AtomicU64::new(0)), AtomicU64::new(0));
-    let fast = open(&registry, key(2), "start", &made, &started);
+    let mut fast = open(&registry, key(2), "start", &made, &started);
     let _slow = open(&registry, key(2), "start", &made, &started);
     fast.next_chunk().unwrap().unwrap();
     fast.next_chunk().unwrap().unwrap();
@@ -111,10 +136,10 @@ fn the_producer_stays_within_reach_of_the_slowest_reader() {
 fn late_readers_join_at_a_held_chunk_or_start_their_own() {
     let registry = HubRegistry::default();
     let (made, started) = (Arc::new(AtomicU64::new(0)), AtomicU64::new(0));
-    let first = open(&registry, key(2), "start", &made, &started);
+    let mut first = open(&registry, key(2), "start", &made, &started);
     first.next_chunk().unwrap().unwrap();
     first.next_chunk().unwrap().unwrap();
-    let late = open(&registry, key(2), "s1", &made, &started);
+    let mut late = open(&registry, key(2), "s1", &made, &started);
     assert_eq!(started.load(Ordering::SeqCst), 1, "s1 is held: joined");
     assert_eq!(&*late.next_chunk().unwrap().unwrap().state, "s1");
 
@@ -135,7 +160,7 @@ fn late_readers_join_at_a_held_chunk_or_start_their_own() {
 fn a_hub_without_readers_stops_and_takes_nobody() {
     let registry = HubRegistry::default();
     let (made, started) = (Arc::new(AtomicU64::new(0)), AtomicU64::new(0));
-    let only = open(&registry, key(2), "start", &made, &started);
+    let mut only = open(&registry, key(2), "start", &made, &started);
     only.next_chunk().unwrap().unwrap();
     drop(only);
     std::thread::sleep(Duration::from_millis(200));
@@ -154,20 +179,36 @@ fn a_hub_without_readers_stops_and_takes_nobody() {
 fn a_failed_production_reaches_every_reader() {
     let registry = HubRegistry::default();
     let made = Arc::new(AtomicU64::new(0));
-    let start = || {
-        let source = Counting {
-            made: made.clone(),
-            chunks: 6,
-            fail_at: Some(1),
-        };
-        let counters = ReadCounters::new(BadRecordPolicy::Error);
-        (Box::new(source) as Box<dyn ChunkSource>, counters)
-    };
-    let first = registry.open(key(2), "start".into(), start);
-    let second = registry.open(key(2), "start".into(), || unreachable!("joins"));
-    for reader in [&first, &second] {
+    let counters = || ReadCounters::new(BadRecordPolicy::Error);
+    let mut first = registry
+        .open(key(2), "start".into(), counting(&made, Some(1)), counters)
+        .unwrap();
+    let mut second = registry
+        .open(key(2), "start".into(), counting(&made, None), || {
+            unreachable!("joins")
+        })
+        .unwrap();
+    for reader in [&mut first, &mut second] {
         assert_eq!(&*reader.next_chunk().unwrap().unwrap().state, "s0");
         let error = reader.next_chunk().err().expect("the failure");
         assert!(error.to_string().contains("chunk 1 broke"), "{error}");
     }
+}
+
+#[test]
+fn a_reader_that_holds_the_others_back_continues_alone() {
+    let registry = HubRegistry::with_stall_limit(Duration::from_millis(100));
+    let (made, started) = (Arc::new(AtomicU64::new(0)), AtomicU64::new(0));
+    let mut fast = open(&registry, key(2), "start", &made, &started);
+    let mut slow = open(&registry, key(2), "start", &made, &started);
+    let all = ["s0", "s1", "s2", "s3", "s4", "s5"];
+    assert_eq!(drain(&mut fast), all, "the fast reader is not stuck");
+    assert_eq!(made.load(Ordering::SeqCst), 6);
+    assert_eq!(drain(&mut slow), all, "the slow reader misses nothing");
+    assert_eq!(
+        made.load(Ordering::SeqCst),
+        12,
+        "on a production of its own"
+    );
+    assert_eq!(started.load(Ordering::SeqCst), 1, "with the same counters");
 }
