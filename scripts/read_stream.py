@@ -2,7 +2,7 @@
 
     python scripts/read_stream.py --pipeline grpc://127.0.0.1:50051 --seq-len 128 --batch-size 32 \
         [--split train|valid] [--epochs 1] [--max-blocks N] [--dump blocks.jsonl] [--cursor JSON] \
-        [--tls-ca ca.pem] [--token-file token]
+        [--shard RANK/WORLD] [--tls-ca ca.pem] [--token-file token]
 
 The request is the JSON of docs/protocol.md: sent first as a FlightDescriptor to GetFlightInfo
 (schema, contract version, tokenizer), then the endpoint's ticket opens the stream. Each record
@@ -10,6 +10,10 @@ batch arrives as Arrow: the
 `input_ids` FixedSizeList column becomes a [rows, seq_len] numpy array with no copy, ready for
 `torch.from_numpy`. Ends with one JSON summary line whose `cursor` resumes right after the last
 block read: store it with your checkpoint and pass it back (`--cursor`) to continue exactly there.
+
+With PyTorch DDP each rank reads `--shard RANK/WORLD`: blocks RANK, RANK+WORLD, ... of the global
+sequence. The pipeline tokenizes the corpus once for all the ranks of a job (docs/protocol.md,
+*Shards*).
 """
 
 import argparse
@@ -22,7 +26,7 @@ import pyarrow.flight as flight
 CONTRACT_VERSION = 1
 
 
-def describe(client, options, split, seq_len, batch_size, epochs, cursor=None):
+def describe(client, options, split, seq_len, batch_size, epochs, cursor=None, shard=None):
     """Asks the pipeline to describe the stream (GetFlightInfo) before opening it."""
     request = {
         "version": CONTRACT_VERSION,
@@ -33,6 +37,8 @@ def describe(client, options, split, seq_len, batch_size, epochs, cursor=None):
     }
     if cursor is not None:
         request["cursor"] = cursor
+    if shard is not None:
+        request["shard"] = {"index": shard[0], "count": shard[1]}
     descriptor = flight.FlightDescriptor.for_command(json.dumps(request))
     info = client.get_flight_info(descriptor, options)
     description = json.loads(info.app_metadata)
@@ -73,8 +79,11 @@ def main():
     parser.add_argument("--max-blocks", type=int)
     parser.add_argument("--dump", help="write one JSON array of ids per block, per line")
     parser.add_argument("--cursor", help="resume after this cursor (JSON, from a previous summary)")
+    parser.add_argument("--shard", help="RANK/WORLD: read blocks RANK, RANK+WORLD, ... only")
     args = parser.parse_args()
     cursor = json.loads(args.cursor) if args.cursor else None
+    shard = tuple(int(part) for part in args.shard.split("/")) if args.shard else None
+    rank, world = shard if shard else (0, 1)
 
     location = args.pipeline.replace("https://", "grpc+tls://", 1).replace("http://", "grpc://", 1)
     tls_root_certs = open(args.tls_ca, "rb").read() if args.tls_ca else None
@@ -87,7 +96,7 @@ def main():
         options = flight.FlightCallOptions(headers=[header])
     started = time.perf_counter()
     info, description = describe(
-        client, options, args.split, args.seq_len, args.batch_size, args.epochs, cursor
+        client, options, args.split, args.seq_len, args.batch_size, args.epochs, cursor, shard
     )
     reader = client.do_get(info.endpoints[0].ticket, options)
     tokenizer = json.loads(reader.schema.metadata[b"flightlm.tokenizer"])
@@ -99,11 +108,13 @@ def main():
     for ids, block_seq, batch in blocks(reader, args.seq_len):
         if args.max_blocks is not None:
             ids, block_seq = ids[: args.max_blocks - total], block_seq[: args.max_blocks - total]
-        # Sequence numbers are consecutive: a gap would mean a lost block.
-        expected = np.arange(last_seq + 1, last_seq + 1 + len(block_seq), dtype=np.uint64)
+        # Sequence numbers are consecutive within the shard: a gap would mean a lost block.
+        first = last_seq + 1 + (rank - (last_seq + 1)) % world
+        expected = np.arange(first, first + world * len(block_seq), world, dtype=np.uint64)
         if not np.array_equal(block_seq, expected):
             raise SystemExit(f"block_seq jumped after {last_seq}: got {block_seq[:3]}...")
-        last_seq += len(block_seq)
+        if len(block_seq) > 0:
+            last_seq = int(block_seq[-1])
         if dump:
             for row in ids:
                 dump.write(json.dumps(row.tolist(), separators=(",", ":")) + "\n")

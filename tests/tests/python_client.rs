@@ -115,3 +115,54 @@ fn pyarrow_cursor_resumes_the_stream_exactly() {
         .collect();
     assert_eq!(resumed, whole);
 }
+
+/// Two Python readers, as two DDP ranks, read `--shard 0/2` and `--shard 1/2` at once: together
+/// they are the unsharded stream, block for block.
+#[test]
+fn pyarrow_ranks_read_their_shards_of_one_stream() {
+    let dir = scratch_dir("python_shards");
+    let corpus = sample_corpus(&dir, 1200);
+    let tokenizer = train_tokenizer(&dir, &corpus, 700);
+    let pipeline = Pipeline::start(
+        &[&corpus],
+        &tokenizer,
+        &["--valid-fraction", "0", "--shuffle-window", "16"],
+    );
+    let stream_args = ["--seq-len", "40", "--batch-size", "6", "--epochs", "1"];
+    let whole_dump = dir.join("whole.blocks");
+    run_ok(
+        Command::new(binary("flightlm-pipeline"))
+            .args(["consume", "--pipeline", &pipeline.url])
+            .args(stream_args)
+            .arg("--dump")
+            .arg(&whole_dump),
+        Duration::from_secs(60),
+    );
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let dump = dir.join(format!("rank-{rank}.blocks"));
+            let mut command = Command::new(python());
+            command
+                .arg(repo_root().join("scripts/read_stream.py"))
+                .args(["--pipeline", &pipeline.url, "--shard", &format!("{rank}/2")])
+                .args(stream_args)
+                .arg("--dump")
+                .arg(&dump);
+            let reader = std::thread::spawn(move || run_ok(&mut command, Duration::from_secs(120)));
+            (reader, dump)
+        })
+        .collect();
+    let shards: Vec<Vec<Vec<u32>>> = ranks
+        .into_iter()
+        .map(|(reader, dump)| {
+            reader.join().expect("the reader thread");
+            read_dump(&dump)
+        })
+        .collect();
+    let whole = read_dump(&whole_dump);
+    assert!(whole.len() > 100, "{} blocks", whole.len());
+    assert_eq!(shards[0].len() + shards[1].len(), whole.len());
+    for (seq, block) in whole.iter().enumerate() {
+        assert_eq!(&shards[seq % 2][seq / 2], block, "block {seq}");
+    }
+}
