@@ -238,9 +238,7 @@ impl Sender {
         }
         // Counted once handed to the network stage, so totals match what consumers get.
         self.stats.blocks.fetch_add(rows as u64, Ordering::Relaxed);
-        for source in sources {
-            self.stats.count_sent(&source, 1);
-        }
+        self.stats.count_sent(&sources);
         if let Some(last) = blocks.epoch.last() {
             self.stats.epoch.store(u64::from(*last), Ordering::Relaxed);
         }

@@ -72,14 +72,16 @@ pub struct StreamStats {
 }
 
 impl StreamStats {
-    /// Counts blocks sent from `source`.
-    pub fn count_sent(&self, source: &Arc<str>, blocks: u64) {
+    /// Counts the blocks of one sent batch by the source each came from (one lock per batch).
+    pub fn count_sent(&self, sources: &[Arc<str>]) {
         let Ok(mut sent) = self.sent.lock() else {
             return;
         };
-        match sent.iter_mut().find(|(name, _)| name == source) {
-            Some((_, count)) => *count += blocks,
-            None => sent.push((source.clone(), blocks)),
+        for source in sources {
+            match sent.iter_mut().find(|(name, _)| name == source) {
+                Some((_, count)) => *count += 1,
+                None => sent.push((source.clone(), 1)),
+            }
         }
     }
 
