@@ -123,38 +123,3 @@ fn unreachable_pipeline_is_a_clear_error() {
         "{message}"
     );
 }
-
-#[test]
-fn bf16_without_cuda_is_refused_before_training() {
-    let trainer = || Command::new(binary("flightlm-trainer"));
-    let message = failure(trainer().args([
-        "bench",
-        "--preset",
-        "tiny",
-        "--max-steps",
-        "1",
-        "--precision",
-        "bf16",
-    ]));
-    assert!(message.contains("bf16 needs --device cuda"), "{message}");
-
-    let out = scratch_dir("bf16_train_text");
-    let message = failure(
-        trainer()
-            .args([
-                "train-text",
-                "--text",
-                "unread.txt",
-                "--tokenizer",
-                "unread.json",
-            ])
-            .args(["--precision", "bf16", "--device", "cuda", "--export"])
-            .arg(out.join("model"))
-            .arg("--out")
-            .arg(&out),
-    );
-    assert!(
-        message.contains("train-text trains on the CPU"),
-        "{message}"
-    );
-}

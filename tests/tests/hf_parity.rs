@@ -8,16 +8,17 @@
 //! `score --show-inputs` reports), and a re-export that is byte-for-byte the committed tensors.
 
 use std::collections::BTreeMap;
+
+use flightlm_trainer::CpuBackend;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use burn::backend::NdArray;
 use flightlm_tests::{binary, repo_root, run_ok, scratch_dir};
 use flightlm_trainer::hf::{load_hf_dir, sequence_logits, HfTokenizer};
 use serde_json::Value;
 
-type Backend = NdArray<f32>;
+type Backend = CpuBackend;
 
 const TOLERANCE: f64 = 1e-4;
 

@@ -121,10 +121,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGradients<'_, B::InnerBackend
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, NdArray};
+    use crate::CpuBackend;
+    use burn::backend::Autodiff;
     use burn::nn::{Linear, LinearConfig};
 
-    type TestBackend = Autodiff<NdArray<f32>>;
+    type TestBackend = Autodiff<CpuBackend>;
 
     /// The gradients of `sum(weight) * 2` (each weight's gradient is 2; the bias gets none)
     /// summed over two micro-batches.
@@ -132,15 +133,15 @@ mod tests {
         let once = model.weight.val().sum().mul_scalar(2.0).backward();
         let mut gradients = GradientsParams::from_grads(once, model);
         let weight = gradients
-            .remove::<NdArray<f32>, 2>(model.weight.id)
+            .remove::<CpuBackend, 2>(model.weight.id)
             .expect("weight gradient");
-        gradients.register::<NdArray<f32>, 2>(model.weight.id, weight.mul_scalar(2.0));
+        gradients.register::<CpuBackend, 2>(model.weight.id, weight.mul_scalar(2.0));
         gradients
     }
 
     fn weight_gradient(model: &Linear<TestBackend>, gradients: &GradientsParams) -> Vec<f32> {
         let gradient = gradients
-            .get::<NdArray<f32>, 2>(model.weight.id)
+            .get::<CpuBackend, 2>(model.weight.id)
             .expect("weight gradient");
         gradient.into_data().to_vec().expect("f32 data")
     }
@@ -192,7 +193,7 @@ mod tests {
     #[test]
     fn a_non_finite_norm_is_an_error_when_read() {
         let device = Default::default();
-        let norm = GradientNorm(Tensor::<NdArray<f32>, 1>::from_floats([f32::NAN], &device));
+        let norm = GradientNorm(Tensor::<CpuBackend, 1>::from_floats([f32::NAN], &device));
         assert!(
             matches!(norm.read(), Err(TrainError::NonFiniteGradients(value)) if value.is_nan())
         );

@@ -235,7 +235,7 @@ mod tests {
         for stream in 0..200 {
             let batch = collator.collate(&blocks, 1, stream);
             assert!(batch.targets.len() > 500 && batch.targets.len() < rows);
-            let tensors = batch.to_tensors::<burn::backend::NdArray<f32>>(&Default::default());
+            let tensors = batch.to_tensors::<crate::CpuBackend>(&Default::default());
             assert_eq!(tensors.positions.dims(), [rows]);
             assert_eq!(tensors.count, batch.targets.len());
         }
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn targets_are_padded_to_the_bucket_with_zero_weights() {
         let batch = Collator::new(Objective::Causal, &tokenizer(), 0.15).collate(&blocks(), 0, 0);
-        let tensors = batch.to_tensors::<burn::backend::NdArray<f32>>(&Default::default());
+        let tensors = batch.to_tensors::<crate::CpuBackend>(&Default::default());
         assert_eq!(tensors.count, 6);
         assert_eq!(tensors.positions.dims(), [TARGET_BUCKET]);
         let weights: Vec<f32> = tensors.weights.into_data().to_vec().expect("f32 data");

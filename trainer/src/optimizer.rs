@@ -152,11 +152,12 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SplitVectors<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, NdArray};
+    use crate::CpuBackend;
+    use burn::backend::Autodiff;
     use burn::nn::{Linear, LinearConfig};
     use burn::tensor::TensorData;
 
-    type TestBackend = Autodiff<NdArray<f32>>;
+    type TestBackend = Autodiff<CpuBackend>;
 
     fn settings(max_grad_norm: Option<f64>) -> AdamWSettings {
         AdamWSettings {
@@ -168,7 +169,7 @@ mod tests {
         }
     }
 
-    fn values(tensor: Tensor<NdArray<f32>, 2>) -> Vec<f32> {
+    fn values(tensor: Tensor<CpuBackend, 2>) -> Vec<f32> {
         tensor.into_data().to_vec().expect("f32 data")
     }
 

@@ -75,7 +75,7 @@ pub(crate) struct RunArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<DeviceKind>,
-    /// bf16: mixed precision, bf16 matrix products over f32 weights (CUDA only) [default: f32].
+    /// bf16: mixed precision, bf16 matrix products over f32 weights [default: f32]. On the CPU, bf16 checks the numerics of a GPU run but is slower than f32.
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     precision: Option<Precision>,

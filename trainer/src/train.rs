@@ -94,7 +94,7 @@ pub fn train_with<B: AutodiffBackend>(
     let run_started = Instant::now();
 
     B::seed(device, config.seed);
-    // burn-ndarray's generator is slow enough to show in a CPU step; see `model::dropout`.
+    // The CPU backend's generator is slow enough to show in a CPU step; see `model::dropout`.
     let host_masks = config.device == DeviceKind::Cpu;
     let model_config = RobertaConfig::from_train_config(config, &tokenizer);
     let mut model: Roberta<B> = model_config.init(device);

@@ -4,7 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
+
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -14,9 +15,10 @@ use flightlm_trainer::checkpoint::{
 };
 use flightlm_trainer::model::{Roberta, RobertaConfig};
 use flightlm_trainer::optimizer::{AdamWSettings, TrainingOptimizer};
+use flightlm_trainer::CpuBackend;
 use flightlm_trainer::{Evaluation, Preset, TrainConfig};
 
-type TestBackend = Autodiff<NdArray<f32>>;
+type TestBackend = Autodiff<CpuBackend>;
 type TestOptimizer = TrainingOptimizer<TestBackend, Roberta<TestBackend>>;
 
 /// burn's CPU backend keeps one process-wide generator: seeded runs must not interleave.

@@ -4,16 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
+
 use flightlm_shared::{Cursor, TokenBlocks, TokenizerInfo};
 use flightlm_trainer::checkpoint::{read_state, CheckpointStore};
 use flightlm_trainer::metrics::{Metric, MetricsLog};
 use flightlm_trainer::resume::locate;
 use flightlm_trainer::source::BlockSource;
 use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
+use flightlm_trainer::CpuBackend;
 use flightlm_trainer::{train_with, Preset, RunControl, TrainConfig, TrainSummary};
 
-type TestBackend = Autodiff<NdArray<f32>>;
+type TestBackend = Autodiff<CpuBackend>;
 
 /// burn's CPU backend keeps one process-wide generator: seeded runs must not interleave.
 fn backend_rng_lock() -> std::sync::MutexGuard<'static, ()> {

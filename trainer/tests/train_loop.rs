@@ -1,12 +1,14 @@
 //! The training loop on a generated corpus: the loss falls, the metric lines come as
 //! configured, evaluation is reproducible, malformed batches are refused.
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
+
 use flightlm_trainer::metrics::{Metric, MetricsLog};
 use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
-use flightlm_trainer::{train, Objective, Preset, TrainConfig};
+use flightlm_trainer::CpuBackend;
+use flightlm_trainer::{train, Objective, Precision, Preset, TrainConfig};
 
-type TestBackend = Autodiff<NdArray<f32>>;
+type TestBackend = Autodiff<CpuBackend>;
 
 /// burn's CPU backend keeps one process-wide generator: seeded runs must not interleave.
 fn backend_rng_lock() -> std::sync::MutexGuard<'static, ()> {
@@ -108,6 +110,41 @@ fn the_causal_objective_trains_too() {
         summary.first_eval,
         summary.last_eval
     );
+}
+
+/// bf16 mixed precision, the GPU recipe, runs on the CPU backend as well: the whole loop (both
+/// objectives, evaluation, the optimizer on f32 master weights) learns as the f32 run does.
+#[test]
+fn bf16_mixed_precision_trains_like_f32() {
+    let _rng = backend_rng_lock();
+    for objective in [Objective::Mlm, Objective::Causal] {
+        let mut eval_losses = Vec::new();
+        for precision in [Precision::F32, Precision::Bf16] {
+            let mut config = tiny_config(20);
+            config.objective = objective;
+            config.precision = precision;
+            config.validate().expect("valid");
+            let mut source = SyntheticSource::new(SyntheticConfig {
+                words: 64,
+                ..SyntheticConfig::new(512, 32, 8)
+            });
+            let mut metrics = MetricsLog::in_memory();
+            let summary =
+                train::<TestBackend>(&config, &mut source, &Default::default(), &mut metrics)
+                    .expect("trains");
+            assert!(
+                summary.last_eval.perplexity * 3.0 < summary.first_eval.perplexity,
+                "{objective:?} {precision:?}: {:?} -> {:?}",
+                summary.first_eval,
+                summary.last_eval
+            );
+            eval_losses.push(summary.last_eval.loss);
+        }
+        assert!(
+            (eval_losses[0] - eval_losses[1]).abs() < 0.05,
+            "{objective:?}: f32 and bf16 eval losses {eval_losses:?}"
+        );
+    }
 }
 
 #[test]

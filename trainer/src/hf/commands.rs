@@ -2,10 +2,10 @@
 //! Inference runs on the CPU backend; the binary only parses arguments and reports errors.
 
 use std::io::Write;
+
+use crate::{CpuBackend, CpuDevice};
 use std::path::{Path, PathBuf};
 
-use burn::backend::ndarray::NdArrayDevice;
-use burn::backend::NdArray;
 use clap::Args;
 
 use super::error::HfError;
@@ -16,7 +16,7 @@ use super::score::{score_text, ScoreSettings};
 use super::tokenizer::HfTokenizer;
 use crate::config::EVAL_MASKING_SEED;
 
-type InferenceBackend = NdArray<f32>;
+type InferenceBackend = CpuBackend;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -65,7 +65,7 @@ pub struct ScoreArgs {
 
 /// Re-writes a checkpoint's model as an HF directory with its tokenizer.
 pub fn export(args: &ExportArgs) -> Result<PathBuf, HfError> {
-    let device = NdArrayDevice::Cpu;
+    let device = CpuDevice::default();
     // A training checkpoint keeps its HF directory in `hf/`.
     let nested = args.checkpoint.join(crate::checkpoint::HF_DIR);
     let source = if nested.join("config.json").is_file() {
@@ -89,7 +89,7 @@ pub fn export(args: &ExportArgs) -> Result<PathBuf, HfError> {
 
 /// Prints the fill-mask predictions as one JSON line.
 pub fn fill_mask_command(args: &FillMaskArgs, out: &mut dyn Write) -> Result<(), HfError> {
-    let device = NdArrayDevice::Cpu;
+    let device = CpuDevice::default();
     let (config, model) = load_hf_dir::<InferenceBackend>(&args.model, &device)?;
     if config.is_decoder {
         return Err(HfError::Input(format!(
@@ -104,7 +104,7 @@ pub fn fill_mask_command(args: &FillMaskArgs, out: &mut dyn Write) -> Result<(),
 
 /// Prints one JSON line per line of the file, then one with the file's total.
 pub fn score_command(args: &ScoreArgs, out: &mut dyn Write) -> Result<(), HfError> {
-    let device = NdArrayDevice::Cpu;
+    let device = CpuDevice::default();
     let (config, model) = load_hf_dir::<InferenceBackend>(&args.model, &device)?;
     let tokenizer = HfTokenizer::load(&args.model.join(TOKENIZER_FILE))?;
     let text = read_text(&args.text_file)?;

@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use burn::backend::NdArray;
 use flightlm_shared::TokenizerInfo;
 
 use super::*;
 use crate::model::RobertaConfig;
 use crate::source::BlockSource;
+use crate::CpuBackend;
 
-type TestBackend = NdArray<f32>;
+type TestBackend = CpuBackend;
 
 fn tokenizer() -> TokenizerInfo {
     TokenizerInfo {

@@ -22,10 +22,11 @@ pub fn gelu<B: Backend, const D: usize>(input: Tensor<B, D>) -> Tensor<B, D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, NdArray};
+    use crate::CpuBackend;
+    use burn::backend::Autodiff;
     use burn::tensor::TensorData;
 
-    type TestBackend = Autodiff<NdArray<f32>>;
+    type TestBackend = Autodiff<CpuBackend>;
 
     #[test]
     fn value_and_gradient_match_the_exact_gelu() {

@@ -1,8 +1,9 @@
 //! Dropout with masks drawn on the host for the CPU backend.
 //!
-//! burn-ndarray draws a dropout mask one element at a time, through ChaCha and `rand`'s
-//! Bernoulli, on one thread: about a tenth of a CPU training step of the small preset (perf), as
-//! much as every softmax and LayerNorm together. Here a SplitMix64 stream gives two draws per
+//! burn's CPU backends draw a random tensor one element at a time, through ChaCha and `rand`'s
+//! distributions, on one thread: with burn-ndarray that was about a tenth of a CPU training step
+//! of the small preset (perf), as much as every softmax and LayerNorm together; Flex draws the
+//! same way. Here a SplitMix64 stream gives two draws per
 //! 64-bit word, and the mask holds `0` or `1 / keep` so the step multiplies once instead of twice.
 //!
 //! On a GPU the backend's own generator stays: a host mask would have to cross to the device on
@@ -76,10 +77,11 @@ fn scaled_mask(generator: &mut SplitMix64, elements: usize, prob: f64) -> Vec<f3
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, NdArray};
+    use crate::CpuBackend;
+    use burn::backend::Autodiff;
     use burn::nn::DropoutConfig;
 
-    type TestBackend = Autodiff<NdArray<f32>>;
+    type TestBackend = Autodiff<CpuBackend>;
 
     #[test]
     fn masks_keep_the_expected_share_and_rescale() {

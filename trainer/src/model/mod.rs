@@ -172,10 +172,10 @@ fn causal_bias<B: Backend>(seq_len: usize, device: &B::Device) -> Tensor<B, 4> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::NdArray;
+    use crate::CpuBackend;
     use burn::tensor::TensorData;
 
-    type TestBackend = NdArray<f32>;
+    type TestBackend = CpuBackend;
 
     fn config(causal: bool) -> RobertaConfig {
         RobertaConfig::new(50, 16, 2, 2, 32, 10, 1)

@@ -71,12 +71,13 @@ pub fn linear<B: Backend, const D: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, NdArray};
+    use crate::CpuBackend;
+    use burn::backend::Autodiff;
     use burn::tensor::{DType, TensorData};
 
-    type TestBackend = Autodiff<NdArray<f32>>;
+    type TestBackend = Autodiff<CpuBackend>;
 
-    fn layer(device: &burn::backend::ndarray::NdArrayDevice) -> Linear<TestBackend> {
+    fn layer(device: &crate::CpuDevice) -> Linear<TestBackend> {
         let weight = TensorData::new(vec![0.5f32, -1.0, 2.0, 0.25, 1.5, -0.75], [3, 2]);
         Linear {
             weight: burn::module::Param::from_tensor(Tensor::from_data(weight, device)),
@@ -87,8 +88,8 @@ mod tests {
         }
     }
 
-    /// burn-ndarray has f64 but no bf16, so a wider compute dtype stands in for the narrower
-    /// one: the casts, their gradients and the dtypes that reach the parameters are the same.
+    /// f64 as the compute dtype loses nothing in the casts, so the values must equal f32's while
+    /// the casts, their gradients and the dtypes that reach the parameters are those of bf16.
     #[test]
     fn gradients_reach_the_f32_parameters_through_the_casts() {
         let device = Default::default();
@@ -161,25 +162,33 @@ mod tests {
     #[test]
     fn f32_mode_does_not_cast() {
         let device = Default::default();
-        let tensor = Tensor::<NdArray<f32>, 1>::ones([3], &device);
+        let tensor = Tensor::<CpuBackend, 1>::ones([3], &device);
         let same = compute(tensor.clone(), Precision::F32.compute_dtype());
         assert_eq!(same.dtype(), DType::F32);
         assert_eq!(full(same).into_data(), tensor.into_data());
     }
 
-    /// Why `--precision bf16 --device cpu` is refused at validation.
+    /// The CPU backend (Flex) has bf16 tensors: its products convert bf16 operands to f32,
+    /// accumulate in f32 and round the result to bf16, as a CUDA bf16 matmul does.
     #[test]
-    fn the_cpu_backend_has_no_bf16() {
+    fn the_cpu_backend_has_bf16() {
         let device = Default::default();
-        assert!(!NdArray::<f32>::supports_dtype(&device, DType::BF16));
-        assert!(NdArray::<f32>::supports_dtype(&device, DType::F64));
+        assert!(CpuBackend::supports_dtype(&device, DType::BF16));
+        let tensor = Tensor::<CpuBackend, 2>::from_floats([[1.0, 1.0 / 3.0]], &device);
+        let product = compute(tensor.clone(), FloatDType::BF16)
+            .matmul(compute(tensor.transpose(), FloatDType::BF16));
+        assert_eq!(product.dtype(), DType::BF16);
+        let value: f32 = full(product).into_scalar();
+        // 1/3 in bf16 is 0.333984375, so 1 + its square, rounded to bf16 (8 bits of mantissa).
+        assert_eq!(value, 1.109375);
     }
 
     /// A few optimizer steps of a tiny model whose products run in a different dtype than its
-    /// parameters. With f64 standing in for bf16 (see above), the mixed model must follow the
-    /// f32 one step for step: a missing cast would panic here (burn-ndarray refuses operands of
-    /// two dtypes, where a CUDA matmul would read one as the other), and a gradient or an
-    /// optimizer moment in the wrong dtype would panic in the update.
+    /// parameters: a missing cast would panic here (the CPU backend refuses operands of two
+    /// dtypes, where a CUDA matmul would read one as the other), and a gradient or an optimizer
+    /// moment in the wrong dtype would panic in the update. In f64 the mixed model must follow
+    /// the f32 one step for step (nothing is lost in the casts); in bf16, within bf16's
+    /// precision.
     #[test]
     fn mixed_precision_training_follows_f32() {
         use crate::loss::cross_entropy_mean;
@@ -197,27 +206,26 @@ mod tests {
                 .with_attention_dropout(0.0)
                 .init(&device);
             assert_eq!(f32_model.compute_dtype, FloatDType::F32);
-            let mut mixed_model = f32_model.clone();
-            mixed_model.compute_dtype = FloatDType::F64;
-            let f32_losses = train_steps(f32_model, &device);
-            let mixed_losses = train_steps(mixed_model, &device);
+            let f32_losses = train_steps(f32_model.clone(), &device);
             assert!(
                 f32_losses.last() < f32_losses.first(),
                 "learns: {f32_losses:?}"
             );
-            for (f32_loss, mixed_loss) in f32_losses.iter().zip(&mixed_losses) {
-                assert!(mixed_loss.is_finite());
-                assert!(
-                    (f32_loss - mixed_loss).abs() < 1e-4,
-                    "{f32_losses:?} vs {mixed_losses:?}"
-                );
+            for (compute_dtype, tolerance) in [(FloatDType::F64, 1e-4), (FloatDType::BF16, 2e-2)] {
+                let mut mixed_model = f32_model.clone();
+                mixed_model.compute_dtype = compute_dtype;
+                let mixed_losses = train_steps(mixed_model, &device);
+                for (f32_loss, mixed_loss) in f32_losses.iter().zip(&mixed_losses) {
+                    assert!(mixed_loss.is_finite());
+                    assert!(
+                        (f32_loss - mixed_loss).abs() < tolerance,
+                        "{compute_dtype:?}: {f32_losses:?} vs {mixed_losses:?}"
+                    );
+                }
             }
         }
 
-        fn train_steps(
-            mut model: Roberta<TestBackend>,
-            device: &burn::backend::ndarray::NdArrayDevice,
-        ) -> Vec<f32> {
+        fn train_steps(mut model: Roberta<TestBackend>, device: &crate::CpuDevice) -> Vec<f32> {
             let ids: Vec<i64> = (0..16).map(|i| 5 + (i * 7 % 40) as i64).collect();
             let targets: Vec<i64> = ids.iter().map(|id| (id * 3) % 50).collect();
             let input_ids =
