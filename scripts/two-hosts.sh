@@ -8,7 +8,7 @@
 # Needs root (ip netns), iproute2 and openssl. Creates and removes its namespaces; uses only
 # addresses inside them.
 # Usage: bash scripts/two-hosts.sh   Environment: STEPS (default 200), LATENCY_MS (20),
-#        BANDWIDTH_MBIT (100), RESET_MIN_S / RESET_MAX_S (4 / 10), WORK (runs/two-hosts)
+#        BANDWIDTH_MBIT (100), RESET_MIN_S / RESET_MAX_S (3 / 6), WORK (runs/two-hosts)
 set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
@@ -16,8 +16,8 @@ source scripts/env.sh
 STEPS="${STEPS:-200}"
 LATENCY_MS="${LATENCY_MS:-20}"
 BANDWIDTH_MBIT="${BANDWIDTH_MBIT:-100}"
-RESET_MIN_S="${RESET_MIN_S:-4}"
-RESET_MAX_S="${RESET_MAX_S:-10}"
+RESET_MIN_S="${RESET_MIN_S:-3}"
+RESET_MAX_S="${RESET_MAX_S:-6}"
 WORK="${WORK:-runs/two-hosts}"
 [ "$(id -u)" = 0 ] || { echo "two-hosts.sh needs root (it creates network namespaces)"; exit 1; }
 command -v ip > /dev/null || { echo "two-hosts.sh needs iproute2 (ip)"; exit 1; }
@@ -84,8 +84,11 @@ PIDS+=($!)
 PROXY=$(wait_for_url "$WORK/proxy.out" "${PIDS[-1]}")
 
 echo "== trainer in $TRAINER_NS: tiny MLM, $STEPS steps, via https://$PROXY"
+# A small HTTP/2 window keeps the stream on the pipeline's side of the proxy, so a reset cuts it
+# mid-flight: with the default 8 MiB window the whole run's blocks arrive in the first second and
+# a later reset is never seen.
 ip netns exec "$TRAINER_NS" env FLIGHTLM_AUTH_TOKEN_FILE="$WORK/token" \
-    "$BIN/flightlm-trainer" train --pipeline "https://$PROXY" --tls-ca "$WORK/ca.pem" \
+    FLIGHTLM_STREAM_WINDOW_BYTES=65536 "$BIN/flightlm-trainer" train --pipeline "https://$PROXY" --tls-ca "$WORK/ca.pem" \
     --objective mlm --preset tiny --max-steps "$STEPS" --seq-len 64 --batch-size 16 \
     --grad-accum 1 --lr 1e-3 --warmup-steps 20 --log-every 10 --eval-every $((STEPS / 2)) \
     --save-every 50 --pipeline-retry-s 60 --out "$WORK/run" > /dev/null 2> "$WORK/trainer.log" \
