@@ -81,6 +81,7 @@ impl Fixture {
                 split: Split::Train,
                 valid_fraction: 0.01,
                 seed: 0,
+                held_out: false,
             },
             max_document_bytes: 64 << 20,
             bad_records: BadRecords::default(),

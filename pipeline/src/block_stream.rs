@@ -88,6 +88,7 @@ pub fn open_stream(
                     split,
                     valid_fraction: corpus.valid_fraction,
                     seed: corpus.seed,
+                    held_out: corpus.has_held_out(),
                 },
                 max_document_bytes: corpus.max_document_bytes,
                 bad_records: counters.bad_records.clone(),

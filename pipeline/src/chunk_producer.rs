@@ -85,7 +85,8 @@ impl ChunkProducer {
     /// Starts producers for sources not yet read: at the starting state's position when it names
     /// them, from the start otherwise (a source added while the stream runs).
     fn add_new_sources(&mut self) {
-        for source in self.corpus.sources().into_iter().skip(self.producers.len()) {
+        let split = self.request.rules.filter.split;
+        for source in (self.corpus.sources_for(split).into_iter()).skip(self.producers.len()) {
             let start = self
                 .start_positions
                 .iter()

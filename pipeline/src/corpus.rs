@@ -89,9 +89,15 @@ impl Source {
     }
 }
 
+/// The name of the source that `--valid-input` feeds.
+pub const HELD_OUT_SOURCE: &str = "valid";
+
 /// Everything streams share about the corpus being served.
 pub struct Corpus {
     sources: RwLock<Vec<Arc<Source>>>,
+    /// The held-out corpus of `--valid-input`: the valid split reads it whole, and the train split
+    /// reads every document of `sources` (no hash-chosen split).
+    held_out: Option<Arc<Source>>,
     pub tokenizer: Arc<Tokenizer>,
     pub tokenizer_path: PathBuf,
     pub tokenizer_info: TokenizerInfo,
@@ -118,6 +124,8 @@ pub struct CorpusSettings {
     pub tokenizer_path: PathBuf,
     pub tokenizer_info: TokenizerInfo,
     pub valid_fraction: f64,
+    /// A held-out corpus for the valid split (instead of `valid_fraction`).
+    pub held_out: Option<Source>,
     pub seed: u64,
     pub workers: usize,
     pub shuffle_window: usize,
@@ -143,8 +151,17 @@ impl Corpus {
         for source in &sources {
             description.push_str(&format!(";source={}:{:?}", source.name, source.inputs));
         }
+        if let Some(held_out) = &settings.held_out {
+            if settings.valid_fraction > 0.0 {
+                return Err(PipelineError::Control(
+                    "a held-out valid corpus and a valid fraction exclude each other".into(),
+                ));
+            }
+            description.push_str(&format!(";held_out={:?}", held_out.inputs));
+        }
         Ok(Corpus {
             sources: RwLock::new(sources.into_iter().map(Arc::new).collect()),
+            held_out: settings.held_out.map(Arc::new),
             tokenizer: Arc::new(settings.tokenizer),
             tokenizer_path: settings.tokenizer_path,
             tokenizer_info: settings.tokenizer_info,
@@ -163,6 +180,25 @@ impl Corpus {
     /// The sources in the order streams number them (start-up order, then additions).
     pub fn sources(&self) -> Vec<Arc<Source>> {
         self.sources.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The sources a stream of `split` reads: the held-out corpus for the valid split when there
+    /// is one, the mixture's sources otherwise.
+    pub fn sources_for(&self, split: Split) -> Vec<Arc<Source>> {
+        match (&self.held_out, split) {
+            (Some(held_out), Split::Valid) => vec![held_out.clone()],
+            _ => self.sources(),
+        }
+    }
+
+    /// Whether the valid split is a held-out corpus (`--valid-input`).
+    pub fn has_held_out(&self) -> bool {
+        self.held_out.is_some()
+    }
+
+    /// Whether streams of the valid split have any documents to read.
+    pub fn serves_valid(&self) -> bool {
+        self.has_held_out() || self.valid_fraction > 0.0
     }
 
     pub fn source(&self, name: &str) -> Option<Arc<Source>> {
@@ -195,9 +231,10 @@ impl Corpus {
             .sum()
     }
 
-    /// Sources, weights and file counts, for the `sources` action.
+    /// Sources, weights and file counts, for the `sources` action; a held-out valid corpus is
+    /// listed last with `"split": "valid"`.
     pub fn describe_sources(&self) -> serde_json::Value {
-        let sources: Vec<serde_json::Value> = self
+        let mut sources: Vec<serde_json::Value> = self
             .sources()
             .iter()
             .map(|source| {
@@ -209,6 +246,14 @@ impl Corpus {
                 })
             })
             .collect();
+        if let Some(held_out) = &self.held_out {
+            sources.push(serde_json::json!({
+                "source": held_out.name,
+                "split": "valid",
+                "inputs": held_out.inputs,
+                "files": held_out.file_count(),
+            }));
+        }
         serde_json::Value::Array(sources)
     }
 

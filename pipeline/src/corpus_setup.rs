@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::access::allowed_roots;
 use crate::bad_records::{BadRecordPolicy, BadRecords};
 use crate::control::watch_directory;
-use crate::corpus::{Corpus, CorpusSettings, Source};
+use crate::corpus::{Corpus, CorpusSettings, Source, HELD_OUT_SOURCE};
 use crate::error::{PipelineError, Result};
 use crate::reader::CorpusReader;
 use crate::sources::resolve_inputs;
@@ -16,12 +16,18 @@ use crate::tokenizer_file::load_tokenizer;
 
 /// The name of the source that `--input` feeds.
 pub const DEFAULT_SOURCE: &str = "main";
+/// Documents held out as the valid split when neither `--valid-fraction` nor `--valid-input`
+/// is given.
+pub const DEFAULT_VALID_FRACTION: f64 = 0.01;
 
 pub struct ServeInputs {
     pub input: Vec<PathBuf>,
     pub sources: Vec<String>,
     pub tokenizer: PathBuf,
-    pub valid_fraction: f64,
+    /// `None`: the default, 0.01 without a held-out corpus and 0 with one.
+    pub valid_fraction: Option<f64>,
+    /// A held-out corpus for the valid split (`--valid-input`); empty for none.
+    pub valid_input: Vec<PathBuf>,
     pub seed: u64,
     pub workers: Option<usize>,
     pub shuffle_window: usize,
@@ -81,10 +87,19 @@ pub fn parse_source_spec(text: &str) -> Result<SourceSpec> {
 }
 
 pub async fn build_corpus(inputs: ServeInputs) -> Result<Corpus> {
-    if !(0.0..1.0).contains(&inputs.valid_fraction) {
+    let valid_fraction = match (inputs.valid_fraction, inputs.valid_input.is_empty()) {
+        (Some(fraction), false) if fraction > 0.0 => {
+            return Err(PipelineError::Control(format!(
+                "--valid-fraction {fraction} and --valid-input exclude each other: the valid split \
+                 is either a fraction of the corpus or a corpus of its own"
+            )));
+        }
+        (fraction, true) => fraction.unwrap_or(DEFAULT_VALID_FRACTION),
+        (_, false) => 0.0,
+    };
+    if !(0.0..1.0).contains(&valid_fraction) {
         return Err(PipelineError::Control(format!(
-            "--valid-fraction {} must be in [0, 1)",
-            inputs.valid_fraction
+            "--valid-fraction {valid_fraction} must be in [0, 1)"
         )));
     }
     let mut specs = Vec::new();
@@ -136,6 +151,18 @@ pub async fn build_corpus(inputs: ServeInputs) -> Result<Corpus> {
         reader.check(&files).await?;
         sources.push(Source::new(&spec.name, spec.inputs, files, spec.weight));
     }
+    let held_out = if inputs.valid_input.is_empty() {
+        None
+    } else {
+        let held_out_inputs: Vec<String> = inputs
+            .valid_input
+            .iter()
+            .map(|path| path.to_string_lossy().into_owned())
+            .collect();
+        let files = resolve_inputs(&held_out_inputs)?;
+        reader.check(&files).await?;
+        Some(Source::new(HELD_OUT_SOURCE, held_out_inputs, files, 1.0))
+    };
     let (tokenizer, tokenizer_info) = load_tokenizer(&inputs.tokenizer)?;
     let workers = inputs
         .workers
@@ -144,7 +171,8 @@ pub async fn build_corpus(inputs: ServeInputs) -> Result<Corpus> {
         tokenizer,
         tokenizer_path: inputs.tokenizer,
         tokenizer_info,
-        valid_fraction: inputs.valid_fraction,
+        valid_fraction,
+        held_out,
         seed: inputs.seed,
         workers,
         shuffle_window: inputs.shuffle_window,

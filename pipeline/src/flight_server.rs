@@ -94,9 +94,10 @@ impl PipelineService {
     fn parse_request(&self, bytes: &[u8]) -> Result<StreamRequest, Status> {
         let request = StreamRequest::from_ticket_bytes(bytes)
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
-        if request.split == Split::Valid && self.corpus.valid_fraction <= 0.0 {
+        if request.split == Split::Valid && !self.corpus.serves_valid() {
             return Err(Status::failed_precondition(
-                "this pipeline serves no valid split (it was started with --valid-fraction 0)",
+                "this pipeline serves no valid split (it was started with --valid-fraction 0 \
+                 and no --valid-input)",
             ));
         }
         Ok(request)

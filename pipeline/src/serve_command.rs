@@ -75,9 +75,15 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free one (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// Fraction of documents held out as the `valid` split.
-    #[arg(long, default_value_t = 0.01)]
-    valid_fraction: f64,
+    /// Fraction of documents held out as the `valid` split, chosen by a seeded hash of each
+    /// document [default: 0.01, or 0 with --valid-input].
+    #[arg(long)]
+    valid_fraction: Option<f64>,
+    /// A held-out corpus (files, directories or globs) served whole as the `valid` split, e.g.
+    /// the validation Parquet of an HF dataset; the train split is then every document of the
+    /// other sources.
+    #[arg(long, num_args = 1..)]
+    valid_input: Vec<PathBuf>,
     /// Seed of the valid-split choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -103,6 +109,7 @@ pub fn run_serve(args: ServeArgs, runtime: &tokio::runtime::Runtime) -> anyhow::
         sources: args.sources,
         tokenizer: args.tokenizer,
         valid_fraction: args.valid_fraction,
+        valid_input: args.valid_input,
         seed: args.seed,
         workers: args.workers,
         shuffle_window: args.shuffle_window,

@@ -24,10 +24,15 @@ pub struct SplitFilter {
     pub split: Split,
     pub valid_fraction: f64,
     pub seed: u64,
+    /// The valid split is a corpus of its own: each split keeps every document it reads.
+    pub held_out: bool,
 }
 
 impl SplitFilter {
     pub fn keeps(&self, text: &str) -> bool {
+        if self.held_out {
+            return true;
+        }
         let valid = is_valid_document(self.seed, text, self.valid_fraction);
         valid == (self.split == Split::Valid)
     }
@@ -208,6 +213,7 @@ mod tests {
             split: Split::Train,
             valid_fraction: 0.3,
             seed: 1,
+            held_out: false,
         };
         let valid = SplitFilter {
             split: Split::Valid,
@@ -216,6 +222,15 @@ mod tests {
         for index in 0..1000 {
             let text = format!("doc {index}");
             assert_ne!(train.keeps(&text), valid.keeps(&text), "{text}");
+        }
+        // With a held-out valid corpus each split reads a corpus of its own, whole.
+        for filter in [train, valid] {
+            let filter = SplitFilter {
+                held_out: true,
+                valid_fraction: 0.0,
+                ..filter
+            };
+            assert!((0..1000).all(|index| filter.keeps(&format!("doc {index}"))));
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The valid split is a deterministic, hash-chosen fraction of documents that never appears in
-//! train, and train plus valid cover the corpus.
+//! train, and train plus valid cover the corpus; or, with `--valid-input`, a held-out corpus of
+//! its own.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -114,4 +115,64 @@ fn valid_split_is_refused_when_disabled() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("serves no valid split"), "{stderr}");
+}
+
+/// `--valid-input`: the valid split is a corpus of its own, read whole (here JSONL, as an HF
+/// dataset's validation file would be), and the train split is every document of `--input`.
+#[test]
+fn a_held_out_corpus_is_the_valid_split() {
+    let dir = scratch_dir("split_held_out");
+    let lines = flightlm_tests::sample_lines(1500);
+    let (train_lines, valid_lines) = lines.split_at(1200);
+    let train_file = dir.join("train.txt");
+    std::fs::write(&train_file, train_lines.join("\n") + "\n").unwrap();
+    let valid_file = dir.join("validation.jsonl");
+    let jsonl: Vec<String> = valid_lines
+        .iter()
+        .map(|line| serde_json::json!({ "text": line }).to_string())
+        .collect();
+    std::fs::write(&valid_file, jsonl.join("\n") + "\n").unwrap();
+    let tokenizer = train_tokenizer(&dir, &train_file, 600);
+
+    let held_out = Pipeline::start_with(
+        &tokenizer,
+        &[
+            "--input".as_ref(),
+            train_file.as_os_str(),
+            "--valid-input".as_ref(),
+            valid_file.as_os_str(),
+        ],
+    );
+    let valid = consume(&held_out, "valid", &dir.join("valid.blocks"));
+    let train = consume(&held_out, "train", &dir.join("train.blocks"));
+
+    // The same files served alone, without any split, give the same blocks.
+    let valid_alone = Pipeline::start(&[&valid_file], &tokenizer, &["--valid-fraction", "0"]);
+    let train_alone = Pipeline::start(&[&train_file], &tokenizer, &["--valid-fraction", "0"]);
+    assert!(!valid.is_empty() && !train.is_empty());
+    assert_eq!(
+        valid,
+        consume(&valid_alone, "train", &dir.join("valid-alone.blocks")),
+        "the valid split is the held-out corpus, whole"
+    );
+    assert_eq!(
+        train,
+        consume(&train_alone, "train", &dir.join("train-alone.blocks")),
+        "the train split is every document of --input"
+    );
+
+    let output = flightlm_tests::run_with_timeout(
+        Command::new(binary("flightlm-pipeline"))
+            .args(["serve", "--input"])
+            .arg(&train_file)
+            .arg("--valid-input")
+            .arg(&valid_file)
+            .args(["--valid-fraction", "0.1", "--tokenizer"])
+            .arg(&tokenizer)
+            .args(["--listen", "127.0.0.1:0"]),
+        Duration::from_secs(60),
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("exclude each other"), "{stderr}");
 }
