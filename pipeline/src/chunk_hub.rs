@@ -16,14 +16,24 @@
 //! A reader that holds the others back for [`STALL_LIMIT`] while one of them waits for a chunk
 //! (a client draining its shards one after the other, say) leaves the hub and continues on a
 //! production of its own from the chunk it had reached: slower, never stuck.
+//!
+//! Resuming ranks name the chunk of their own next block, and those blocks may straddle a chunk
+//! boundary: when a rank of the later chunk connects first, the others start a second hub at the
+//! earlier chunk. Once that younger hub makes a chunk an older hub of the job already holds, it
+//! stops, and its readers move to the older hub when they reach that chunk: one chunk is made
+//! twice, not the rest of the run.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::chunk_producer::Chunk;
 use crate::error::PipelineError;
 use crate::stats::ReadCounters;
+
+mod reader;
+pub use reader::Reader;
 
 /// Chunks a hub may hold beyond what its slowest reader has taken.
 pub const CHUNKS_AHEAD: u64 = 2;
@@ -82,6 +92,9 @@ struct HubState {
     next_reader_id: u64,
     /// Set when the producer stops: `Ok` after the last chunk, the error otherwise.
     end: Option<Result<(), String>>,
+    /// Set when the producer stops because an older hub holds the next chunk: readers that reach
+    /// it move there.
+    handed_over: Option<(Arc<Hub>, Arc<str>)>,
     /// No reader is left: the producer stops and nobody joins.
     closed: bool,
 }
@@ -96,8 +109,17 @@ impl HubState {
     }
 }
 
+/// The hubs a keyed hub may hand its readers over to (the registry's list).
+type Peers = Arc<Mutex<Vec<Weak<Hub>>>>;
+
+/// Orders hubs by age: a hub only hands over to an older one, so two never hand over to each other.
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(0);
+
 pub struct Hub {
     key: Option<HubKey>,
+    serial: u64,
+    /// The registry's hubs, for keyed hubs.
+    peers: Option<Peers>,
     /// The state the hub started at: the entry of its first chunk, known before it is made.
     start_entry: Arc<str>,
     /// Tokens kept behind the slowest reader: none for a hub nobody may join.
@@ -114,6 +136,7 @@ impl Hub {
     /// Starts producing from `entry` (the serialized starting state) with one reader at the start.
     fn start(
         key: Option<HubKey>,
+        peers: Option<Peers>,
         entry: Arc<str>,
         make: MakeChunks,
         counters: Arc<ReadCounters>,
@@ -125,6 +148,8 @@ impl Hub {
             stall_limit,
             make,
             key,
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
+            peers,
             start_entry: entry.clone(),
             counters,
             state: Mutex::new(HubState {
@@ -134,6 +159,7 @@ impl Hub {
                 moved_off: Vec::new(),
                 next_reader_id: 1,
                 end: None,
+                handed_over: None,
                 closed: false,
             }),
             changed: Condvar::new(),
@@ -170,7 +196,19 @@ impl Hub {
             match made {
                 Ok(chunk) => {
                     let last = chunk.last;
+                    let first = entry.is_some();
                     let entry = entry.take().unwrap_or_else(|| chunk.state.clone());
+                    if !first && !last {
+                        drop(state);
+                        let older = self.older_hub_holding(&entry);
+                        state = self.lock();
+                        if let Some(older) = older {
+                            // Readers take the chunks before this one here, then move.
+                            state.handed_over = Some((older, entry));
+                            self.changed.notify_all();
+                            return;
+                        }
+                    }
                     state.chunks.push_back(Held {
                         entry,
                         chunk: Arc::new(chunk),
@@ -186,6 +224,30 @@ impl Hub {
                 return;
             }
         }
+    }
+
+    /// An older hub of the same job that holds (or is making, as its first) the chunk `entry`
+    /// leads to. Called without this hub's lock: the registry locks its list before any hub.
+    fn older_hub_holding(&self, entry: &str) -> Option<Arc<Hub>> {
+        let peers = self
+            .peers
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        peers
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|hub| hub.serial < self.serial && hub.key == self.key)
+            .find(|hub| hub.holds(entry))
+    }
+
+    fn holds(&self, entry: &str) -> bool {
+        let state = self.lock();
+        !state.closed
+            && !matches!(state.end, Some(Err(_)))
+            && state.handed_over.is_none()
+            && ((state.first == 0 && *self.start_entry == *entry)
+                || state.chunks.iter().any(|held| &*held.entry == entry))
     }
 
     /// Waits until the slowest reader is within [`CHUNKS_AHEAD`]; false once the hub is closed.
@@ -278,93 +340,9 @@ impl Hub {
     }
 }
 
-/// One stream's place in a hub; dropping it leaves the hub.
-pub struct Reader {
-    hub: Arc<Hub>,
-    id: u64,
-}
-
-impl Reader {
-    pub fn counters(&self) -> Arc<ReadCounters> {
-        self.hub.counters.clone()
-    }
-
-    /// Waits for this reader's next chunk; `None` once the stream has ended.
-    pub fn next_chunk(&mut self) -> Result<Option<Arc<Chunk>>, PipelineError> {
-        let mut state = self.hub.lock();
-        loop {
-            let Some(next) = state
-                .readers
-                .iter()
-                .find(|(id, _)| *id == self.id)
-                .map(|(_, next)| *next)
-            else {
-                drop(state);
-                self.continue_alone()?;
-                state = self.hub.lock();
-                continue;
-            };
-            if next < state.produced() {
-                let chunk = state.chunks[(next - state.first) as usize].chunk.clone();
-                if let Some(reader) = state.readers.iter_mut().find(|(id, _)| *id == self.id) {
-                    reader.1 = next + 1;
-                }
-                self.hub.trim(&mut state);
-                self.hub.changed.notify_all();
-                return Ok(Some(chunk));
-            }
-            match &state.end {
-                Some(Ok(())) => return Ok(None),
-                Some(Err(message)) => return Err(PipelineError::Control(message.clone())),
-                None => state = self.hub.wait(state),
-            }
-        }
-    }
-}
-
-impl Reader {
-    /// Moves this reader, moved off its hub, onto a production of its own from where it was.
-    fn continue_alone(&mut self) -> Result<(), PipelineError> {
-        let entry = {
-            let state = self.hub.lock();
-            let (_, entry) = state
-                .moved_off
-                .iter()
-                .find(|(id, _)| *id == self.id)
-                .expect("a reader leaves the readers only when moved off");
-            entry.clone()
-        };
-        let hub = &self.hub;
-        let alone = Hub::start(
-            None,
-            entry,
-            hub.make.clone(),
-            hub.counters.clone(),
-            hub.stall_limit,
-        )?;
-        // The old place is released by dropping it.
-        *self = alone;
-        Ok(())
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        let mut state = self.hub.lock();
-        state.readers.retain(|(id, _)| *id != self.id);
-        state.moved_off.retain(|(id, _)| *id != self.id);
-        if state.readers.is_empty() {
-            state.closed = true;
-        } else {
-            self.hub.trim(&mut state);
-        }
-        self.hub.changed.notify_all();
-    }
-}
-
 /// The hubs sharded streams may join.
 pub struct HubRegistry {
-    hubs: Mutex<Vec<Weak<Hub>>>,
+    hubs: Peers,
     stall_limit: Duration,
 }
 
@@ -377,7 +355,7 @@ impl Default for HubRegistry {
 impl HubRegistry {
     pub fn with_stall_limit(stall_limit: Duration) -> Self {
         Self {
-            hubs: Mutex::default(),
+            hubs: Arc::default(),
             stall_limit,
         }
     }
@@ -393,7 +371,7 @@ impl HubRegistry {
         counters: impl FnOnce() -> Arc<ReadCounters>,
     ) -> Result<Reader, PipelineError> {
         let Some(key) = key else {
-            return Hub::start(None, entry, make, counters(), self.stall_limit);
+            return Hub::start(None, None, entry, make, counters(), self.stall_limit);
         };
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
         hubs.retain(|hub| hub.strong_count() > 0);
@@ -404,7 +382,8 @@ impl HubRegistry {
                 }
             }
         }
-        let reader = Hub::start(Some(key), entry, make, counters(), self.stall_limit)?;
+        let peers = Some(self.hubs.clone());
+        let reader = Hub::start(Some(key), peers, entry, make, counters(), self.stall_limit)?;
         hubs.push(Arc::downgrade(&reader.hub));
         Ok(reader)
     }

@@ -212,3 +212,24 @@ fn a_reader_that_holds_the_others_back_continues_alone() {
     );
     assert_eq!(started.load(Ordering::SeqCst), 1, "with the same counters");
 }
+
+#[test]
+fn a_younger_hub_hands_its_readers_over_to_an_older_one() {
+    // Resuming ranks: the rank whose next block is in chunk 1 connects first and starts a hub
+    // there; the rank still in chunk 0 starts another, which makes chunk 0 and then finds chunk 1
+    // held by the first hub.
+    let registry = HubRegistry::default();
+    let (made, started) = (Arc::new(AtomicU64::new(0)), AtomicU64::new(0));
+    let mut later = open(&registry, key(2), "s1", &made, &started);
+    let mut earlier = open(&registry, key(2), "start", &made, &started);
+    let earlier_reader = std::thread::spawn(move || drain(&mut earlier));
+    assert_eq!(drain(&mut later), ["s1", "s2", "s3", "s4", "s5"]);
+    assert_eq!(
+        earlier_reader.join().unwrap(),
+        ["s0", "s1", "s2", "s3", "s4", "s5"],
+        "every chunk, in order, across the move"
+    );
+    assert_eq!(started.load(Ordering::SeqCst), 2);
+    // The first hub makes s1..s5; the second s0 and s1, then hands over.
+    assert_eq!(made.load(Ordering::SeqCst), 7, "one chunk made twice");
+}
