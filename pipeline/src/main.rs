@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -67,6 +68,10 @@ enum Command {
         /// Write one JSON array of token ids per block, one block per line.
         #[arg(long)]
         dump: Option<PathBuf>,
+        /// Seconds to keep reconnecting (with exponential backoff) while the pipeline is
+        /// unreachable or its stream breaks; 0 fails at once.
+        #[arg(long, default_value_t = 60)]
+        retry_s: u64,
     },
     /// Run a Flight action on a running pipeline and print its JSON answer, e.g.
     /// `action add-source '{"name":"wiki","inputs":["wiki/"],"weight":0.3}'`,
@@ -158,6 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cursor,
             shard,
             dump,
+            retry_s,
         } => {
             let cursor = cursor
                 .map(|text| Cursor::from_json(&text))
@@ -182,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 request,
                 max_blocks,
                 dump,
+                retry_for: Duration::from_secs(retry_s),
             };
             let summary = runtime.block_on(consume(&options))?;
             println!("{}", serde_json::to_string(&summary)?);

@@ -4,9 +4,11 @@
 //! as a Flight ticket ([`request`]), the Arrow schema of the token-block batches and the tokenizer
 //! description carried in its metadata ([`schema`]), stable hashing used for fingerprints and the
 //! train/valid split ([`hashing`]), the resume cursor ([`cursor`]), a reference Rust client
-//! ([`client`]) with its connection settings ([`endpoint`]: URL, TLS CA, token). The same
-//! contract is documented for other languages in `docs/protocol.md`.
+//! ([`client`]) with its connection settings ([`endpoint`]: URL, TLS CA, token) and reconnection
+//! backoff ([`backoff`]). The same contract is documented for other languages in
+//! `docs/protocol.md`.
 
+pub mod backoff;
 pub mod client;
 pub mod cursor;
 pub mod endpoint;

@@ -3,7 +3,7 @@
 //! the last block it received, and finishes the run, having trained on every block of the stream
 //! exactly once (`audit-blocks`). The pipeline goes away by SIGKILL, by SIGTERM (which ends its
 //! streams cleanly and exits 0), and by a link that resets connections
-//! (`flightlm-fault-proxy`).
+//! (`flightlm-fault-proxy`). `consume` reconnects the same way.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -178,41 +178,93 @@ fn training_continues_through_a_link_that_resets_connections() {
     let corpus = sample_corpus(&dir, 1500);
     let tokenizer = train_tokenizer(&dir, &corpus, 600);
     let pipeline = Pipeline::start(&[&corpus], &tokenizer, &["--shuffle-window", "32"]);
-    let upstream = pipeline.url.trim_start_matches("http://").to_string();
-    let mut proxy = Command::new(binary("flightlm-fault-proxy"))
-        .args(["--upstream", &upstream, "--latency-ms", "2"])
-        .args([
-            "--bandwidth-mbit",
-            "50",
-            "--reset-min-s",
-            "0.5",
-            "--reset-max-s",
-            "1.5",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting the proxy");
-    let mut events = BufReader::new(proxy.stdout.take().unwrap()).lines();
-    let announced: serde_json::Value =
-        serde_json::from_str(&events.next().unwrap().unwrap()).unwrap();
-    let proxied = format!("http://{}", announced["listening"].as_str().unwrap());
-    let (event_lines, received_events) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in events.map_while(Result::ok) {
-            let _ = event_lines.send(line);
-        }
-    });
-
+    let (mut proxy, proxied, received_events) =
+        FaultProxy::start(&pipeline.url, "50", "0.5", "1.5");
     let trainer = Trainer::start(&proxied, &dir.join("run"));
     trainer.finish();
-    let _ = proxy.kill();
-    let _ = proxy.wait();
-    let resets = received_events
-        .try_iter()
-        .filter(|line| line.contains("reset_after_s"))
-        .count();
     assert!(
-        resets >= 1,
+        proxy.resets(&received_events) >= 1,
         "the proxy reset at least one connection mid-run"
+    );
+}
+
+/// `flightlm-fault-proxy` in front of a pipeline, with its event lines collected as they come.
+struct FaultProxy(Child);
+
+impl FaultProxy {
+    /// A proxy to `url` capped at `mbit`, resetting connections every `reset_min_s`-`reset_max_s`;
+    /// returns it, its URL and its events.
+    fn start(
+        url: &str,
+        mbit: &str,
+        reset_min_s: &str,
+        reset_max_s: &str,
+    ) -> (FaultProxy, String, Receiver<String>) {
+        let upstream = url.trim_start_matches("http://").to_string();
+        let mut proxy = Command::new(binary("flightlm-fault-proxy"))
+            .args(["--upstream", &upstream, "--latency-ms", "2"])
+            .args(["--bandwidth-mbit", mbit])
+            .args(["--reset-min-s", reset_min_s, "--reset-max-s", reset_max_s])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the proxy");
+        let mut events = BufReader::new(proxy.stdout.take().unwrap()).lines();
+        let announced: serde_json::Value =
+            serde_json::from_str(&events.next().unwrap().unwrap()).unwrap();
+        let proxied = format!("http://{}", announced["listening"].as_str().unwrap());
+        let (event_lines, received_events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in events.map_while(Result::ok) {
+                let _ = event_lines.send(line);
+            }
+        });
+        (FaultProxy(proxy), proxied, received_events)
+    }
+
+    /// Stops the proxy and counts the connections it reset.
+    fn resets(&mut self, events: &Receiver<String>) -> usize {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        events
+            .try_iter()
+            .filter(|line| line.contains("reset_after_s"))
+            .count()
+    }
+}
+
+/// `consume` reconnects too: through a link that resets connections it reads exactly the blocks
+/// it reads without one.
+#[test]
+fn consume_reads_through_a_link_that_resets_connections() {
+    let dir = scratch_dir("reconnect-consume");
+    let corpus = sample_corpus(&dir, 4000);
+    let tokenizer = train_tokenizer(&dir, &corpus, 600);
+    let pipeline = Pipeline::start(&[&corpus], &tokenizer, &["--shuffle-window", "32"]);
+    let consume = |url: &str, dump: &Path| {
+        last_json_line(&run_ok(
+            Command::new(binary("flightlm-pipeline"))
+                .args(["consume", "--pipeline", url, "--seq-len", "32"])
+                .args(["--batch-size", "8", "--epochs", "1", "--retry-s", "30"])
+                .arg("--dump")
+                .arg(dump)
+                .env("FLIGHTLM_STREAM_WINDOW_BYTES", "16384"),
+            Duration::from_secs(120),
+        ))
+    };
+    let direct = consume(&pipeline.url, &dir.join("direct.blocks"));
+    assert_eq!(direct["reconnections"], 0);
+
+    let (mut proxy, proxied, events) = FaultProxy::start(&pipeline.url, "1", "0.2", "0.4");
+    let through_resets = consume(&proxied, &dir.join("proxied.blocks"));
+    assert!(proxy.resets(&events) >= 1, "the proxy reset connections");
+    assert!(
+        through_resets["reconnections"].as_u64().unwrap() >= 1,
+        "{through_resets}"
+    );
+    assert_eq!(through_resets["blocks"], direct["blocks"]);
+    assert_eq!(
+        flightlm_tests::read_dump(&dir.join("proxied.blocks")),
+        flightlm_tests::read_dump(&dir.join("direct.blocks")),
+        "the same blocks, none lost or repeated"
     );
 }

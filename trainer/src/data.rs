@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use crossbeam_channel::{bounded, Receiver, Sender};
+use flightlm_shared::backoff::Backoff;
 use flightlm_shared::client::{BlockStream, ClientError, PipelineEndpoint};
 use flightlm_shared::{Cursor, Split, StreamRequest, TokenBlocks, TokenizerInfo};
 
@@ -78,43 +79,6 @@ impl PipelineSource {
             retry_for,
             cursor: resume,
         })
-    }
-}
-
-/// Longest pause between reconnection attempts.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
-
-/// Exponential backoff over one outage, which may last at most `retry_for`.
-struct Backoff {
-    retry_for: Duration,
-    failing_since: Option<Instant>,
-    delay: Duration,
-}
-
-impl Backoff {
-    const FIRST_DELAY: Duration = Duration::from_millis(100);
-
-    fn new(retry_for: Duration) -> Self {
-        Backoff {
-            retry_for,
-            failing_since: None,
-            delay: Self::FIRST_DELAY,
-        }
-    }
-
-    fn reset(&mut self) {
-        *self = Backoff::new(self.retry_for);
-    }
-
-    /// The pause before the next attempt, or `None` once the outage has lasted `retry_for`.
-    fn next_delay(&mut self) -> Option<Duration> {
-        let since = *self.failing_since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= self.retry_for {
-            return None;
-        }
-        let delay = self.delay;
-        self.delay = (self.delay * 2).min(MAX_RETRY_DELAY);
-        Some(delay)
     }
 }
 
@@ -283,7 +247,7 @@ impl BlockSource for PipelineSource {
                         eprintln!("pipeline unavailable, retrying in {delay:?}: {error}");
                         tokio::time::sleep(delay).await;
                     }
-                    None => return Err(gave_up(error, &endpoint, backoff.retry_for)),
+                    None => return Err(gave_up(error, &endpoint, backoff.retry_for())),
                 }
             }
         })?;
