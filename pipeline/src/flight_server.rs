@@ -232,7 +232,9 @@ impl FlightService for PipelineService {
         let flight_data = flight_data_encoder(schema).build(batches).map(|data| {
             data.map_err(|error| match error {
                 FlightError::Tonic(status) => *status,
-                FlightError::ExternalError(inner) => Status::internal(inner.to_string()),
+                // The corpus itself failed (a bad record under `--on-bad-record error`, a file
+                // gone): a code that tells clients reconnecting will not help.
+                FlightError::ExternalError(inner) => Status::failed_precondition(inner.to_string()),
                 other => Status::internal(other.to_string()),
             })
         });

@@ -26,6 +26,8 @@ pub enum ClientError {
     InvalidUrl { url: String, reason: String },
     #[error("cannot reach pipeline at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    #[error("cannot trust the pipeline's certificate at {url}: {reason}")]
+    Untrusted { url: String, reason: String },
     #[error("pipeline refused the request: {0}")]
     Refused(String),
     #[error("pipeline unavailable: {0}")]
@@ -167,11 +169,20 @@ fn refused(status: tonic::Status) -> ClientError {
     }
 }
 
+/// A stream that broke mid-way: the pipeline ending it for good (its corpus failed, or it refused
+/// the client) is a refusal; a shutdown is `Unavailable`; anything else is the connection.
 fn stream_error(error: arrow_flight::error::FlightError) -> ClientError {
+    use tonic::Code;
     match error {
-        arrow_flight::error::FlightError::Tonic(status) => {
-            ClientError::Stream(status.message().to_string())
-        }
+        arrow_flight::error::FlightError::Tonic(status) => match status.code() {
+            Code::FailedPrecondition
+            | Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::DataLoss => refused(*status),
+            Code::Unavailable => ClientError::Unavailable(status.message().to_string()),
+            _ => ClientError::Stream(status.message().to_string()),
+        },
         other => ClientError::Stream(error_chain(&other)),
     }
 }

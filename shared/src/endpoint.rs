@@ -84,9 +84,20 @@ impl PipelineEndpoint {
             .initial_stream_window_size(Some(window))
             .connect()
             .await
-            .map_err(|error| ClientError::Unreachable {
-                url: url.clone(),
-                reason: error_chain(&error),
+            .map_err(|error| {
+                let reason = error_chain(&error);
+                // rustls: "invalid peer certificate: …". Waiting will not make it trusted.
+                if reason.contains("invalid peer certificate") {
+                    ClientError::Untrusted {
+                        url: url.clone(),
+                        reason,
+                    }
+                } else {
+                    ClientError::Unreachable {
+                        url: url.clone(),
+                        reason,
+                    }
+                }
             })?;
         Ok(FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
     }

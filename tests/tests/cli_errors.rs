@@ -95,9 +95,13 @@ fn unreachable_pipeline_is_a_clear_error() {
         "16",
         "--batch-size",
         "2",
+        "--retry-s",
+        "1",
     ]));
+    // Like the trainer, consume retries for the given time, then gives up with one clear line.
     assert!(
-        message.contains("cannot reach pipeline at http://127.0.0.1:1"),
+        message.contains("unavailable for more than 1 s")
+            && message.contains("cannot reach pipeline at http://127.0.0.1:1"),
         "{message}"
     );
 
