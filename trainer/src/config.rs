@@ -78,7 +78,8 @@ pub enum Precision {
     #[default]
     F32,
     /// Mixed precision: the large matrix products in bf16 (accumulating in f32) on bf16 copies
-    /// of the f32 weights; softmax, LayerNorm, GELU and the loss in f32. CUDA only.
+    /// of the f32 weights; softmax, LayerNorm, GELU and the loss in f32. Meant for CUDA; on the
+    /// CPU it runs the same graph, slower than f32.
     Bf16,
 }
 
