@@ -243,11 +243,21 @@ impl Hub {
 
     fn holds(&self, entry: &str) -> bool {
         let state = self.lock();
-        !state.closed
-            && !matches!(state.end, Some(Err(_)))
-            && state.handed_over.is_none()
-            && ((state.first == 0 && *self.start_entry == *entry)
-                || state.chunks.iter().any(|held| &*held.entry == entry))
+        state.handed_over.is_none() && self.index_of(&state, entry).is_some()
+    }
+
+    /// The index of the held chunk that `entry` leads to (the first while it is being made), if
+    /// this hub can still be read.
+    fn index_of(&self, state: &HubState, entry: &str) -> Option<u64> {
+        if state.closed || matches!(state.end, Some(Err(_))) {
+            return None;
+        }
+        if state.first == 0 && state.chunks.is_empty() {
+            // The first chunk is still being made: ranks that connect together land here.
+            return (*self.start_entry == *entry).then_some(0);
+        }
+        let position = state.chunks.iter().position(|held| &*held.entry == entry)?;
+        Some(state.first + position as u64)
     }
 
     /// Waits until the slowest reader is within [`CHUNKS_AHEAD`]; false once the hub is closed.
@@ -306,16 +316,7 @@ impl Hub {
     /// Adds a reader at the held chunk that `entry` leads to, if the hub still holds it.
     fn join(self: &Arc<Self>, entry: &str) -> Option<Reader> {
         let mut state = self.lock();
-        if state.closed || matches!(state.end, Some(Err(_))) {
-            return None;
-        }
-        let next = if state.first == 0 && state.chunks.is_empty() {
-            // The first chunk is still being made: ranks that connect together land here.
-            (*self.start_entry == *entry).then_some(0)?
-        } else {
-            let position = state.chunks.iter().position(|held| &*held.entry == entry)?;
-            state.first + position as u64
-        };
+        let next = self.index_of(&state, entry)?;
         let id = state.next_reader_id;
         state.next_reader_id += 1;
         state.readers.push((id, next));
