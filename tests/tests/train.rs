@@ -1,10 +1,12 @@
 //! End to end: a real pipeline process and a real trainer process on loopback train a few steps
-//! and write train and eval metrics.
+//! and write train and eval metrics; `--eval-blocks` bounds the valid split they read.
 
 use std::process::Command;
 use std::time::Duration;
 
-use flightlm_tests::{binary, run_ok, sample_corpus, scratch_dir, train_tokenizer, Pipeline};
+use flightlm_tests::{
+    binary, last_json_line, run_ok, sample_corpus, scratch_dir, train_tokenizer, Pipeline,
+};
 
 #[test]
 fn trainer_trains_from_a_live_pipeline() {
@@ -85,4 +87,45 @@ fn trainer_trains_from_a_live_pipeline() {
             "the resolved config is saved with the run as {name}"
         );
     }
+}
+
+/// The start line of a one-step run evaluating `eval_blocks` valid blocks (0: all of them).
+fn start_line(pipeline: &Pipeline, out: &std::path::Path, eval_blocks: usize) -> serde_json::Value {
+    let stdout = run_ok(
+        Command::new(binary("flightlm-trainer"))
+            .args(["train", "--pipeline", &pipeline.url, "--preset", "tiny"])
+            .args(["--max-steps", "1", "--seq-len", "32", "--batch-size", "4"])
+            .args(["--eval-blocks", &eval_blocks.to_string()])
+            .arg("--out")
+            .arg(out),
+        Duration::from_secs(300),
+    );
+    let line = stdout.lines().next().unwrap_or_default();
+    let start: serde_json::Value = serde_json::from_str(line).expect("JSON start line");
+    assert_eq!(start["kind"], "start", "{stdout}");
+    start
+}
+
+#[test]
+fn eval_blocks_bounds_the_valid_split_the_trainer_reads() {
+    let dir = scratch_dir("train-eval-blocks");
+    let corpus = sample_corpus(&dir, 2000);
+    let tokenizer = train_tokenizer(&dir, &corpus, 1000);
+    let pipeline = Pipeline::start(&[&corpus], &tokenizer, &["--valid-fraction", "0.05"]);
+    let summary = last_json_line(&run_ok(
+        Command::new(binary("flightlm-pipeline"))
+            .args(["consume", "--pipeline", &pipeline.url, "--split", "valid"])
+            .args(["--seq-len", "32", "--batch-size", "4"]),
+        Duration::from_secs(120),
+    ));
+    let whole_split = summary["blocks"].as_u64().expect("blocks") as usize;
+    assert!(whole_split > 5, "{summary}");
+
+    let whole = start_line(&pipeline, &dir.join("whole"), 0);
+    assert_eq!(whole["valid_blocks"], whole_split, "{whole}");
+    assert_eq!(whole["valid_batches"], whole_split.div_ceil(4), "{whole}");
+    // 5 blocks: one full batch of 4 and the first row of the next.
+    let first = start_line(&pipeline, &dir.join("first-5"), 5);
+    assert_eq!(first["valid_blocks"], 5, "{first}");
+    assert_eq!(first["valid_batches"], 2, "{first}");
 }

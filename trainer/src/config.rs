@@ -111,6 +111,12 @@ pub struct TrainConfig {
     pub max_steps: usize,
     pub log_every: usize,
     pub eval_every: usize,
+    /// Blocks of the valid split that every evaluation scores: its first N, as HF's
+    /// `max_eval_samples`. The trainer reads no further, so the valid split of a large corpus
+    /// neither delays the first step nor lengthens evaluations; 0 scores the whole split.
+    /// Configurations saved before this existed scored the whole split.
+    #[serde(default)]
+    pub eval_blocks: usize,
     /// Steps between checkpoints (a checkpoint is also written after the last step).
     pub save_every: usize,
     /// Newest checkpoints kept; the best one by eval perplexity is kept in addition.
@@ -156,6 +162,7 @@ impl TrainConfig {
             max_steps: 10_000,
             log_every: 10,
             eval_every: 500,
+            eval_blocks: 4096,
             save_every: 500,
             keep_checkpoints: 5,
             restore_best: true,
@@ -168,6 +175,11 @@ impl TrainConfig {
             pipeline: pipeline.into(),
             init_from: None,
         }
+    }
+
+    /// The most valid blocks an evaluation scores; `None` for the whole split.
+    pub fn eval_block_limit(&self) -> Option<usize> {
+        (self.eval_blocks > 0).then_some(self.eval_blocks)
     }
 
     /// Checks everything that would otherwise fail deep inside the model or the loop.
@@ -360,6 +372,17 @@ mod tests {
         let older = text.replace("precision = \"bf16\"\n", "");
         let loaded: TrainConfig = toml::from_str(&older).expect("parses");
         assert_eq!(loaded.precision, Precision::F32);
+    }
+
+    #[test]
+    fn configurations_saved_without_eval_blocks_score_the_whole_split() {
+        let config = TrainConfig::new("http://x", "out", Preset::Tiny);
+        assert_eq!(config.eval_block_limit(), Some(4096));
+        let text = config.to_toml().expect("writes");
+        let older = text.replace("eval_blocks = 4096\n", "");
+        assert_ne!(older, text);
+        let loaded: TrainConfig = toml::from_str(&older).expect("parses");
+        assert_eq!(loaded.eval_block_limit(), None);
     }
 
     #[test]

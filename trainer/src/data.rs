@@ -15,7 +15,7 @@ use flightlm_shared::backoff::Backoff;
 use flightlm_shared::client::{BlockStream, ClientError, PipelineEndpoint};
 use flightlm_shared::{Cursor, Split, StreamRequest, TokenBlocks, TokenizerInfo};
 
-use crate::source::BlockSource;
+use crate::source::{push_up_to, BlockSource};
 
 /// Train batches decoded ahead of the loop.
 const PREFETCH_BATCHES: usize = 8;
@@ -26,7 +26,6 @@ pub struct PipelineSource {
     batch_size: usize,
     tokenizer: TokenizerInfo,
     train: Receiver<anyhow::Result<TokenBlocks>>,
-    runtime: tokio::runtime::Runtime,
     waited: Duration,
     retry_for: Duration,
     /// Resumes right after the last row handed to the training loop.
@@ -45,10 +44,6 @@ impl PipelineSource {
         resume: Option<Cursor>,
         retry_for: Duration,
     ) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the client runtime")?;
         let (sender, train) = bounded(PREFETCH_BATCHES);
         let (tokenizer_sender, tokenizer_receiver) = bounded(1);
         let request =
@@ -74,7 +69,6 @@ impl PipelineSource {
             batch_size,
             tokenizer,
             train,
-            runtime,
             waited: Duration::ZERO,
             retry_for,
             cursor: resume,
@@ -230,14 +224,21 @@ impl BlockSource for PipelineSource {
         self.cursor.clone()
     }
 
-    /// Reads the whole valid split, retrying like the train stream while the pipeline is away.
-    fn valid_batches(&mut self) -> anyhow::Result<Vec<TokenBlocks>> {
+    /// Reads the valid split (up to `max_blocks`), retrying like the train stream while the
+    /// pipeline is away; at the limit the stream is dropped, which ends it on the pipeline.
+    fn valid_batches(&mut self, max_blocks: Option<usize>) -> anyhow::Result<Vec<TokenBlocks>> {
         let request = StreamRequest::new(Split::Valid, self.seq_len, self.batch_size);
         let endpoint = self.endpoint.clone();
         let mut backoff = Backoff::new(self.retry_for);
-        let batches = self.runtime.block_on(async move {
+        // A runtime of its own, dropped with its connection as soon as the read ends: a stream
+        // left at `max_blocks` is then cancelled on the pipeline at once, not when the run ends.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the client runtime")?;
+        let batches = runtime.block_on(async move {
             loop {
-                let error = match read_all(&endpoint, &request).await {
+                let error = match read_up_to(&endpoint, &request, max_blocks).await {
                     Ok(batches) => return Ok(batches),
                     Err(error) if error.is_retryable() => error,
                     Err(error) => return Err(anyhow!(error).context("valid stream")),
@@ -250,7 +251,9 @@ impl BlockSource for PipelineSource {
                     None => return Err(gave_up(error, &endpoint, backoff.retry_for())),
                 }
             }
-        })?;
+        });
+        drop(runtime);
+        let batches = batches?;
         if batches.is_empty() {
             anyhow::bail!("the valid split is empty");
         }
@@ -262,15 +265,18 @@ impl BlockSource for PipelineSource {
     }
 }
 
-/// Every batch of a finite stream.
-async fn read_all(
+/// The batches of a finite stream, up to `max_blocks` blocks.
+async fn read_up_to(
     endpoint: &PipelineEndpoint,
     request: &StreamRequest,
+    max_blocks: Option<usize>,
 ) -> Result<Vec<TokenBlocks>, ClientError> {
     let mut stream = BlockStream::open(endpoint, request).await?;
     let mut batches = Vec::new();
     while let Some(batch) = stream.next().await {
-        batches.push(batch?);
+        if push_up_to(&mut batches, batch?, max_blocks) {
+            break;
+        }
     }
     Ok(batches)
 }

@@ -28,6 +28,8 @@ pub enum Metric {
         grad_accum: usize,
         max_steps: usize,
         valid_batches: usize,
+        /// Blocks of the valid split every evaluation scores (at most `eval_blocks`).
+        valid_blocks: usize,
     },
     Eval {
         step: usize,

@@ -123,6 +123,11 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_every: Option<usize>,
+    /// Blocks of the valid split each evaluation scores (its first N); 0 scores all of it
+    /// [default: 4096].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_blocks: Option<usize>,
     /// Steps between checkpoints [default: 500].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

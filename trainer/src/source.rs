@@ -15,8 +15,9 @@ pub trait BlockSource {
     /// The next training batch: exactly the configured number of rows, each `seq_len` ids.
     fn next_train_batch(&mut self) -> anyhow::Result<TokenBlocks>;
 
-    /// The whole valid split, cut into batches of at most the configured number of rows.
-    fn valid_batches(&mut self) -> anyhow::Result<Vec<TokenBlocks>>;
+    /// The valid split, cut into batches of at most the configured number of rows: its first
+    /// `max_blocks` blocks, or all of it with `None`. A source stops reading at the limit.
+    fn valid_batches(&mut self, max_blocks: Option<usize>) -> anyhow::Result<Vec<TokenBlocks>>;
 
     /// Fraction of wall time the loop spent waiting for train batches so far (0..1 not required:
     /// seconds waited are reported and the loop divides by its own elapsed time).
@@ -27,6 +28,28 @@ pub trait BlockSource {
     fn cursor(&self) -> Option<Cursor> {
         None
     }
+}
+
+/// Appends `batch` to `batches`, cut so that they hold at most `max_blocks` blocks in all;
+/// returns whether the limit is reached (the caller reads no further).
+pub(crate) fn push_up_to(
+    batches: &mut Vec<TokenBlocks>,
+    mut batch: TokenBlocks,
+    max_blocks: Option<usize>,
+) -> bool {
+    let Some(max_blocks) = max_blocks else {
+        batches.push(batch);
+        return false;
+    };
+    let held: usize = batches.iter().map(TokenBlocks::rows).sum();
+    let room = max_blocks.saturating_sub(held);
+    if room > 0 {
+        if batch.rows() > room {
+            batch = batch.take_front(room);
+        }
+        batches.push(batch);
+    }
+    batches.iter().map(TokenBlocks::rows).sum::<usize>() >= max_blocks
 }
 
 /// Checks that a batch from the source has the shape the run was configured for.

@@ -13,7 +13,7 @@ use anyhow::bail;
 use flightlm_shared::{Cursor, StreamState, TokenBlocks, TokenizerInfo};
 
 use crate::rng::SplitMix64;
-use crate::source::BlockSource;
+use crate::source::{push_up_to, BlockSource};
 
 /// The first id that is not a special token (RoBERTa's specials are 0..=4).
 const FIRST_WORD_ID: u32 = 5;
@@ -198,8 +198,14 @@ impl BlockSource for SyntheticSource {
             .blocks(self.config.batch_size, &self.config, &self.phrases))
     }
 
-    fn valid_batches(&mut self) -> anyhow::Result<Vec<TokenBlocks>> {
-        Ok(self.valid.clone())
+    fn valid_batches(&mut self, max_blocks: Option<usize>) -> anyhow::Result<Vec<TokenBlocks>> {
+        let mut batches = Vec::new();
+        for batch in &self.valid {
+            if push_up_to(&mut batches, batch.clone(), max_blocks) {
+                break;
+            }
+        }
+        Ok(batches)
     }
 
     fn seconds_waited(&self) -> f64 {
@@ -231,9 +237,26 @@ mod tests {
         assert_eq!(batch.ids.len(), 64);
         assert_eq!(batch.block_seq, vec![0, 1, 2, 3]);
         assert!(batch.ids.iter().all(|id| *id < 100));
-        let valid = source.valid_batches().expect("valid");
+        let valid = source.valid_batches(None).expect("valid");
         assert_eq!(valid.iter().map(TokenBlocks::rows).sum::<usize>(), 16);
-        assert_eq!(valid, source.valid_batches().expect("valid"));
+        assert_eq!(valid, source.valid_batches(None).expect("valid"));
+        // A limit keeps the first blocks, cutting a batch where it falls.
+        let first = source.valid_batches(Some(6)).expect("valid");
+        assert_eq!(
+            first.iter().map(TokenBlocks::rows).collect::<Vec<_>>(),
+            [4, 2]
+        );
+        let seqs = |batches: &[TokenBlocks]| -> Vec<u64> {
+            batches
+                .iter()
+                .flat_map(|batch| batch.block_seq.clone())
+                .collect()
+        };
+        assert_eq!(seqs(&first), seqs(&valid)[..6]);
+        assert_eq!(
+            seqs(&source.valid_batches(Some(4)).expect("valid")),
+            seqs(&valid)[..4]
+        );
     }
 
     #[test]

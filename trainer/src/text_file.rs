@@ -11,7 +11,7 @@ use std::time::Instant;
 use flightlm_shared::{TokenBlocks, TokenizerInfo};
 
 use crate::hf::{HfError, HfTokenizer};
-use crate::source::BlockSource;
+use crate::source::{push_up_to, BlockSource};
 
 pub struct TextFileSource {
     tokenizer: TokenizerInfo,
@@ -88,19 +88,18 @@ impl BlockSource for TextFileSource {
         Ok(batch)
     }
 
-    fn valid_batches(&mut self) -> anyhow::Result<Vec<TokenBlocks>> {
-        Ok(self
-            .valid
-            .chunks(self.batch_size.max(1))
-            .enumerate()
-            .map(|(chunk_index, chunk)| {
-                let mut batch = TokenBlocks::new(self.seq_len);
-                for (row, block) in chunk.iter().enumerate() {
-                    batch.push(block, (chunk_index * self.batch_size + row) as u64, 0);
-                }
-                batch
-            })
-            .collect())
+    fn valid_batches(&mut self, max_blocks: Option<usize>) -> anyhow::Result<Vec<TokenBlocks>> {
+        let mut batches = Vec::new();
+        for (chunk_index, chunk) in self.valid.chunks(self.batch_size.max(1)).enumerate() {
+            let mut batch = TokenBlocks::new(self.seq_len);
+            for (row, block) in chunk.iter().enumerate() {
+                batch.push(block, (chunk_index * self.batch_size + row) as u64, 0);
+            }
+            if push_up_to(&mut batches, batch, max_blocks) {
+                break;
+            }
+        }
+        Ok(batches)
     }
 
     fn seconds_waited(&self) -> f64 {

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
-use flightlm_shared::TokenizerInfo;
+use flightlm_shared::{TokenBlocks, TokenizerInfo};
 
 use crate::block_log::BlockLog;
 use crate::checkpoint::{self, BestCheckpoint, CheckpointStore, TrainingState, CHECKPOINT_FORMAT};
@@ -106,12 +106,15 @@ pub fn train_with<B: AutodiffBackend>(
     let schedule = LinearSchedule::new(config.lr, config.warmup_steps, config.max_steps);
     let collator = Collator::from_train_config(config, &tokenizer);
 
-    let valid_blocks = source.valid_batches().map_err(TrainError::Source)?;
+    let valid_blocks = source
+        .valid_batches(config.eval_block_limit())
+        .map_err(TrainError::Source)?;
     let mut valid = Vec::with_capacity(valid_blocks.len());
     for (index, blocks) in valid_blocks.iter().enumerate() {
         check_blocks(blocks, config, tokenizer.vocab_size)?;
         valid.push(collator.collate(blocks, EVAL_MASKING_SEED, index as u64));
     }
+    let valid_blocks_read = valid_blocks.iter().map(TokenBlocks::rows).sum();
     drop(valid_blocks);
 
     if let Some(store) = &control.checkpoints {
@@ -149,6 +152,7 @@ pub fn train_with<B: AutodiffBackend>(
                 grad_accum: config.grad_accum,
                 max_steps: config.max_steps,
                 valid_batches: valid.len(),
+                valid_blocks: valid_blocks_read,
             })?;
             let first_eval = evaluate_and_record(&model, &valid, device, 0, metrics)?;
             let state = TrainingState {

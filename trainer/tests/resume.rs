@@ -189,8 +189,8 @@ impl BlockSource for StopAfter<'_> {
         self.inner.next_train_batch()
     }
 
-    fn valid_batches(&mut self) -> anyhow::Result<Vec<TokenBlocks>> {
-        self.inner.valid_batches()
+    fn valid_batches(&mut self, max_blocks: Option<usize>) -> anyhow::Result<Vec<TokenBlocks>> {
+        self.inner.valid_batches(max_blocks)
     }
 
     fn seconds_waited(&self) -> f64 {
