@@ -132,7 +132,7 @@ impl OpenStream {
                 if let Err(error) = sender.run(&mut stream.reader, &stream.request, stream.skip) {
                     let _ = sender.batches.blocking_send(Err(error));
                 }
-                stats.active.store(false, Ordering::Relaxed);
+                stats.finish();
             })
             .expect("spawning the stream thread");
         receiver

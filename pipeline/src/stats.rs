@@ -69,9 +69,18 @@ pub struct StreamStats {
     pub queued_batches: AtomicU64,
     pub epoch: AtomicU64,
     pub active: AtomicBool,
+    /// Nanoseconds from `started` to the end of the stream; 0 while it runs.
+    ended_after_ns: AtomicU64,
 }
 
 impl StreamStats {
+    /// Marks the stream ended; its `seconds`, and so its tokens/s, stop there.
+    pub fn finish(&self) {
+        let nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.ended_after_ns.store(nanos.max(1), Ordering::Relaxed);
+        self.active.store(false, Ordering::Relaxed);
+    }
+
     /// Counts the blocks of one sent batch by the source each came from (one lock per batch).
     pub fn count_sent(&self, sources: &[Arc<str>]) {
         let Ok(mut sent) = self.sent.lock() else {
@@ -86,7 +95,10 @@ impl StreamStats {
     }
 
     fn snapshot(&self) -> Value {
-        let seconds = self.started.elapsed().as_secs_f64();
+        let seconds = match self.ended_after_ns.load(Ordering::Relaxed) {
+            0 => self.started.elapsed().as_secs_f64(),
+            ended => ended as f64 * 1e-9,
+        };
         let blocks = self.blocks.load(Ordering::Relaxed);
         let seq_len = self.request.seq_len as u64;
         let tokens = blocks * seq_len;
@@ -161,6 +173,7 @@ impl StreamRegistry {
             queued_batches: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             active: AtomicBool::new(true),
+            ended_after_ns: AtomicU64::new(0),
         });
         if let Ok(mut streams) = self.streams.lock() {
             let finished = streams
@@ -245,7 +258,7 @@ mod tests {
         first.blocks.store(3, Ordering::Relaxed);
         let second = registry.register(&request, shared);
         second.blocks.store(4, Ordering::Relaxed);
-        second.active.store(false, Ordering::Relaxed);
+        second.finish();
         let snapshot = registry.snapshot();
         assert_eq!(snapshot["blocks"], 7);
         assert_eq!(snapshot["tokens"], 56);
@@ -255,12 +268,20 @@ mod tests {
             "two shards of one reading count its documents once"
         );
         assert_eq!(snapshot["streams"][1]["documents"], 5);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let later = registry.snapshot();
+        assert_eq!(
+            later["streams"][1]["seconds"], snapshot["streams"][1]["seconds"],
+            "a finished stream's time stops"
+        );
+        assert!(
+            later["streams"][0]["seconds"].as_f64() > snapshot["streams"][0]["seconds"].as_f64()
+        );
 
         for _ in 0..(FINISHED_STREAMS_KEPT + 10) {
             registry
                 .register(&request, ReadCounters::new(BadRecordPolicy::Error))
-                .active
-                .store(false, Ordering::Relaxed);
+                .finish();
         }
         let listed = registry.snapshot()["streams"].as_array().unwrap().len();
         assert!(
