@@ -5,6 +5,10 @@
 #
 #   bash scripts/hf-trainer-curve.sh [STEPS] [OBJECTIVE]     (defaults: 600 mlm)
 #
+# LR_SCHEDULE=linear|cosine|constant_with_warmup picks the learning-rate schedule of both sides
+# (transformers' lr_scheduler_type); the learning rates flightlm logged are compared with
+# transformers' scheduler.
+#
 # Needs PyTorch + transformers: a venv at $FLIGHTLM_TORCH_VENV (default
 # $HOME/.cache/flightlm-torch-venv), created from PyPI if missing.
 set -euo pipefail
@@ -19,6 +23,7 @@ BATCH=16
 WARMUP=$((STEPS / 10))
 LR=5e-4
 SEED=42
+LR_SCHEDULE="${LR_SCHEDULE:-linear}"
 
 if ! "$TORCH_VENV/bin/python" -c "import torch, transformers, accelerate" 2>/dev/null; then
     python3 -m venv "$TORCH_VENV"
@@ -38,8 +43,8 @@ started=$(date +%s)
 "$FLIGHTLM_BIN/flightlm-trainer" train-text --text "$WORK/corpus.txt" \
     --tokenizer "$WORK/tokenizer/tokenizer.json" --objective "$OBJECTIVE" --preset tiny \
     --seq-len "$SEQ_LEN" --batch-size "$BATCH" --grad-accum 1 --max-steps "$STEPS" \
-    --warmup-steps "$WARMUP" --lr "$LR" --weight-decay 0.1 --dropout 0.1 --seed "$SEED" \
-    --log-every $((STEPS / 5)) --eval-every "$STEPS" --valid-fraction 0.05 \
+    --warmup-steps "$WARMUP" --lr "$LR" --lr-schedule "$LR_SCHEDULE" --weight-decay 0.1 --dropout 0.1 --seed "$SEED" \
+    --log-every $(( STEPS >= 20 ? STEPS / 20 : 1 )) --eval-every "$STEPS" --valid-fraction 0.05 \
     --out "$WORK/flightlm" --export "$WORK/flightlm-model" > /dev/null
 flightlm_seconds=$(( $(date +%s) - started ))
 flightlm_eval=$(grep '"kind":"done"' "$WORK/flightlm/metrics.jsonl" |
@@ -50,7 +55,8 @@ cat > "$WORK/run.json" <<EOF
  "flightlm_model": "$WORK/flightlm-model", "objective": "$OBJECTIVE", "steps": $STEPS,
  "seq_len": $SEQ_LEN, "batch_size": $BATCH, "grad_accum": 1, "lr": $LR,
  "warmup_steps": $WARMUP, "weight_decay": 0.1, "mlm_probability": 0.15,
- "valid_fraction": 0.05, "seed": $SEED}
+ "valid_fraction": 0.05, "seed": $SEED, "lr_schedule": "$LR_SCHEDULE",
+ "flightlm_metrics": "$WORK/flightlm/metrics.jsonl"}
 EOF
 hf=$("$TORCH_VENV/bin/python" scripts/hf_trainer_curve.py "$WORK/run.json" 2>/dev/null | tail -n 1)
 
@@ -67,5 +73,7 @@ print(f"{'train seconds':34}{flightlm_seconds:>10}{hf['hf_trainer_seconds']:>12.
 ratio = same["ratio"]
 verdict = "within" if abs(ratio - 1) <= 0.05 else "NOT within"
 print(f"ratio flightlm/HF (same evaluator): {ratio:.4f} -> {verdict} 5 %")
+print(f"{hf['lr_schedule']} learning rate at {hf['lr_lines_compared']} logged steps: "
+      f"largest difference from transformers {hf['lr_max_difference']:.2e} of the peak")
 print(json.dumps({"flightlm_eval_loss": flightlm_eval, **hf}))
 EOF

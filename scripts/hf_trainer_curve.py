@@ -9,11 +9,12 @@ Same data and order as train-text: every non-blank line tokenized with <s> ... <
 concatenated and cut into seq_len blocks (group_texts), the last `valid_fraction` of the blocks
 held out, train batches taken in block order (`train_sampling_strategy="sequential"`), cycling.
 Same recipe: AdamW (betas, eps, weight decay without biases and LayerNorm), linear warmup and
-decay, clipping at 1.0, dropout 0.1, N(0, 0.02) init. Masking draws differ (torch vs flightlm's
+the run's `lr_schedule` (linear by default), clipping at 1.0, dropout 0.1, N(0, 0.02) init. Masking draws differ (torch vs flightlm's
 generator) but follow the same 80/10/10 rule.
 
-Prints one JSON object: HF Trainer's own eval_loss, and both final models (HF's and flightlm's,
-loaded from its export) scored by one evaluator on the same fixed masks of the valid split.
+Prints one JSON object: HF Trainer's own eval_loss, both final models (HF's and flightlm's,
+loaded from its export) scored by one evaluator on the same fixed masks of the valid split, and
+the largest difference between the learning rates flightlm logged and transformers' scheduler.
 """
 
 import json
@@ -31,6 +32,7 @@ from transformers import (
     RobertaTokenizerFast,
     Trainer,
     TrainingArguments,
+    get_scheduler,
 )
 
 EVAL_MASKING_SEED = 1234
@@ -85,6 +87,26 @@ def mean_loss(model, batches, causal):
     return total / count
 
 
+def schedule_difference(run):
+    """Largest |flightlm - transformers| learning rate over flightlm's train lines, relative to
+    the peak. A line for step k logs the rate of its last update, the one with 0-based index k-1."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=run["lr"])
+    scheduler = get_scheduler(
+        run["lr_schedule"], optimizer, num_warmup_steps=run["warmup_steps"],
+        num_training_steps=run["steps"],
+    )
+    rates = []
+    for _ in range(run["steps"]):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    with open(run["flightlm_metrics"], encoding="utf-8") as handle:
+        lines = [json.loads(line) for line in handle]
+    logged = [(line["step"], line["lr"]) for line in lines if line.get("kind") == "train"]
+    return max(abs(lr - rates[step - 1]) / run["lr"] for step, lr in logged), len(logged)
+
+
 def main():
     run = json.load(open(sys.argv[1]))
     torch.set_num_threads(run.get("threads", torch.get_num_threads()))
@@ -112,7 +134,7 @@ def main():
             gradient_accumulation_steps=run["grad_accum"],
             learning_rate=run["lr"],
             warmup_steps=run["warmup_steps"],
-            lr_scheduler_type="linear",
+            lr_scheduler_type=run["lr_schedule"],
             weight_decay=run["weight_decay"],
             adam_beta1=0.9,
             adam_beta2=0.98,
@@ -142,6 +164,7 @@ def main():
         "flightlm": mean_loss(flightlm_model, batches, causal),
     }
     same_masks["ratio"] = same_masks["flightlm"] / same_masks["hf"]
+    lr_difference, lr_lines = schedule_difference(run)
     print(
         json.dumps(
             {
@@ -150,6 +173,9 @@ def main():
                 "hf_trainer_eval_loss": hf_eval,
                 "hf_trainer_seconds": seconds,
                 "same_masks_eval_loss": same_masks,
+                "lr_schedule": run["lr_schedule"],
+                "lr_max_difference": lr_difference,
+                "lr_lines_compared": lr_lines,
             }
         )
     )

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+use crate::schedule::ScheduleKind;
 
 /// What the model learns to predict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -98,6 +99,9 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     /// Peak learning rate, reached at the end of warmup.
     pub lr: f64,
+    /// After warmup; configurations saved before the choice existed read as linear.
+    #[serde(default)]
+    pub lr_schedule: ScheduleKind,
     pub warmup_steps: usize,
     pub weight_decay: f64,
     pub adam_beta1: f64,
@@ -153,6 +157,7 @@ impl TrainConfig {
             batch_size: 32,
             grad_accum: 4,
             lr: 5e-4,
+            lr_schedule: ScheduleKind::Linear,
             warmup_steps: 1000,
             weight_decay: 0.1,
             adam_beta1: 0.9,

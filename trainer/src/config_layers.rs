@@ -129,6 +129,7 @@ fn merge(target: &mut Value, layer: &Map<String, Value>) {
 mod tests {
     use super::*;
     use crate::config::Objective;
+    use crate::schedule::ScheduleKind;
 
     fn flags(values: Value) -> ConfigLayer {
         ConfigLayer::from_serialize("command line", &values).expect("an object")
@@ -139,7 +140,7 @@ mod tests {
         let file = ConfigLayer::from_toml(
             "run.toml",
             "preset = \"small\"\nlr = 1e-3\nwarmup_steps = 10\nobjective = \"causal\"\n\
-             max_grad_norm = 0\n[model]\nlayers = 3\n",
+             max_grad_norm = 0\nlr_schedule = \"constant_with_warmup\"\n[model]\nlayers = 3\n",
         )
         .expect("parses");
         let cli = flags(serde_json::json!({ "lr": 2e-3, "pipeline": "http://h:1" }));
@@ -147,6 +148,7 @@ mod tests {
         assert_eq!(config.lr, 2e-3, "the command line wins");
         assert_eq!(config.warmup_steps, 10, "the file beats the default");
         assert_eq!(config.objective, Objective::Causal);
+        assert_eq!(config.lr_schedule, ScheduleKind::ConstantWithWarmup);
         assert_eq!(config.max_grad_norm, None, "0 disables clipping");
         assert_eq!(config.model.layers, 3);
         assert_eq!(

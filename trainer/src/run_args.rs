@@ -9,6 +9,7 @@ use clap::Args;
 use flightlm_trainer::checkpoint::{read_state, TrainingState};
 use flightlm_trainer::config_layers::{resolve, ConfigLayer};
 use flightlm_trainer::resume::{check_resumable, locate, read_config, run_dir_of};
+use flightlm_trainer::schedule::ScheduleKind;
 use flightlm_trainer::{DeviceKind, Objective, Precision, Preset, TrainConfig};
 use serde::Serialize;
 
@@ -67,7 +68,7 @@ pub(crate) struct RunArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     preset: Option<Preset>,
-    /// Optimizer steps; the learning rate decays linearly to 0 at the last one [default: 10000].
+    /// Optimizer steps; a linear or cosine schedule reaches 0 at the last one [default: 10000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_steps: Option<usize>,
@@ -95,6 +96,10 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     lr: Option<f64>,
+    /// The learning rate after warmup, as transformers' lr_scheduler_type [default: linear].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr_schedule: Option<ScheduleKind>,
     /// Linear warmup steps [default: 1000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

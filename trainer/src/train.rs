@@ -33,7 +33,7 @@ use crate::model::{Roberta, RobertaConfig};
 use crate::optimizer::{AdamWSettings, TrainingOptimizer};
 use crate::progress::{eta_seconds, Window};
 use crate::rng::dropout_seed;
-use crate::schedule::LinearSchedule;
+use crate::schedule::LrSchedule;
 use crate::source::{check_blocks, check_tokenizer, BlockSource};
 
 /// What a finished (or stopped) run reports.
@@ -103,7 +103,12 @@ pub fn train_with<B: AutodiffBackend>(
     }
     let optimizer =
         TrainingOptimizer::<B, Roberta<B>>::new(AdamWSettings::from_train_config(config));
-    let schedule = LinearSchedule::new(config.lr, config.warmup_steps, config.max_steps);
+    let schedule = LrSchedule::new(
+        config.lr_schedule,
+        config.lr,
+        config.warmup_steps,
+        config.max_steps,
+    );
     let collator = Collator::from_train_config(config, &tokenizer);
 
     let valid_blocks = source
