@@ -232,6 +232,14 @@ impl FaultProxy {
     }
 }
 
+/// A failing test must not leave the proxy running (it holds the test runner's output open).
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `consume` reconnects too: through a link that resets connections it reads exactly the blocks
 /// it reads without one.
 #[test]
