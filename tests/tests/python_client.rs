@@ -1,5 +1,6 @@
-//! Other trainers read the same stream: the pyarrow.flight example decodes exactly the blocks the
-//! Rust client does, with consecutive sequence numbers and the tokenizer description.
+//! Other trainers read the same stream: the pyarrow.flight example and `python/flightlm_stream.py`
+//! decode exactly the blocks the Rust client does, with consecutive sequence numbers, the
+//! tokenizer description and exact resumes.
 
 use std::process::Command;
 use std::time::Duration;
@@ -165,4 +166,36 @@ fn pyarrow_ranks_read_their_shards_of_one_stream() {
     for (seq, block) in whole.iter().enumerate() {
         assert_eq!(&shards[seq % 2][seq / 2], block, "block {seq}");
     }
+}
+
+/// `BlockReader` row by row, in three legs each resumed from the last one's `state_dict()`
+/// (taken mid-batch): together they are the stream `consume` reads.
+#[test]
+fn block_reader_state_resumes_between_rows() {
+    let dir = scratch_dir("python_block_reader");
+    let corpus = sample_corpus(&dir, 1200);
+    let tokenizer = train_tokenizer(&dir, &corpus, 700);
+    let pipeline = Pipeline::start(
+        &[&corpus],
+        &tokenizer,
+        &["--valid-fraction", "0", "--shuffle-window", "32"],
+    );
+    let whole_dump = dir.join("whole.blocks");
+    run_ok(
+        Command::new(binary("flightlm-pipeline"))
+            .args(["consume", "--pipeline", &pipeline.url, "--seq-len", "40"])
+            .args(["--batch-size", "6", "--max-blocks", "100", "--dump"])
+            .arg(&whole_dump),
+        Duration::from_secs(60),
+    );
+    let output = run_ok(
+        Command::new(python())
+            .arg(repo_root().join("tests/python/block_reader_state.py"))
+            .args([&pipeline.url, "40", "6", "23", "41", "36"]),
+        Duration::from_secs(120),
+    );
+    let read: serde_json::Value = serde_json::from_str(&output).expect("JSON");
+    let blocks: Vec<Vec<u32>> = serde_json::from_value(read["blocks"].clone()).expect("blocks");
+    assert_eq!(blocks, read_dump(&whole_dump));
+    assert_eq!(read["state"]["split"], "train");
 }

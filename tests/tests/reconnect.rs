@@ -276,3 +276,45 @@ fn consume_reads_through_a_link_that_resets_connections() {
         "the same blocks, none lost or repeated"
     );
 }
+
+/// The Python reader (`python/flightlm_stream.py`) through the same link: resets reconnect it
+/// and it yields exactly the blocks `consume` reads directly.
+#[test]
+fn the_python_reader_reads_through_a_link_that_resets_connections() {
+    let dir = scratch_dir("reconnect-python");
+    let corpus = sample_corpus(&dir, 4000);
+    let tokenizer = train_tokenizer(&dir, &corpus, 600);
+    let pipeline = Pipeline::start(&[&corpus], &tokenizer, &["--shuffle-window", "32"]);
+    let direct = dir.join("direct.blocks");
+    run_ok(
+        Command::new(binary("flightlm-pipeline"))
+            .args(["consume", "--pipeline", &pipeline.url, "--seq-len", "32"])
+            .args(["--batch-size", "8", "--epochs", "1", "--dump"])
+            .arg(&direct),
+        Duration::from_secs(120),
+    );
+    let (mut proxy, proxied, events) = FaultProxy::start(&pipeline.url, "1", "0.2", "0.4");
+    let through_resets = dir.join("proxied.blocks");
+    let summary = last_json_line(&run_ok(
+        Command::new(flightlm_tests::python())
+            .arg(flightlm_tests::repo_root().join("scripts/read_stream.py"))
+            .args([
+                "--pipeline",
+                &proxied,
+                "--seq-len",
+                "32",
+                "--batch-size",
+                "8",
+            ])
+            .args(["--epochs", "1", "--retry-s", "30", "--dump"])
+            .arg(&through_resets),
+        Duration::from_secs(120),
+    ));
+    assert!(proxy.resets(&events) >= 1, "the proxy reset connections");
+    assert!(summary["reconnections"].as_u64().unwrap() >= 1, "{summary}");
+    assert_eq!(
+        flightlm_tests::read_dump(&through_resets),
+        flightlm_tests::read_dump(&direct),
+        "the same blocks, none lost or repeated"
+    );
+}

@@ -1,0 +1,222 @@
+"""Token blocks from a flightlm pipeline, for PyTorch trainers: HF `Trainer`, plain loops, DDP.
+
+    from flightlm_stream import BlockReader
+    reader = BlockReader("grpc://127.0.0.1:50051", seq_len=128)
+    for block in reader:            # numpy int32 [seq_len], in stream order
+        ...
+    state = reader.state_dict()     # store it with the checkpoint
+    BlockReader("grpc://127.0.0.1:50051", seq_len=128, state=state)   # continues right after
+
+A reader asks for one split (`train` repeats until closed unless `epochs` is given; `valid` is
+one pass), optionally one shard of a data-parallel job (`shard=(rank, world)`: blocks rank,
+rank+world, ... of the global sequence; the pipeline tokenizes once for all ranks). When the
+pipeline goes away or the link breaks, it reconnects with exponential backoff for up to
+`retry_s` seconds and continues after the last block it yielded, so nothing is lost or repeated.
+`state_dict()` is what to checkpoint: the stream cursor of docs/protocol.md, *Resuming*.
+
+With torch installed, `FlightlmDataset` wraps a reader as a `torch.utils.data.IterableDataset`
+yielding `{"input_ids": LongTensor[seq_len]}`, the rows `DataCollatorForLanguageModeling` takes.
+It reads the shard of `torch.distributed`'s rank unless told otherwise. Use it with the
+DataLoader's default `num_workers=0`: the pipeline process does the tokenizing, decoding a batch
+is zero-copy, and the dataset's `state_dict()` is then the position of the DataLoader. HF
+`Trainer` draws one batch ahead of the step it trains (measured with transformers 5.24,
+scripts/hf-trainer-stream.sh), so a state saved with its checkpoint resumes one batch later:
+that batch is skipped, nothing is repeated. A loop of your own that saves the state after each
+optimizer step resumes exactly.
+
+Needs pyarrow and numpy only (torch for `FlightlmDataset`).
+"""
+
+import json
+import time
+
+import numpy as np
+import pyarrow.flight as flight
+
+CONTRACT_VERSION = 1
+
+# What a broken connection or an absent pipeline looks like; everything else (a refused request,
+# a failed corpus, a bad token) is final.
+RETRYABLE = (
+    flight.FlightUnavailableError,
+    flight.FlightTimedOutError,
+    flight.FlightInternalError,
+    flight.FlightCancelledError,
+)
+FIRST_DELAY_S = 0.1
+MAX_DELAY_S = 5.0
+
+
+def request_json(split, seq_len, batch_size, epochs=None, cursor=None, shard=None):
+    """The stream request of docs/protocol.md."""
+    request = {
+        "version": CONTRACT_VERSION,
+        "split": split,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "epochs": epochs,
+    }
+    if cursor is not None:
+        request["cursor"] = cursor
+    if shard is not None:
+        request["shard"] = {"index": shard[0], "count": shard[1]}
+    return json.dumps(request)
+
+
+def cursor_after(batch, row):
+    """The cursor that resumes right after `row` of `batch` (docs/protocol.md, Resuming)."""
+    return {
+        "state": json.loads(batch.column("resume_state")[row].as_py()),
+        "skip": batch.column("resume_skip")[row].as_py(),
+    }
+
+
+def location_of(url):
+    """pyarrow's spelling of a pipeline URL: http:// and https:// as grpc:// and grpc+tls://."""
+    return url.replace("https://", "grpc+tls://", 1).replace("http://", "grpc://", 1)
+
+
+class BlockReader:
+    """The blocks of one split of a flightlm pipeline, one numpy int32 row of `seq_len` ids at a
+    time; resumable through `state_dict()`, reconnecting through outages of up to `retry_s`."""
+
+    def __init__(self, pipeline, seq_len, batch_size=256, split="train", epochs=None,
+                 shard=None, state=None, tls_ca=None, token_file=None, retry_s=60.0):
+        self.pipeline = pipeline
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.split = split
+        self.epochs = epochs
+        self.shard = tuple(shard) if shard is not None else None
+        self.tls_ca = tls_ca
+        self.token_file = token_file
+        self.retry_s = retry_s
+        self.tokenizer = None
+        self.reconnections = 0
+        self._cursor = None
+        # The batch and row of the last block yielded; its cursor is built only when asked for.
+        self._last = None
+        if state is not None:
+            self.load_state_dict(state)
+
+    def state_dict(self):
+        """Where the stream continues: after the last block this reader yielded."""
+        return {"cursor": self.cursor, "split": self.split, "seq_len": self.seq_len,
+                "shard": list(self.shard) if self.shard else None}
+
+    def load_state_dict(self, state):
+        for key in ("split", "seq_len"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"the state is of {key} {state.get(key)!r}, "
+                                 f"this reader reads {getattr(self, key)!r}")
+        shard = tuple(state["shard"]) if state.get("shard") else None
+        if shard != self.shard:
+            raise ValueError(f"the state is of shard {shard}, this reader reads {self.shard}")
+        self._cursor, self._last = state.get("cursor"), None
+
+    @property
+    def cursor(self):
+        if self._last is not None:
+            self._cursor, self._last = cursor_after(*self._last), None
+        return self._cursor
+
+    def _connect(self):
+        tls_root_certs = open(self.tls_ca, "rb").read() if self.tls_ca else None
+        client = flight.connect(location_of(self.pipeline), tls_root_certs=tls_root_certs)
+        options = flight.FlightCallOptions()
+        if self.token_file:
+            # The token as a Basic password; every call then carries the bearer header.
+            token = open(self.token_file).read().strip()
+            header = client.authenticate_basic_token("reader", token)
+            options = flight.FlightCallOptions(headers=[header])
+        return client, options
+
+    def _open(self):
+        """Describes the stream (GetFlightInfo), then opens it after the current cursor."""
+        client, options = self._connect()
+        command = request_json(self.split, self.seq_len, self.batch_size, self.epochs,
+                               self.cursor, self.shard)
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(command), options)
+        description = json.loads(info.app_metadata)
+        if description["contract_version"] != CONTRACT_VERSION:
+            raise RuntimeError(f"the pipeline speaks contract {description['contract_version']}, "
+                               f"this reader {CONTRACT_VERSION}")
+        reader = client.do_get(info.endpoints[0].ticket, options)
+        tokenizer = json.loads(reader.schema.metadata[b"flightlm.tokenizer"])
+        if tokenizer != description["tokenizer"]:
+            raise RuntimeError("the stream's tokenizer differs from its description")
+        if self.tokenizer is not None and tokenizer != self.tokenizer:
+            raise RuntimeError("the pipeline came back with another tokenizer")
+        self.tokenizer = tokenizer
+        return client, reader
+
+    def batches(self):
+        """Yields (input_ids [rows, seq_len] int32, block_seq [rows] uint64, record batch); the
+        reader's cursor follows the last row of each batch yielded."""
+        delay, failing_since = FIRST_DELAY_S, None
+        while True:
+            client = None
+            try:
+                client, reader = self._open()
+                for chunk in reader:
+                    batch = chunk.data
+                    if batch.num_rows == 0:
+                        continue
+                    # flatten() honours slice offsets; .values would not.
+                    ids = batch.column("input_ids").flatten().to_numpy()
+                    self._last = (batch, batch.num_rows - 1)
+                    delay, failing_since = FIRST_DELAY_S, None
+                    yield ids.reshape(-1, self.seq_len), batch.column("block_seq").to_numpy(), batch
+                return
+            except RETRYABLE as error:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since + delay > self.retry_s:
+                    raise RuntimeError(f"the pipeline at {self.pipeline} stayed unreachable for "
+                                       f"{self.retry_s} s: {error}") from error
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_DELAY_S)
+                self.reconnections += 1
+            finally:
+                if client is not None:
+                    client.close()
+
+    def __iter__(self):
+        for ids, _, batch in self.batches():
+            for row in range(len(ids)):
+                # Each row moves the cursor, so a state taken between rows resumes exactly.
+                self._last = (batch, row)
+                yield ids[row]
+
+
+try:
+    import torch
+except ImportError:  # the reader itself needs no torch
+    torch = None
+
+if torch is not None:
+
+    class FlightlmDataset(torch.utils.data.IterableDataset):
+        """A `BlockReader` as an IterableDataset of `{"input_ids": LongTensor[seq_len]}`."""
+
+        def __init__(self, pipeline, seq_len, **options):
+            super().__init__()
+            if "shard" not in options and torch.distributed.is_available() \
+                    and torch.distributed.is_initialized():
+                options["shard"] = (torch.distributed.get_rank(),
+                                    torch.distributed.get_world_size())
+            self.reader = BlockReader(pipeline, seq_len, **options)
+
+        def __iter__(self):
+            worker = torch.utils.data.get_worker_info()
+            if worker is not None and worker.num_workers > 1:
+                raise RuntimeError("FlightlmDataset reads one stream: use num_workers=0 (the "
+                                   "pipeline does the tokenizing)")
+            for block in self.reader:
+                yield {"input_ids": torch.from_numpy(block.astype(np.int64))}
+
+        def state_dict(self):
+            return self.reader.state_dict()
+
+        def load_state_dict(self, state):
+            self.reader.load_state_dict(state)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# HF `Trainer` (PyTorch) trained from a flightlm pipeline through python/flightlm_stream.py: the
+# sample corpus served on 127.0.0.1, a tiny RobertaForMaskedLM, STEPS steps on the CPU. Prints
+# the steps, the loss, tokens/s, and whether the dataset's state_dict() resumes exactly.
+#
+#   bash scripts/hf-trainer-stream.sh [STEPS]      (default 100)
+#
+# Needs PyTorch + transformers + pyarrow: a venv at $FLIGHTLM_TORCH_VENV (default
+# $HOME/.cache/flightlm-torch-venv), completed from PyPI if something is missing.
+set -euo pipefail
+FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$FLIGHTLM_REPO"
+source scripts/env.sh
+TORCH_VENV="${FLIGHTLM_TORCH_VENV:-$HOME/.cache/flightlm-torch-venv}"
+STEPS="${1:-100}"
+if ! "$TORCH_VENV/bin/python" -c "import torch, transformers, accelerate, pyarrow" 2>/dev/null; then
+    [ -x "$TORCH_VENV/bin/python" ] || python3 -m venv "$TORCH_VENV"
+    "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        torch accelerate transformers==5.24.0 tokenizers==0.23.3 numpy==2.4.6 pyarrow==26.0.1
+fi
+
+cargo build --workspace --bins
+WORK="$(mktemp -d)"
+"$FLIGHTLM_BIN/flightlm-pipeline" train-tokenizer --input data/kjv.txt.zst --vocab-size 8192 \
+    --out "$WORK/tokenizer" > /dev/null
+"$FLIGHTLM_BIN/flightlm-pipeline" serve --input data/kjv.txt.zst \
+    --tokenizer "$WORK/tokenizer/tokenizer.json" --listen 127.0.0.1:0 \
+    > "$WORK/pipeline.out" 2> "$WORK/pipeline.log" &
+PIPELINE_PID=$!
+trap 'kill $PIPELINE_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+for _ in $(seq 1 300); do [ -s "$WORK/pipeline.out" ] && break; sleep 0.1; done
+URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' "$WORK/pipeline.out")
+
+result=$("$TORCH_VENV/bin/python" scripts/hf_trainer_stream.py "$URL" \
+    "$WORK/tokenizer/tokenizer.json" "$STEPS" 2> "$WORK/trainer.log" | tail -n 1) ||
+    { cat "$WORK/trainer.log" >&2; exit 1; }
+echo "$result"
+"$TORCH_VENV/bin/python" - "$result" <<'PY'
+import json, sys
+run = json.loads(sys.argv[1])
+print(f"HF Trainer from the pipeline: {run['steps']} steps, train loss {run['train_loss']:.4f}, "
+      f"{run['tokens_per_s']:,.0f} tokens/s; blocks taken {run['blocks_taken']} "
+      f"for {run['blocks_trained']} trained; state_dict resumes exactly: "
+      f"{run['resumed_reader_continues_exactly']}")
+sys.exit(0 if run["resumed_reader_continues_exactly"] else 1)
+PY
