@@ -33,15 +33,10 @@ done
 
 : > "$WORK/torch.out"
 if [ "${TORCH:-1}" != 0 ]; then
-    TORCH_VENV="${FLIGHTLM_TORCH_VENV:-$HOME/.cache/flightlm-torch-venv}"
-    if ! "$TORCH_VENV/bin/python" -c "import torch, transformers" 2>/dev/null; then
-        python3 -m venv "$TORCH_VENV"
-        "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check \
-            torch transformers==5.24.0 tokenizers==0.23.3 numpy==2.4.6
-    fi
+    ensure_torch_python
     for preset in tiny small; do
         echo "== pytorch $preset"
-        "$TORCH_VENV/bin/python" scripts/gpu_bench_torch.py --device cpu --threads "$(nproc)" \
+        "$TORCH_PYTHON" scripts/gpu_bench_torch.py --device cpu --threads "$(nproc)" \
             --preset "$preset" --configs mlm:128:16:f32 --vocab 8192 --steps 20 --warmup 3 \
             >> "$WORK/torch.out"
     done

@@ -16,6 +16,20 @@ ensure_python() {
     export FLIGHTLM_PYTHON="$FLIGHTLM_VENV/bin/python"
 }
 
+# Completes the PyTorch venv ($FLIGHTLM_TORCH_VENV, default ~/.cache/flightlm-torch-venv) from
+# scripts/requirements-torch.txt unless it already has it, and sets TORCH_PYTHON.
+ensure_torch_python() {
+    local venv="${FLIGHTLM_TORCH_VENV:-$HOME/.cache/flightlm-torch-venv}"
+    local stamp="$venv/.requirements"
+    if ! cmp -s "$FLIGHTLM_REPO/scripts/requirements-torch.txt" "$stamp" 2>/dev/null; then
+        [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check \
+            -r "$FLIGHTLM_REPO/scripts/requirements-torch.txt"
+        cp "$FLIGHTLM_REPO/scripts/requirements-torch.txt" "$stamp"
+    fi
+    TORCH_PYTHON="$venv/bin/python"
+}
+
 # Waits (up to 60 s) until a process started with its stdout in FILE announces its address, and
 # prints the "url" (or, for flightlm-fault-proxy, "listening") field. Usage: wait_for_url FILE PID
 wait_for_url() {

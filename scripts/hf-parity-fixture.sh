@@ -10,14 +10,9 @@ set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
 source scripts/env.sh
-TORCH_VENV="${FLIGHTLM_TORCH_VENV:-$HOME/.cache/flightlm-torch-venv}"
 FIXTURE="$FLIGHTLM_REPO/tests/fixtures/hf-parity"
 
-if ! "$TORCH_VENV/bin/python" -c "import torch, transformers" 2>/dev/null; then
-    python3 -m venv "$TORCH_VENV"
-    "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check \
-        torch transformers==5.24.0 tokenizers==0.23.3 numpy==2.4.6
-fi
+ensure_torch_python
 command -v zstd >/dev/null || { echo "needs the zstd command" >&2; exit 1; }
 
 cargo build --workspace --bins
@@ -42,5 +37,5 @@ for objective in mlm causal; do
         --out "$FIXTURE/$objective"
 done
 
-"$TORCH_VENV/bin/python" scripts/hf_parity_fixture.py "$FIXTURE" "$FLIGHTLM_BIN/flightlm-trainer"
+"$TORCH_PYTHON" scripts/hf_parity_fixture.py "$FIXTURE" "$FLIGHTLM_BIN/flightlm-trainer"
 du -sh "$FIXTURE"

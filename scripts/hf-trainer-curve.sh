@@ -15,7 +15,6 @@ set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
 source scripts/env.sh
-TORCH_VENV="${FLIGHTLM_TORCH_VENV:-$HOME/.cache/flightlm-torch-venv}"
 STEPS="${1:-600}"
 OBJECTIVE="${2:-mlm}"
 SEQ_LEN=128
@@ -25,11 +24,7 @@ LR=5e-4
 SEED=42
 LR_SCHEDULE="${LR_SCHEDULE:-linear}"
 
-if ! "$TORCH_VENV/bin/python" -c "import torch, transformers, accelerate" 2>/dev/null; then
-    python3 -m venv "$TORCH_VENV"
-    "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check \
-        torch accelerate transformers==5.24.0 tokenizers==0.23.3 numpy==2.4.6
-fi
+ensure_torch_python
 command -v zstd >/dev/null || { echo "needs the zstd command" >&2; exit 1; }
 
 cargo build --workspace --bins
@@ -58,9 +53,9 @@ cat > "$WORK/run.json" <<EOF
  "valid_fraction": 0.05, "seed": $SEED, "lr_schedule": "$LR_SCHEDULE",
  "flightlm_metrics": "$WORK/flightlm/metrics.jsonl"}
 EOF
-hf=$("$TORCH_VENV/bin/python" scripts/hf_trainer_curve.py "$WORK/run.json" 2>/dev/null | tail -n 1)
+hf=$("$TORCH_PYTHON" scripts/hf_trainer_curve.py "$WORK/run.json" 2>/dev/null | tail -n 1)
 
-"$TORCH_VENV/bin/python" - "$hf" "$flightlm_eval" "$flightlm_seconds" "$OBJECTIVE" "$STEPS" <<'EOF'
+"$TORCH_PYTHON" - "$hf" "$flightlm_eval" "$flightlm_seconds" "$OBJECTIVE" "$STEPS" <<'EOF'
 import json, sys
 hf, flightlm_eval, flightlm_seconds = json.loads(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 same = hf["same_masks_eval_loss"]

@@ -11,13 +11,8 @@ set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
 source scripts/env.sh
-TORCH_VENV="${FLIGHTLM_TORCH_VENV:-$HOME/.cache/flightlm-torch-venv}"
 STEPS="${1:-100}"
-if ! "$TORCH_VENV/bin/python" -c "import torch, transformers, accelerate, pyarrow" 2>/dev/null; then
-    [ -x "$TORCH_VENV/bin/python" ] || python3 -m venv "$TORCH_VENV"
-    "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check \
-        torch accelerate transformers==5.24.0 tokenizers==0.23.3 numpy==2.4.6 pyarrow==26.0.1
-fi
+ensure_torch_python
 
 cargo build --workspace --bins
 WORK="$(mktemp -d)"
@@ -31,11 +26,11 @@ trap 'kill $PIPELINE_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 1 300); do [ -s "$WORK/pipeline.out" ] && break; sleep 0.1; done
 URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' "$WORK/pipeline.out")
 
-result=$("$TORCH_VENV/bin/python" scripts/hf_trainer_stream.py "$URL" \
+result=$("$TORCH_PYTHON" scripts/hf_trainer_stream.py "$URL" \
     "$WORK/tokenizer/tokenizer.json" "$STEPS" 2> "$WORK/trainer.log" | tail -n 1) ||
     { cat "$WORK/trainer.log" >&2; exit 1; }
 echo "$result"
-"$TORCH_VENV/bin/python" - "$result" <<'PY'
+"$TORCH_PYTHON" - "$result" <<'PY'
 import json, sys
 run = json.loads(sys.argv[1])
 print(f"HF Trainer from the pipeline: {run['steps']} steps, train loss {run['train_loss']:.4f}, "
