@@ -16,7 +16,10 @@ pipeline goes away or the link breaks, it reconnects with exponential backoff fo
 
 With torch installed, `FlightlmDataset` wraps a reader as a `torch.utils.data.IterableDataset`
 yielding `{"input_ids": LongTensor[seq_len]}`, the rows `DataCollatorForLanguageModeling` takes.
-It reads the shard of `torch.distributed`'s rank unless told otherwise. Use it with the
+Data-parallel: in a DDP loop of your own, give each rank `shard=(rank, world)`. Under HF
+`Trainer` (accelerate) leave `shard` unset: for iterable datasets accelerate has rank 0 read
+every batch and hand each rank its slice, so a sharded rank 0 would train on 1/world of the
+stream. Use it with the
 DataLoader's default `num_workers=0`: the pipeline process does the tokenizing, decoding a batch
 is zero-copy, and the dataset's `state_dict()` is then the position of the DataLoader. HF
 `Trainer` draws one batch ahead of the step it trains (measured with transformers 5.24,
@@ -201,10 +204,6 @@ if torch is not None:
 
         def __init__(self, pipeline, seq_len, **options):
             super().__init__()
-            if "shard" not in options and torch.distributed.is_available() \
-                    and torch.distributed.is_initialized():
-                options["shard"] = (torch.distributed.get_rank(),
-                                    torch.distributed.get_world_size())
             self.reader = BlockReader(pipeline, seq_len, **options)
 
         def __iter__(self):
