@@ -21,16 +21,19 @@ Data-parallel: in a DDP loop of your own, give each rank `shard=(rank, world)`. 
 every batch and hand each rank its slice, so a sharded rank 0 would train on 1/world of the
 stream. Use it with the
 DataLoader's default `num_workers=0`: the pipeline process does the tokenizing, decoding a batch
-is zero-copy, and the dataset's `state_dict()` is then the position of the DataLoader. HF
-`Trainer` draws one batch ahead of the step it trains (measured with transformers 5.24,
-scripts/hf-trainer-stream.sh), so a state saved with its checkpoint resumes one batch later:
-that batch is skipped, nothing is repeated. A loop of your own that saves the state after each
-optimizer step resumes exactly.
+is zero-copy, and the dataset's `state_dict()` is then the position of the DataLoader. A
+DataLoader may read ahead of the step it trains (HF `Trainer` does, by one batch):
+`state_dict(rows=N)` is the position after the first N rows instead. `FlightlmStateCallback`
+does this for HF `Trainer`, saving the position of the last trained block into each checkpoint
+(scripts/hf-trainer-stream.sh checks that a resumed Trainer trains on exactly the blocks the
+uninterrupted one does).
 
 Needs pyarrow and numpy only (torch for `FlightlmDataset`).
 """
 
+import collections
 import json
+import os
 import time
 
 import numpy as np
@@ -48,6 +51,10 @@ RETRYABLE = (
 )
 FIRST_DELAY_S = 0.1
 MAX_DELAY_S = 5.0
+# Record batches kept so that `state_dict(rows=...)` can name a row a DataLoader has read past.
+RECENT_BATCHES = 16
+# The file `FlightlmStateCallback` writes into each HF Trainer checkpoint.
+STATE_FILE = "flightlm_stream_state.json"
 
 
 def request_json(split, seq_len, batch_size, epochs=None, cursor=None, shard=None):
@@ -99,13 +106,32 @@ class BlockReader:
         self._cursor = None
         # The batch and row of the last block yielded; its cursor is built only when asked for.
         self._last = None
+        # Rows yielded since the reader started (or loaded a state), the cursor it started at,
+        # and the latest record batches with the row number of their first row.
+        self._rows = 0
+        self._start_cursor = None
+        self._recent = collections.deque(maxlen=RECENT_BATCHES)
         if state is not None:
             self.load_state_dict(state)
 
-    def state_dict(self):
-        """Where the stream continues: after the last block this reader yielded."""
-        return {"cursor": self.cursor, "split": self.split, "seq_len": self.seq_len,
+    def state_dict(self, rows=None):
+        """Where the stream continues: after the last block this reader yielded, or after its
+        first `rows` blocks (counted from where it started) when a consumer has read ahead of
+        what it trained on; `rows` may lag the blocks yielded by up to RECENT_BATCHES batches."""
+        return {"cursor": self.cursor if rows is None else self._cursor_after_rows(rows),
+                "split": self.split, "seq_len": self.seq_len,
                 "shard": list(self.shard) if self.shard else None}
+
+    def _cursor_after_rows(self, rows):
+        if rows == self._rows:
+            return self.cursor
+        if rows == 0:
+            return self._start_cursor
+        for first_row, batch in self._recent:
+            if first_row <= rows - 1 < first_row + batch.num_rows:
+                return cursor_after(batch, rows - 1 - first_row)
+        raise ValueError(f"row {rows} is not among the latest {RECENT_BATCHES} batches "
+                         f"(this reader yielded {self._rows} rows)")
 
     def load_state_dict(self, state):
         for key in ("split", "seq_len"):
@@ -116,6 +142,8 @@ class BlockReader:
         if shard != self.shard:
             raise ValueError(f"the state is of shard {shard}, this reader reads {self.shard}")
         self._cursor, self._last = state.get("cursor"), None
+        self._rows, self._start_cursor = 0, self._cursor
+        self._recent.clear()
 
     @property
     def cursor(self):
@@ -186,9 +214,11 @@ class BlockReader:
 
     def __iter__(self):
         for ids, _, batch in self.batches():
+            self._recent.append((self._rows, batch))
             for row in range(len(ids)):
                 # Each row moves the cursor, so a state taken between rows resumes exactly.
                 self._last = (batch, row)
+                self._rows += 1
                 yield ids[row]
 
 
@@ -214,8 +244,45 @@ if torch is not None:
             for block in self.reader:
                 yield {"input_ids": torch.from_numpy(block.astype(np.int64))}
 
-        def state_dict(self):
-            return self.reader.state_dict()
+        def state_dict(self, rows=None):
+            return self.reader.state_dict(rows)
 
         def load_state_dict(self, state):
             self.reader.load_state_dict(state)
+
+        def load_checkpoint(self, checkpoint_dir):
+            """Continues after the position `FlightlmStateCallback` saved in an HF checkpoint."""
+            with open(os.path.join(checkpoint_dir, STATE_FILE), encoding="utf-8") as handle:
+                self.load_state_dict(json.load(handle))
+
+    try:
+        from transformers import TrainerCallback
+    except ImportError:  # the dataset itself needs no transformers
+        TrainerCallback = None
+
+if torch is not None and TrainerCallback is not None:
+
+    class FlightlmStateCallback(TrainerCallback):
+        """Saves a `FlightlmDataset`'s position into every HF `Trainer` checkpoint (STATE_FILE),
+        after the last block trained: the Trainer's DataLoader reads ahead of the step it trains,
+        so the dataset's own position is past it. To resume, `dataset.load_checkpoint(dir)` and
+        train with `ignore_data_skip=True` (the Trainer would otherwise replay the trained
+        batches from the stream to skip them)."""
+
+        def __init__(self, dataset):
+            self.dataset = dataset
+            self.first_step = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first_step = state.global_step
+
+        def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            # accelerate has rank 0 read the batches of every rank from an iterable dataset.
+            rows_per_step = (args.per_device_train_batch_size * args.gradient_accumulation_steps
+                             * args.world_size)
+            rows = (state.global_step - self.first_step) * rows_per_step
+            checkpoint_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            with open(os.path.join(checkpoint_dir, STATE_FILE), "w", encoding="utf-8") as handle:
+                json.dump(self.dataset.state_dict(rows), handle)

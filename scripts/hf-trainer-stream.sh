@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HF `Trainer` (PyTorch) trained from a flightlm pipeline through python/flightlm_stream.py: the
-# sample corpus served on 127.0.0.1, a tiny RobertaForMaskedLM, STEPS steps on the CPU. Prints
-# the steps, the loss, tokens/s, and whether the dataset's state_dict() resumes exactly.
+# sample corpus served on 127.0.0.1, a tiny RobertaForMaskedLM, STEPS steps on the CPU, then
+# resumed from its halfway checkpoint (FlightlmStateCallback). Prints the steps, the loss,
+# tokens/s, and whether the resumed run trains on the same blocks to the same loss.
 #
 #   bash scripts/hf-trainer-stream.sh [STEPS]      (default 100)
 #
@@ -34,8 +35,9 @@ echo "$result"
 import json, sys
 run = json.loads(sys.argv[1])
 print(f"HF Trainer from the pipeline: {run['steps']} steps, train loss {run['train_loss']:.4f}, "
-      f"{run['tokens_per_s']:,.0f} tokens/s; blocks taken {run['blocks_taken']} "
-      f"for {run['blocks_trained']} trained; state_dict resumes exactly: "
-      f"{run['resumed_reader_continues_exactly']}")
-sys.exit(0 if run["resumed_reader_continues_exactly"] else 1)
+      f"{run['tokens_per_s']:,.0f} tokens/s, {run['blocks_taken']} blocks taken for "
+      f"{run['blocks_trained']} trained")
+print(f"resumed from step {run['resumed_at']}: the same blocks {run['resumed_trains_the_same_blocks']}, "
+      f"last loss {run['resumed_last_loss']:.6f} (uninterrupted {run['last_loss']:.6f})")
+sys.exit(0 if run["resumed_trains_the_same_blocks"] else 1)
 PY

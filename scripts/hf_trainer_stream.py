@@ -4,9 +4,10 @@ data side under a PyTorch trainer, with no datasets.map and no preprocessing on 
 Usage: hf_trainer_stream.py URL TOKENIZER_JSON STEPS
 
 Trains a tiny RobertaForMaskedLM (2 layers x 128) for STEPS steps of 16 blocks of 128 tokens,
-masked by `DataCollatorForLanguageModeling`, then checks the dataset's `state_dict()` the way a
-resumed run uses it: a new dataset started from it must yield exactly the block that follows the
-last one the training loop took. Prints one JSON line.
+masked by `DataCollatorForLanguageModeling`, saving a checkpoint halfway with
+`FlightlmStateCallback`. A second Trainer then resumes from that checkpoint, its dataset started
+from the saved position: it must train on exactly the blocks the first run trained on after the
+checkpoint, and end with the same loss. Prints one JSON line.
 """
 
 import json
@@ -26,16 +27,25 @@ from transformers import (
 )
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-from flightlm_stream import BlockReader, FlightlmDataset  # noqa: E402
+from flightlm_stream import FlightlmDataset, FlightlmStateCallback  # noqa: E402
 
 SEQ_LEN = 128
 BATCH = 16
 
 
-def main():
-    url, tokenizer_file, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+class Recorded:
+    """The collator, keeping each batch's unmasked ids in the order the Trainer asks for them."""
+
+    def __init__(self, collator):
+        self.collator, self.batches = collator, []
+
+    def __call__(self, features):
+        self.batches.append(torch.stack([feature["input_ids"] for feature in features]))
+        return self.collator(features)
+
+
+def train(url, tokenizer, output_dir, steps, resume_from=None):
     torch.manual_seed(0)
-    tokenizer = RobertaTokenizerFast(tokenizer_file=tokenizer_file)
     config = RobertaConfig(
         vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=512, max_position_embeddings=SEQ_LEN + 2, pad_token_id=1,
@@ -43,29 +53,38 @@ def main():
     )
     model = RobertaForMaskedLM(config)
     dataset = FlightlmDataset(url, SEQ_LEN, batch_size=BATCH)
-    # The reader that checks the resume position follows the whole stream from its start.
-    following = iter(BlockReader(url, SEQ_LEN, batch_size=BATCH))
+    if resume_from:
+        dataset.load_checkpoint(resume_from)
+    args = TrainingArguments(
+        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=BATCH,
+        learning_rate=5e-4, warmup_steps=steps // 10, weight_decay=0.1, logging_steps=1,
+        save_strategy="steps", save_steps=steps // 2, report_to=[], use_cpu=True,
+        disable_tqdm=True, dataloader_num_workers=0, ignore_data_skip=True, seed=0,
+    )
+    collator = Recorded(DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15))
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                      callbacks=[FlightlmStateCallback(dataset)])
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return result, time.time() - started, collator.batches, losses, dataset
+
+
+def main():
+    url, tokenizer_file, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    tokenizer = RobertaTokenizerFast(tokenizer_file=tokenizer_file)
+    half = steps // 2
     with tempfile.TemporaryDirectory() as output_dir:
-        args = TrainingArguments(
-            output_dir=output_dir, max_steps=steps, per_device_train_batch_size=BATCH,
-            learning_rate=5e-4, warmup_steps=steps // 10, weight_decay=0.1,
-            logging_steps=max(1, steps // 5), save_strategy="no", report_to=[],
-            use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
-        )
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
-        started = time.time()
-        result = trainer.train()
-        seconds = time.time() - started
-    state = dataset.state_dict()
-    taken = state["cursor"]["state"]["block_seq"] + state["cursor"]["skip"]
-    for _ in range(taken):
-        next(following)
-    resumed = FlightlmDataset(url, SEQ_LEN, batch_size=BATCH)
-    resumed.load_state_dict(state)
-    same_next = bool(torch.equal(
-        next(iter(resumed))["input_ids"], torch.from_numpy(next(following).astype("int64"))
-    ))
+        result, seconds, batches, losses, dataset = train(url, tokenizer, output_dir, steps)
+        state = dataset.state_dict()
+        taken = state["cursor"]["state"]["block_seq"] + state["cursor"]["skip"]
+        checkpoint = os.path.join(output_dir, f"checkpoint-{half}")
+        with tempfile.TemporaryDirectory() as resumed_dir:
+            _, _, resumed_batches, resumed_losses, _ = train(
+                url, tokenizer, resumed_dir, steps, resume_from=checkpoint)
+    trained_after = batches[half:steps]
+    same_blocks = len(resumed_batches) >= len(trained_after) and all(
+        torch.equal(a, b) for a, b in zip(trained_after, resumed_batches))
     print(json.dumps({
         "steps": result.global_step,
         "train_loss": result.training_loss,
@@ -73,7 +92,10 @@ def main():
         "tokens_per_s": result.global_step * BATCH * SEQ_LEN / seconds,
         "blocks_taken": taken,
         "blocks_trained": result.global_step * BATCH,
-        "resumed_reader_continues_exactly": same_next,
+        "resumed_at": half,
+        "resumed_trains_the_same_blocks": same_blocks,
+        "last_loss": losses[-1],
+        "resumed_last_loss": resumed_losses[-1],
     }))
 
 

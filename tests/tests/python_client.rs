@@ -168,8 +168,10 @@ fn pyarrow_ranks_read_their_shards_of_one_stream() {
     }
 }
 
-/// `BlockReader` row by row, in three legs each resumed from the last one's `state_dict()`
-/// (taken mid-batch): together they are the stream `consume` reads.
+/// `BlockReader` row by row, in four legs each resumed from the last one's `state_dict()`
+/// (taken mid-batch; the second and third read ahead of what they keep and save the position
+/// of the last block kept, the third from two batches back): together they are the stream
+/// `consume` reads.
 #[test]
 fn block_reader_state_resumes_between_rows() {
     let dir = scratch_dir("python_block_reader");
@@ -191,7 +193,7 @@ fn block_reader_state_resumes_between_rows() {
     let output = run_ok(
         Command::new(python())
             .arg(repo_root().join("tests/python/block_reader_state.py"))
-            .args([&pipeline.url, "40", "6", "23", "41", "36"]),
+            .args([&pipeline.url, "40", "6", "23", "30:25", "20:9", "43"]),
         Duration::from_secs(120),
     );
     let read: serde_json::Value = serde_json::from_str(&output).expect("JSON");
