@@ -64,18 +64,25 @@ fn pyarrow_reads_the_same_blocks_as_the_rust_client() {
     }
 }
 
-/// A Python reader stops mid-batch, and its cursor resumes the stream exactly, whether the next
-/// reader is Python or Rust.
-#[test]
-fn pyarrow_cursor_resumes_the_stream_exactly() {
-    let dir = scratch_dir("python_cursor");
+/// A scratch dir and a pipeline serving a small corpus, all of it as `train`, shuffled in windows
+/// of `window` blocks.
+fn shuffled_pipeline(name: &str, window: &str) -> (std::path::PathBuf, Pipeline) {
+    let dir = scratch_dir(name);
     let corpus = sample_corpus(&dir, 1200);
     let tokenizer = train_tokenizer(&dir, &corpus, 700);
     let pipeline = Pipeline::start(
         &[&corpus],
         &tokenizer,
-        &["--valid-fraction", "0", "--shuffle-window", "32"],
+        &["--valid-fraction", "0", "--shuffle-window", window],
     );
+    (dir, pipeline)
+}
+
+/// A Python reader stops mid-batch, and its cursor resumes the stream exactly, whether the next
+/// reader is Python or Rust.
+#[test]
+fn pyarrow_cursor_resumes_the_stream_exactly() {
+    let (dir, pipeline) = shuffled_pipeline("python_cursor", "32");
     let python_read = |name: &str, max_blocks: &str, cursor: Option<&str>| {
         let dump = dir.join(name);
         let mut command = Command::new(python());
@@ -121,14 +128,7 @@ fn pyarrow_cursor_resumes_the_stream_exactly() {
 /// they are the unsharded stream, block for block.
 #[test]
 fn pyarrow_ranks_read_their_shards_of_one_stream() {
-    let dir = scratch_dir("python_shards");
-    let corpus = sample_corpus(&dir, 1200);
-    let tokenizer = train_tokenizer(&dir, &corpus, 700);
-    let pipeline = Pipeline::start(
-        &[&corpus],
-        &tokenizer,
-        &["--valid-fraction", "0", "--shuffle-window", "16"],
-    );
+    let (dir, pipeline) = shuffled_pipeline("python_shards", "16");
     let stream_args = ["--seq-len", "40", "--batch-size", "6", "--epochs", "1"];
     let whole_dump = dir.join("whole.blocks");
     run_ok(
@@ -174,14 +174,7 @@ fn pyarrow_ranks_read_their_shards_of_one_stream() {
 /// `consume` reads.
 #[test]
 fn block_reader_state_resumes_between_rows() {
-    let dir = scratch_dir("python_block_reader");
-    let corpus = sample_corpus(&dir, 1200);
-    let tokenizer = train_tokenizer(&dir, &corpus, 700);
-    let pipeline = Pipeline::start(
-        &[&corpus],
-        &tokenizer,
-        &["--valid-fraction", "0", "--shuffle-window", "32"],
-    );
+    let (dir, pipeline) = shuffled_pipeline("python_block_reader", "32");
     let whole_dump = dir.join("whole.blocks");
     run_ok(
         Command::new(binary("flightlm-pipeline"))
