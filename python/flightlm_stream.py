@@ -15,7 +15,8 @@ pipeline goes away or the link breaks, it reconnects with exponential backoff fo
 `state_dict()` is what to checkpoint: the stream cursor of docs/protocol.md, *Resuming*.
 
 With torch installed, `FlightlmDataset` wraps a reader as a `torch.utils.data.IterableDataset`
-yielding `{"input_ids": LongTensor[seq_len]}`, the rows `DataCollatorForLanguageModeling` takes.
+yielding `{"input_ids": LongTensor[seq_len]}`, the rows `DataCollatorForLanguageModeling` takes;
+with `split="valid"` it is an eval dataset, read from the start of the split at every pass.
 Data-parallel: in a DDP loop of your own, give each rank `shard=(rank, world)`. Under HF
 `Trainer` (accelerate) leave `shard` unset: for iterable datasets accelerate has rank 0 read
 every batch and hand each rank its slice, so a sharded rank 0 would train on 1/world of the
@@ -241,6 +242,9 @@ if torch is not None:
             if worker is not None and worker.num_workers > 1:
                 raise RuntimeError("FlightlmDataset reads one stream: use num_workers=0 (the "
                                    "pipeline does the tokenizing)")
+            if self.reader.split == "valid":
+                # An eval dataset: every evaluation scores the whole split, from its start.
+                self.reader.load_state_dict(self.reader.state_dict() | {"cursor": None})
             for block in self.reader:
                 yield {"input_ids": torch.from_numpy(block.astype(np.int64))}
 

@@ -39,5 +39,9 @@ print(f"HF Trainer from the pipeline: {run['steps']} steps, train loss {run['tra
       f"{run['blocks_trained']} trained")
 print(f"resumed from step {run['resumed_at']}: the same blocks {run['resumed_trains_the_same_blocks']}, "
       f"last loss {run['resumed_last_loss']:.6f} (uninterrupted {run['last_loss']:.6f})")
-sys.exit(0 if run["resumed_trains_the_same_blocks"] else 1)
+passes = run["valid_blocks_per_pass"]
+print(f"eval losses {', '.join(f'{loss:.4f}' for loss in run['eval_losses'])}; "
+      f"valid blocks per pass of the eval dataset: {passes}")
+whole_passes = passes[0] > 0 and len(set(passes)) == 1 and len(run["eval_losses"]) == 2
+sys.exit(0 if run["resumed_trains_the_same_blocks"] and whole_passes else 1)
 PY

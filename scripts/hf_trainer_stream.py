@@ -7,7 +7,9 @@ Trains a tiny RobertaForMaskedLM (2 layers x 128) for STEPS steps of 16 blocks o
 masked by `DataCollatorForLanguageModeling`, saving a checkpoint halfway with
 `FlightlmStateCallback`. A second Trainer then resumes from that checkpoint, its dataset started
 from the saved position: it must train on exactly the blocks the first run trained on after the
-checkpoint, and end with the same loss. Prints one JSON line.
+checkpoint. The first run also evaluates on the valid split (a `FlightlmDataset` of split "valid")
+at the checkpoint and at the end, and the valid dataset must give the whole split at every
+pass. Prints one JSON line.
 """
 
 import json
@@ -44,7 +46,7 @@ class Recorded:
         return self.collator(features)
 
 
-def train(url, tokenizer, output_dir, steps, resume_from=None):
+def train(url, tokenizer, output_dir, steps, resume_from=None, valid=None):
     torch.manual_seed(0)
     config = RobertaConfig(
         vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -59,15 +61,18 @@ def train(url, tokenizer, output_dir, steps, resume_from=None):
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=BATCH,
         learning_rate=5e-4, warmup_steps=steps // 10, weight_decay=0.1, logging_steps=1,
         save_strategy="steps", save_steps=steps // 2, report_to=[], use_cpu=True,
+        eval_strategy="steps" if valid else "no", eval_steps=steps // 2,
         disable_tqdm=True, dataloader_num_workers=0, ignore_data_skip=True, seed=0,
     )
     collator = Recorded(DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15))
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                      callbacks=[FlightlmStateCallback(dataset)])
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=valid,
+                      data_collator=collator, callbacks=[FlightlmStateCallback(dataset)])
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.time() - started
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return result, time.time() - started, collator.batches, losses, dataset
+    evals = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    return result, seconds, collator.batches, losses, dataset, evals
 
 
 def main():
@@ -75,13 +80,19 @@ def main():
     tokenizer = RobertaTokenizerFast(tokenizer_file=tokenizer_file)
     half = steps // 2
     with tempfile.TemporaryDirectory() as output_dir:
-        result, seconds, batches, losses, dataset = train(url, tokenizer, output_dir, steps)
+        valid = FlightlmDataset(url, SEQ_LEN, batch_size=BATCH, split="valid")
+        result, seconds, batches, losses, dataset, evals = train(
+            url, tokenizer, output_dir, steps, valid=valid)
         state = dataset.state_dict()
         taken = state["cursor"]["state"]["block_seq"] + state["cursor"]["skip"]
         checkpoint = os.path.join(output_dir, f"checkpoint-{half}")
         with tempfile.TemporaryDirectory() as resumed_dir:
-            _, _, resumed_batches, resumed_losses, _ = train(
+            _, _, resumed_batches, resumed_losses, _, _ = train(
                 url, tokenizer, resumed_dir, steps, resume_from=checkpoint)
+    valid_passes = [sum(1 for _ in valid) for _ in range(2)]
+    # The Trainer collates its eval batches with the same collator: leave them out.
+    valid_rows = {tuple(row["input_ids"].tolist()) for row in valid}
+    batches = [batch for batch in batches if tuple(batch[0].tolist()) not in valid_rows]
     trained_after = batches[half:steps]
     same_blocks = len(resumed_batches) >= len(trained_after) and all(
         torch.equal(a, b) for a, b in zip(trained_after, resumed_batches))
@@ -96,6 +107,8 @@ def main():
         "resumed_trains_the_same_blocks": same_blocks,
         "last_loss": losses[-1],
         "resumed_last_loss": resumed_losses[-1],
+        "eval_losses": evals,
+        "valid_blocks_per_pass": valid_passes,
     }))
 
 
