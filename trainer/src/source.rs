@@ -43,13 +43,14 @@ pub(crate) fn push_up_to(
     };
     let held: usize = batches.iter().map(TokenBlocks::rows).sum();
     let room = max_blocks.saturating_sub(held);
-    if room > 0 {
-        if batch.rows() > room {
-            batch = batch.take_front(room);
-        }
+    if batch.rows() > room {
+        batch = batch.take_front(room);
+    }
+    let taken = batch.rows();
+    if taken > 0 {
         batches.push(batch);
     }
-    batches.iter().map(TokenBlocks::rows).sum::<usize>() >= max_blocks
+    held + taken >= max_blocks
 }
 
 /// Checks that a batch from the source has the shape the run was configured for.

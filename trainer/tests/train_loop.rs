@@ -6,7 +6,7 @@ use burn::backend::Autodiff;
 use flightlm_trainer::metrics::{Metric, MetricsLog};
 use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
 use flightlm_trainer::CpuBackend;
-use flightlm_trainer::{train, Objective, Precision, Preset, TrainConfig};
+use flightlm_trainer::{train, Objective, Precision, Preset, TrainConfig, TrainSummary};
 
 type TestBackend = Autodiff<CpuBackend>;
 
@@ -34,18 +34,23 @@ fn tiny_config(max_steps: usize) -> TrainConfig {
     config
 }
 
-#[test]
-fn a_few_steps_lower_the_loss_clearly() {
-    let _rng = backend_rng_lock();
-    let config = tiny_config(40);
+/// Trains `config` on a generated corpus of 64 words (vocab 512, blocks of 32, batches of 8).
+fn train_on_words(config: &TrainConfig) -> (TrainSummary<TestBackend>, MetricsLog) {
     let mut source = SyntheticSource::new(SyntheticConfig {
         words: 64,
         ..SyntheticConfig::new(512, 32, 8)
     });
     let mut metrics = MetricsLog::in_memory();
-    let device = Default::default();
-    let summary =
-        train::<TestBackend>(&config, &mut source, &device, &mut metrics).expect("trains");
+    let summary = train::<TestBackend>(config, &mut source, &Default::default(), &mut metrics)
+        .expect("trains");
+    (summary, metrics)
+}
+
+#[test]
+fn a_few_steps_lower_the_loss_clearly() {
+    let _rng = backend_rng_lock();
+    let config = tiny_config(40);
+    let (summary, metrics) = train_on_words(&config);
 
     let first = summary.first_eval;
     let last = summary.last_eval;
@@ -97,13 +102,7 @@ fn the_causal_objective_trains_too() {
     let _rng = backend_rng_lock();
     let mut config = tiny_config(20);
     config.objective = Objective::Causal;
-    let mut source = SyntheticSource::new(SyntheticConfig {
-        words: 64,
-        ..SyntheticConfig::new(512, 32, 8)
-    });
-    let mut metrics = MetricsLog::in_memory();
-    let summary = train::<TestBackend>(&config, &mut source, &Default::default(), &mut metrics)
-        .expect("trains");
+    let (summary, _) = train_on_words(&config);
     assert!(
         summary.last_eval.perplexity * 3.0 < summary.first_eval.perplexity,
         "{:?} -> {:?}",
@@ -124,14 +123,7 @@ fn bf16_mixed_precision_trains_like_f32() {
             config.objective = objective;
             config.precision = precision;
             config.validate().expect("valid");
-            let mut source = SyntheticSource::new(SyntheticConfig {
-                words: 64,
-                ..SyntheticConfig::new(512, 32, 8)
-            });
-            let mut metrics = MetricsLog::in_memory();
-            let summary =
-                train::<TestBackend>(&config, &mut source, &Default::default(), &mut metrics)
-                    .expect("trains");
+            let (summary, _) = train_on_words(&config);
             assert!(
                 summary.last_eval.perplexity * 3.0 < summary.first_eval.perplexity,
                 "{objective:?} {precision:?}: {:?} -> {:?}",
