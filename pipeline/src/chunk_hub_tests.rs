@@ -175,19 +175,48 @@ fn a_hub_without_readers_stops_and_takes_nobody() {
     drop(again);
 }
 
+/// A counting source that makes nothing until `go` says so.
+struct Gated {
+    counting: Counting,
+    go: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl ChunkSource for Gated {
+    fn next_chunk(&mut self) -> Result<Chunk, PipelineError> {
+        if let Some(go) = self.go.take() {
+            let _ = go.recv();
+        }
+        self.counting.next_chunk()
+    }
+}
+
 #[test]
 fn a_failed_production_reaches_every_reader() {
     let registry = HubRegistry::default();
     let made = Arc::new(AtomicU64::new(0));
     let counters = || ReadCounters::new(BadRecordPolicy::Error);
+    // The production fails only after the second shard has joined it.
+    let (go, gate) = std::sync::mpsc::channel();
+    let gate = std::sync::Mutex::new(Some(gate));
+    let failing_made = made.clone();
+    let make_gated: MakeChunks = Arc::new(move |_entry: &str, _counters| {
+        let counting = Counting {
+            made: failing_made.clone(),
+            next: 0,
+            fail_at: Some(1),
+        };
+        let go = gate.lock().unwrap().take();
+        Ok(Box::new(Gated { counting, go }) as Box<dyn ChunkSource>)
+    });
     let mut first = registry
-        .open(key(2), "start".into(), counting(&made, Some(1)), counters)
+        .open(key(2), "start".into(), make_gated, counters)
         .unwrap();
     let mut second = registry
         .open(key(2), "start".into(), counting(&made, None), || {
             unreachable!("joins")
         })
         .unwrap();
+    go.send(()).unwrap();
     for reader in [&mut first, &mut second] {
         assert_eq!(&*reader.next_chunk().unwrap().unwrap().state, "s0");
         let error = reader.next_chunk().err().expect("the failure");
