@@ -12,7 +12,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 use crate::error::{PipelineError, Result};
-use crate::sources::CorpusFile;
+use crate::read::sources::CorpusFile;
 
 pub const AUTHORIZATION: &str = "authorization";
 

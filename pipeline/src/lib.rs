@@ -1,36 +1,26 @@
 //! flightlm-pipeline: reads corpora with DataFusion, tokenizes with HF `tokenizers`, packs token
 //! blocks with `group_texts` semantics and serves them over Arrow Flight.
 //!
-//! Stages, in the order data flows: [`corpus`] (named sources, each a live sorted file list, set up
-//! by [`corpus_setup`] and changed by [`control`]) → [`reader`] / [`text_table`] / [`json_lines`]
-//! (DataFusion, bad records per [`bad_records`]) → [`tokenize`] (worker pool) → [`packing`] in
-//! [`source_blocks`] (one producer per source) → [`chunk_producer`] (seeded [`mixture`], chunk
-//! shuffle), shared by the shards of a job through [`chunk_hub`] → [`block_stream`] (resume cursor,
-//! shard; counted in [`stats`]) → [`flight_server`]. [`tokenizer_training`] trains
-//! the tokenizer from the same sources, and [`consume`] is the command-line client.
+//! Stages, in the order data flows:
+//! 1. [`corpus`]: named sources, each a live sorted file list ([`corpus::setup`] builds it from
+//!    `serve`'s arguments, [`corpus::control`] changes it while streams run);
+//! 2. [`read`]: DataFusion scans of each file in manifest order, bad records handled as the
+//!    policy says;
+//! 3. [`production`]: tokenizer pool → packer per source → seeded mixture and chunk shuffle, one
+//!    production shared by the shards of a job, with live counters;
+//! 4. [`service`]: each consumer's block stream (resume cursor, shard) over Arrow Flight.
+//!
+//! Beside them: [`tokenizer`] (the served tokenizer file, and training new ones), [`access`]
+//! (tokens, TLS, where added sources may live), [`consume`] (the command-line client) and
+//! [`error`].
 
 pub mod access;
-pub mod bad_records;
-pub mod block_stream;
-pub mod chunk_hub;
-pub mod chunk_producer;
 pub mod consume;
-pub mod control;
 pub mod corpus;
-pub mod corpus_setup;
 pub mod error;
-pub mod flight_server;
-pub mod json_lines;
-pub mod lines;
-pub mod mixture;
-pub mod packing;
-pub mod reader;
-pub mod source_blocks;
-pub mod sources;
-pub mod stats;
-pub mod text_table;
-pub mod tokenize;
-pub mod tokenizer_file;
-pub mod tokenizer_training;
+pub mod production;
+pub mod read;
+pub mod service;
+pub mod tokenizer;
 
 pub use error::{PipelineError, Result};

@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use flightlm_pipeline::consume::{consume, ConsumeOptions};
-use flightlm_pipeline::flight_server::STATS_ACTION;
-use flightlm_pipeline::reader::CorpusReader;
-use flightlm_pipeline::sources::resolve_inputs;
-use flightlm_pipeline::tokenizer_training::{train_tokenizer, TokenizerTrainingConfig};
+use flightlm_pipeline::read::reader::CorpusReader;
+use flightlm_pipeline::read::sources::resolve_inputs;
+use flightlm_pipeline::service::flight_server::STATS_ACTION;
+use flightlm_pipeline::tokenizer::training::{train_tokenizer, TokenizerTrainingConfig};
 use flightlm_shared::client::{run_action, run_action_with_body, PipelineEndpoint};
 use flightlm_shared::{Cursor, Split, StreamRequest};
 

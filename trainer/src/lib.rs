@@ -1,38 +1,35 @@
 //! flightlm trainer: pre-trains RoBERTa-style models in burn on token blocks streamed from a
 //! flightlm pipeline.
 //!
-//! The binary is a thin CLI over [`train::train`]; everything else is here so tests and other
-//! front-ends can drive the same loop with any [`source::BlockSource`].
+//! Stages, in the order a block flows through a run:
+//! 1. [`data`]: a [`BlockSource`] (the live pipeline with prefetch and reconnect, a generated
+//!    corpus, or one text file) yields blocks, and collation masks them (MLM) or shifts them
+//!    (causal) into model inputs and labels;
+//! 2. [`model`]: the RoBERTa encoder and its heads, in burn, with mixed precision;
+//! 3. [`optim`]: the loss on the predicted positions, gradient averaging and global-norm
+//!    clipping, the learning-rate schedule, AdamW;
+//! 4. [`run`]: the loop that drives the three, evaluates, checkpoints and resumes, and records
+//!    metrics, progress, curves and the blocks each step trained on.
+//!
+//! [`config`] is the one typed configuration every stage reads; [`hf`] moves models to and from
+//! HuggingFace's layout; [`rng`] is the seeded generator whose sequence we own. The binary is a
+//! thin CLI over [`train`]; everything else is here so tests and other front-ends can drive the
+//! same loop with any [`BlockSource`].
 
-pub mod block_log;
-pub mod checkpoint;
-pub mod clipping;
-pub mod collate;
 pub mod config;
-pub mod config_layers;
 pub mod data;
 pub mod error;
-pub mod eval;
 pub mod hf;
-pub mod loss;
-pub mod masking;
-pub mod metrics;
 pub mod model;
-pub mod optimizer;
-pub mod plot;
-pub mod progress;
-pub mod resume;
+pub mod optim;
 pub mod rng;
-pub mod schedule;
-pub mod source;
-pub mod synthetic;
-pub mod text_file;
-pub mod train;
+pub mod run;
 
 pub use config::{DeviceKind, Objective, Precision, Preset, TrainConfig};
+pub use data::source::BlockSource;
 pub use error::TrainError;
-pub use eval::{evaluate, Evaluation};
-pub use train::{train, train_with, RunControl, TrainSummary};
+pub use run::eval::{evaluate, Evaluation};
+pub use run::train::{train, train_with, RunControl, TrainSummary};
 
 /// The CPU backend: burn's Flex. Its matrix products (the `gemm` crate) read transposed operands
 /// through their strides instead of copying them and use AVX-512 where the CPU has it; its

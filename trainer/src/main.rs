@@ -14,27 +14,24 @@ use burn::backend::{Autodiff, Cuda};
 use burn::module::AutodiffModule;
 use clap::{Parser, Subcommand};
 use flightlm_shared::client::PipelineEndpoint;
-use flightlm_trainer::block_log::{self, BlockLog};
-use flightlm_trainer::checkpoint::{CheckpointStore, TrainingState};
-use flightlm_trainer::data::PipelineSource;
+use flightlm_trainer::data::pipeline::PipelineSource;
+use flightlm_trainer::data::source::BlockSource;
+use flightlm_trainer::data::synthetic::{SyntheticConfig, SyntheticSource};
+use flightlm_trainer::data::text_file::TextFileSource;
 use flightlm_trainer::hf::commands::{ExportArgs, FillMaskArgs, ScoreArgs};
 use flightlm_trainer::hf::{export_hf, HfRobertaConfig, HfTokenizer, TOKENIZER_FILE};
-use flightlm_trainer::metrics::MetricsLog;
 use flightlm_trainer::model::RobertaConfig;
-use flightlm_trainer::source::BlockSource;
-use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
-use flightlm_trainer::text_file::TextFileSource;
+use flightlm_trainer::run::block_log::{self, BlockLog};
+use flightlm_trainer::run::checkpoint::{CheckpointStore, TrainingState};
+use flightlm_trainer::run::metrics::MetricsLog;
 use flightlm_trainer::{train_with, CpuDevice, DeviceKind, RunControl, TrainConfig};
 
-mod cuda_check;
-mod kernel_cache;
-mod process_setup;
-mod run_args;
+mod cli;
 
-use cuda_check::check_cuda;
-use kernel_cache::{use_kernel_caches, KERNEL_CACHE_ENV};
-use process_setup::{install_stop_handler, keep_freed_memory, STOP_REQUESTED};
-use run_args::{Resolved, RunArgs, ShapeArgs};
+use cli::cuda_check::check_cuda;
+use cli::kernel_cache::{use_kernel_caches, KERNEL_CACHE_ENV};
+use cli::process_setup::{install_stop_handler, keep_freed_memory, STOP_REQUESTED};
+use cli::run_args::{Resolved, RunArgs, ShapeArgs};
 
 type CpuTrainBackend = Autodiff<flightlm_trainer::CpuBackend>;
 type CudaBackend = Autodiff<Cuda<f32>>;
@@ -234,7 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plot { dir } => {
-            let path = flightlm_trainer::plot::plot_run(&dir)?;
+            let path = flightlm_trainer::run::plot::plot_run(&dir)?;
             println!("{}", serde_json::json!({ "plot": path }));
             Ok(())
         }

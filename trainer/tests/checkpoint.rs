@@ -9,12 +9,12 @@ use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use flightlm_trainer::checkpoint::{
+use flightlm_trainer::model::{Roberta, RobertaConfig};
+use flightlm_trainer::optim::adamw::{AdamWSettings, TrainingOptimizer};
+use flightlm_trainer::run::checkpoint::{
     load_model, load_optimizer, read_state, BestCheckpoint, CheckpointStore, TrainingState,
     CHECKPOINT_FORMAT,
 };
-use flightlm_trainer::model::{Roberta, RobertaConfig};
-use flightlm_trainer::optimizer::{AdamWSettings, TrainingOptimizer};
 use flightlm_trainer::CpuBackend;
 use flightlm_trainer::{Evaluation, Preset, TrainConfig};
 
@@ -177,13 +177,13 @@ fn keeps_the_newest_and_the_best_and_ignores_partial_saves() {
     store.remove_partial().expect("cleans");
     assert!(!partial.exists());
     assert_eq!(
-        flightlm_trainer::resume::locate(&dir).expect("newest"),
+        flightlm_trainer::run::resume::locate(&dir).expect("newest"),
         store.path_of(10)
     );
     assert_eq!(
-        flightlm_trainer::resume::locate(&store.path_of(4)).expect("itself"),
+        flightlm_trainer::run::resume::locate(&store.path_of(4)).expect("itself"),
         store.path_of(4)
     );
-    assert!(flightlm_trainer::resume::locate(&dir.join("nothing")).is_err());
+    assert!(flightlm_trainer::run::resume::locate(&dir.join("nothing")).is_err());
     fs::remove_dir_all(&dir).ok();
 }

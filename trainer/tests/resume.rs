@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::backend::Autodiff;
 
 use flightlm_shared::{Cursor, TokenBlocks, TokenizerInfo};
-use flightlm_trainer::checkpoint::{read_state, CheckpointStore};
-use flightlm_trainer::metrics::{Metric, MetricsLog};
-use flightlm_trainer::resume::locate;
-use flightlm_trainer::source::BlockSource;
-use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
+use flightlm_trainer::data::source::BlockSource;
+use flightlm_trainer::data::synthetic::{SyntheticConfig, SyntheticSource};
+use flightlm_trainer::run::checkpoint::{read_state, CheckpointStore};
+use flightlm_trainer::run::metrics::{Metric, MetricsLog};
+use flightlm_trainer::run::resume::locate;
 use flightlm_trainer::CpuBackend;
 use flightlm_trainer::{train_with, Preset, RunControl, TrainConfig, TrainSummary};
 

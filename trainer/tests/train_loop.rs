@@ -3,8 +3,8 @@
 
 use burn::backend::Autodiff;
 
-use flightlm_trainer::metrics::{Metric, MetricsLog};
-use flightlm_trainer::synthetic::{SyntheticConfig, SyntheticSource};
+use flightlm_trainer::data::synthetic::{SyntheticConfig, SyntheticSource};
+use flightlm_trainer::run::metrics::{Metric, MetricsLog};
 use flightlm_trainer::CpuBackend;
 use flightlm_trainer::{train, Objective, Precision, Preset, TrainConfig, TrainSummary};
 

@@ -67,7 +67,7 @@ pub struct ScoreArgs {
 pub fn export(args: &ExportArgs) -> Result<PathBuf, HfError> {
     let device = CpuDevice::default();
     // A training checkpoint keeps its HF directory in `hf/`.
-    let nested = args.checkpoint.join(crate::checkpoint::HF_DIR);
+    let nested = args.checkpoint.join(super::export::HF_DIR);
     let source = if nested.join("config.json").is_file() {
         nested
     } else {

@@ -24,6 +24,9 @@ use crate::model::Roberta;
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// A checkpoint's model as an HF directory (config.json, model.safetensors, tokenizer.json),
+/// inside the checkpoint's own directory.
+pub const HF_DIR: &str = "hf";
 
 /// Writes `model` with its `config` into `out` (created if missing), copying `tokenizer_json`
 /// beside them when given. Returns the directory.

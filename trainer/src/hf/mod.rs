@@ -20,7 +20,8 @@ mod tokenizer;
 pub use config::{HfRobertaConfig, CAUSAL_LM_ARCHITECTURE, MASKED_LM_ARCHITECTURE};
 pub use error::HfError;
 pub use export::{
-    export_hf, hf_tensors, write_weights, HostTensor, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE,
+    export_hf, hf_tensors, write_weights, HostTensor, CONFIG_FILE, HF_DIR, TOKENIZER_FILE,
+    WEIGHTS_FILE,
 };
 pub use fill_mask::{fill_mask, FillMaskOutput, MaskPrediction};
 pub use import::{load_hf_dir, load_weights, warm_start};

@@ -14,7 +14,7 @@ use super::error::HfError;
 use super::inference::{log_probability, logits_at};
 use super::tokenizer::HfTokenizer;
 use crate::config::Objective;
-use crate::masking::MlmMasking;
+use crate::data::masking::MlmMasking;
 use crate::model::Roberta;
 
 /// What is scored and how.

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use flightlm_shared::TokenizerInfo;
 
 use super::*;
+use crate::data::source::BlockSource;
 use crate::model::RobertaConfig;
-use crate::source::BlockSource;
 use crate::CpuBackend;
 
 type TestBackend = CpuBackend;
@@ -189,8 +189,8 @@ fn missing_extra_and_untied_tensors_are_named() {
 #[test]
 fn a_run_started_from_an_export_continues_where_it_stopped() {
     use crate::config::{Preset, TrainConfig};
-    use crate::metrics::MetricsLog;
-    use crate::synthetic::{SyntheticConfig, SyntheticSource};
+    use crate::data::synthetic::{SyntheticConfig, SyntheticSource};
+    use crate::run::metrics::MetricsLog;
     use burn::backend::Autodiff;
     use burn::module::AutodiffModule;
 
@@ -207,7 +207,7 @@ fn a_run_started_from_an_export_continues_where_it_stopped() {
     config.lr = 1e-2;
     let source = || SyntheticSource::new(SyntheticConfig::new(128, 16, 4));
     let device = Default::default();
-    let first = crate::train::train::<TrainBackend>(
+    let first = crate::run::train::train::<TrainBackend>(
         &config,
         &mut source(),
         &device,
@@ -221,7 +221,7 @@ fn a_run_started_from_an_export_continues_where_it_stopped() {
     export_hf(&first.model.valid(), &hf_config, None, &dir).expect("exports");
 
     config.init_from = Some(dir.clone());
-    let second = crate::train::train::<TrainBackend>(
+    let second = crate::run::train::train::<TrainBackend>(
         &config,
         &mut source(),
         &device,
@@ -234,7 +234,7 @@ fn a_run_started_from_an_export_continues_where_it_stopped() {
     );
 
     config.model.layers = 3;
-    let error = crate::train::train::<TrainBackend>(
+    let error = crate::run::train::train::<TrainBackend>(
         &config,
         &mut source(),
         &device,

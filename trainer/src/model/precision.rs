@@ -191,9 +191,9 @@ mod tests {
     /// precision.
     #[test]
     fn mixed_precision_training_follows_f32() {
-        use crate::loss::cross_entropy_mean;
         use crate::model::{Roberta, RobertaConfig};
-        use crate::optimizer::{AdamWSettings, TrainingOptimizer};
+        use crate::optim::adamw::{AdamWSettings, TrainingOptimizer};
+        use crate::optim::loss::cross_entropy_mean;
         use burn::tensor::Int;
 
         let _rng = crate::backend_rng_lock();

@@ -1,0 +1,343 @@
+//! One source's blocks, each labelled with the position where it starts.
+//!
+//! A reader thread walks the source's files in name order from a position (pass, file, row), the
+//! tokenizer pool encodes, and a packing thread cuts `group_texts` blocks. Every block carries the
+//! document row and token offset it begins at, which is what a cursor stores: resuming re-reads
+//! one file prefix and re-encodes one document, never the blocks before it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::array::Array;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use flightlm_shared::SourcePosition;
+
+use crate::corpus::{Corpus, Source};
+use crate::error::PipelineError;
+use crate::production::packing::Packer;
+use crate::production::tokenize::{spawn_workers, EncodeRules, Encoded, Job, Reorder};
+use crate::read::bad_records::{BadRecordKind, BadRecords};
+use crate::read::reader::{reader_runtime, CorpusReader};
+use crate::read::sources::CorpusFile;
+
+/// Blocks a source prepares ahead of the mixer.
+const BLOCKS_AHEAD: usize = 64;
+
+pub struct SourceBlock {
+    pub tokens: Vec<u32>,
+    pub start: SourcePosition,
+}
+
+pub enum SourceItem {
+    Block(SourceBlock),
+    /// The source finished the passes it was asked for.
+    Exhausted,
+    Failed(PipelineError),
+}
+
+/// Counters of one source within one stream.
+#[derive(Default)]
+pub struct SourceCounters {
+    pub documents: AtomicU64,
+    pub skipped_rows: AtomicU64,
+    pub dropped_tokens: AtomicU64,
+}
+
+/// What one source stream reads and from where.
+pub struct SourceRequest {
+    pub rules: EncodeRules,
+    pub seq_len: usize,
+    /// Passes to read; `None` repeats forever.
+    pub passes: Option<u64>,
+    pub start: SourcePosition,
+    pub counters: Arc<SourceCounters>,
+}
+
+/// Starts the threads of one source and returns its blocks in order.
+pub fn start_source(
+    corpus: &Arc<Corpus>,
+    source: Arc<Source>,
+    request: SourceRequest,
+) -> Receiver<SourceItem> {
+    let (blocks, receiver) = bounded(BLOCKS_AHEAD);
+    let in_flight = corpus.workers * 2;
+    let (jobs, job_receiver) = bounded::<Job>(in_flight);
+    let (results, result_receiver) = bounded::<(u64, Encoded)>(in_flight);
+    spawn_workers(
+        corpus.workers,
+        corpus.tokenizer.clone(),
+        request.rules.clone(),
+        job_receiver,
+        results,
+    );
+    let reader_corpus = corpus.clone();
+    let reader_source = source.clone();
+    let start = request.start.clone();
+    let passes = request.passes;
+    let bad_records = request.rules.bad_records.clone();
+    std::thread::Builder::new()
+        .name(format!("read-{}", source.name))
+        .spawn(move || {
+            read_source(
+                &reader_corpus,
+                &reader_source,
+                &start,
+                passes,
+                bad_records,
+                jobs,
+            )
+        })
+        .expect("spawning a reader thread");
+    let info = corpus.tokenizer_info.clone();
+    std::thread::Builder::new()
+        .name(format!("pack-{}", source.name))
+        .spawn(move || {
+            let packer = Packer::new(request.seq_len, info.bos_id, info.eos_id);
+            if let Err(error) =
+                pack_source(packer, &source.name, &request, result_receiver, &blocks)
+            {
+                let _ = blocks.send(SourceItem::Failed(error));
+            }
+        })
+        .expect("spawning a packing thread");
+    receiver
+}
+
+/// Sends the texts of the source's files, pass after pass, from `start`.
+fn read_source(
+    corpus: &Corpus,
+    source: &Source,
+    start: &SourcePosition,
+    passes: Option<u64>,
+    bad_records: BadRecords,
+    jobs: Sender<Job>,
+) {
+    let runtime = match reader_runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = jobs.send(Job::Failed { sequence: 0, error });
+            return;
+        }
+    };
+    let mut sequence = 0u64;
+    let result = runtime.block_on(async {
+        let reader = CorpusReader::with_sql(corpus.sql.clone())
+            .with_bad_records(bad_records.clone(), corpus.max_document_bytes);
+        let mut pass = start.pass;
+        let mut first = match &start.file {
+            Some(name) => Some(source.file_named(name).ok_or_else(|| {
+                PipelineError::Cursor(format!(
+                    "source `{}` has no file `{name}` any more",
+                    source.name
+                ))
+            })?),
+            None => source.file_after(None),
+        };
+        let mut skip_rows = start.row;
+        while passes.is_none_or(|limit| pass < limit) {
+            let mut current = first.take().or_else(|| source.file_after(None));
+            while let Some(file) = current {
+                let name: Arc<str> = file.name().into();
+                let open = read_file(&reader, &file, &name, skip_rows, &mut sequence, &jobs);
+                match open.await {
+                    Ok(FileOutcome::Stopped) => return Ok(()),
+                    Ok(FileOutcome::Read) => {}
+                    Err((kind, error)) => bad_records.handle(kind, error)?,
+                }
+                skip_rows = 0;
+                current = source.file_after(Some(&name));
+            }
+            if jobs.send(Job::EndOfPass { sequence }).is_err() {
+                return Ok(());
+            }
+            sequence += 1;
+            pass += 1;
+        }
+        Ok(())
+    });
+    if let Err(error) = result {
+        let _ = jobs.send(Job::Failed { sequence, error });
+    }
+}
+
+enum FileOutcome {
+    Read,
+    /// The consumer went away.
+    Stopped,
+}
+
+/// Sends the rows of one file from `skip_rows` on. Errors come with their bad-record kind.
+async fn read_file(
+    reader: &CorpusReader,
+    file: &CorpusFile,
+    name: &Arc<str>,
+    skip_rows: u64,
+    sequence: &mut u64,
+    jobs: &Sender<Job>,
+) -> Result<FileOutcome, (BadRecordKind, PipelineError)> {
+    let mut texts = reader.open(file).await.map_err(|error| {
+        let kind = match error {
+            PipelineError::MissingTextColumn { .. } | PipelineError::TextNotString { .. } => {
+                BadRecordKind::MissingColumn
+            }
+            _ => BadRecordKind::TruncatedFile,
+        };
+        (kind, error)
+    })?;
+    let mut row = 0u64;
+    while let Some(batch) = texts.next().await {
+        let batch = batch.map_err(|error| classify_read_error(file, row, error))?;
+        let length = batch.len() as u64;
+        if row + length <= skip_rows {
+            row += length;
+            continue;
+        }
+        let skip = skip_rows.saturating_sub(row);
+        let batch = batch.slice(skip as usize, (length - skip) as usize);
+        let job = Job::Texts {
+            sequence: *sequence,
+            file: name.clone(),
+            first_row: row + skip,
+            texts: batch,
+        };
+        if jobs.send(job).is_err() {
+            return Ok(FileOutcome::Stopped);
+        }
+        *sequence += 1;
+        row += length;
+    }
+    if row == 0 {
+        return Err((
+            BadRecordKind::EmptyFile,
+            PipelineError::EmptyFile(file.path.clone()),
+        ));
+    }
+    Ok(FileOutcome::Read)
+}
+
+/// A failure after some rows were read: invalid UTF-8 and malformed JSON name their line; anything
+/// else (a damaged or cut compressed stream) ends the file.
+fn classify_read_error(
+    file: &CorpusFile,
+    rows: u64,
+    error: PipelineError,
+) -> (BadRecordKind, PipelineError) {
+    match error {
+        PipelineError::InvalidUtf8 { .. } => (BadRecordKind::InvalidUtf8, error),
+        PipelineError::MalformedJson { .. } => (BadRecordKind::MalformedJson, error),
+        PipelineError::Oversized { .. } => (BadRecordKind::Oversized, error),
+        PipelineError::Truncated { .. } => (BadRecordKind::TruncatedFile, error),
+        other => (
+            BadRecordKind::TruncatedFile,
+            PipelineError::Truncated {
+                path: file.path.clone(),
+                rows,
+                message: other.to_string(),
+            },
+        ),
+    }
+}
+
+/// Restores order, packs, and labels each block with where it starts.
+fn pack_source(
+    mut packer: Packer,
+    source_name: &str,
+    request: &SourceRequest,
+    results: Receiver<(u64, Encoded)>,
+    blocks: &Sender<SourceItem>,
+) -> Result<(), PipelineError> {
+    let seq_len = request.seq_len;
+    let counters = &request.counters;
+    let mut reorder = Reorder::default();
+    let mut packed = Vec::new();
+    let mut starts = VecDeque::new();
+    let mut pass = request.start.pass;
+    let mut blocks_this_pass = 0u64;
+    // A resumed source must begin exactly at the document the cursor names.
+    let mut expected_start = request
+        .start
+        .file
+        .clone()
+        .map(|file| (file, request.start.row));
+    for (sequence, encoded) in results {
+        for item in reorder.accept(sequence, encoded) {
+            match item {
+                Encoded::Documents {
+                    file,
+                    documents,
+                    skipped,
+                } => {
+                    counters.skipped_rows.fetch_add(skipped, Ordering::Relaxed);
+                    counters
+                        .documents
+                        .fetch_add(documents.len() as u64, Ordering::Relaxed);
+                    for (row, ids) in &documents {
+                        let mut skip = 0;
+                        if let Some((expected_file, expected_row)) = expected_start.take() {
+                            if expected_file != *file || expected_row != *row {
+                                return Err(PipelineError::Cursor(format!(
+                                    "source `{source_name}`: the cursor's block starts at row \
+                                     {expected_row} of {expected_file}, but the next document is \
+                                     row {row} of {file} (did the file change?)"
+                                )));
+                            }
+                            skip = request.start.token as usize;
+                            if skip >= ids.len() + 2 {
+                                return Err(PipelineError::Cursor(format!(
+                                    "source `{source_name}`: token {skip} is past the end of row \
+                                     {row} of {file}"
+                                )));
+                            }
+                        }
+                        packer.push_document_from(ids, skip, &mut packed, |offset| {
+                            starts.push_back(SourcePosition {
+                                source: source_name.to_string(),
+                                pass,
+                                file: Some(file.to_string()),
+                                row: *row,
+                                token: offset as u64,
+                            })
+                        });
+                        for tokens in packed.chunks(seq_len) {
+                            let start = starts.pop_front().expect("every block has a start");
+                            let block = SourceBlock {
+                                tokens: tokens.to_vec(),
+                                start,
+                            };
+                            if blocks.send(SourceItem::Block(block)).is_err() {
+                                return Ok(());
+                            }
+                            blocks_this_pass += 1;
+                        }
+                        packed.clear();
+                    }
+                }
+                Encoded::EndOfPass => {
+                    if let Some((file, row)) = expected_start.take() {
+                        return Err(PipelineError::Cursor(format!(
+                            "source `{source_name}`: the cursor's block starts at row {row} of \
+                             {file}, but the pass ends before it (did the file change?)"
+                        )));
+                    }
+                    let dropped = packer.finish_pass();
+                    starts.clear();
+                    counters
+                        .dropped_tokens
+                        .fetch_add(dropped as u64, Ordering::Relaxed);
+                    if blocks_this_pass == 0 {
+                        return Err(PipelineError::EmptySplit(format!(
+                            "source `{source_name}` holds fewer tokens than one block of \
+                             {seq_len} in this split"
+                        )));
+                    }
+                    pass += 1;
+                    blocks_this_pass = 0;
+                }
+                Encoded::Failed(error) => return Err(error),
+            }
+        }
+    }
+    let _ = blocks.send(SourceItem::Exhausted);
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Serving blocks over Arrow Flight.
+//!
+//! [`flight_server`] answers `do_get` (and the control actions) with the record batches of a
+//! [`block_stream`]: one consumer's view of the shared production, which skips what its resume
+//! cursor says was consumed and keeps the blocks of its shard.
+
+pub mod block_stream;
+pub mod flight_server;

@@ -1,0 +1,282 @@
+//! Feeds the training loop from a live pipeline over Arrow Flight.
+//!
+//! A prefetch thread with its own async runtime keeps a few train batches decoded ahead of the
+//! loop, so decoding overlaps compute; the loop only waits when the pipeline is slower than
+//! training, and that wait is measured. When the pipeline goes away (restart, network fault) the
+//! thread reconnects with exponential backoff and continues after the last block it received, so
+//! training sees no gap and no repeat. The valid split is a finite stream read on request; the
+//! training loop reads it once and keeps it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use flightlm_shared::backoff::Backoff;
+use flightlm_shared::client::{BlockStream, ClientError, PipelineEndpoint};
+use flightlm_shared::{Cursor, Split, StreamRequest, TokenBlocks, TokenizerInfo};
+
+use crate::data::source::{push_up_to, BlockSource};
+
+/// Train batches decoded ahead of the loop.
+const PREFETCH_BATCHES: usize = 8;
+
+pub struct PipelineSource {
+    endpoint: PipelineEndpoint,
+    seq_len: usize,
+    batch_size: usize,
+    tokenizer: TokenizerInfo,
+    train: Receiver<anyhow::Result<TokenBlocks>>,
+    waited: Duration,
+    retry_for: Duration,
+    /// Resumes right after the last row handed to the training loop.
+    cursor: Option<Cursor>,
+}
+
+impl PipelineSource {
+    /// Opens the train stream at `url` (continuing after `resume` when given) and waits for its
+    /// first batch, which names the tokenizer. While the pipeline is unreachable or its stream
+    /// breaks, the source retries with exponential backoff for up to `retry_for`, continuing
+    /// after the last block it received, so nothing is lost or repeated.
+    pub fn connect(
+        endpoint: &PipelineEndpoint,
+        seq_len: usize,
+        batch_size: usize,
+        resume: Option<Cursor>,
+        retry_for: Duration,
+    ) -> anyhow::Result<Self> {
+        let (sender, train) = bounded(PREFETCH_BATCHES);
+        let (tokenizer_sender, tokenizer_receiver) = bounded(1);
+        let request =
+            StreamRequest::new(Split::Train, seq_len, batch_size).with_cursor(resume.clone());
+        let prefetch = Prefetch {
+            endpoint: endpoint.clone(),
+            request,
+            retry_for,
+            sender,
+            tokenizer_sender,
+            connected: false,
+        };
+        std::thread::Builder::new()
+            .name("train-prefetch".into())
+            .spawn(move || prefetch.run())
+            .context("starting the prefetch thread")?;
+        let tokenizer = tokenizer_receiver
+            .recv()
+            .map_err(|_| anyhow!("the train stream ended before its first batch"))??;
+        Ok(PipelineSource {
+            endpoint: endpoint.clone(),
+            seq_len,
+            batch_size,
+            tokenizer,
+            train,
+            waited: Duration::ZERO,
+            retry_for,
+            cursor: resume,
+        })
+    }
+}
+
+fn gave_up(error: ClientError, endpoint: &PipelineEndpoint, retry_for: Duration) -> anyhow::Error {
+    anyhow!(error).context(format!(
+        "the pipeline at {} was unavailable for more than {} s (--pipeline-retry-s)",
+        endpoint.url,
+        retry_for.as_secs()
+    ))
+}
+
+/// The prefetch thread: reads train batches ahead of the loop, reconnecting when needed.
+struct Prefetch {
+    endpoint: PipelineEndpoint,
+    request: StreamRequest,
+    retry_for: Duration,
+    sender: Sender<anyhow::Result<TokenBlocks>>,
+    tokenizer_sender: Sender<anyhow::Result<TokenizerInfo>>,
+    /// The current connection delivered at least one batch.
+    connected: bool,
+}
+
+/// How one connection ended.
+enum StreamEnd {
+    /// The training loop went away.
+    Stopped,
+    /// A finite stream ran out.
+    Finished,
+    /// The connection failed; retrying may help.
+    Broken(ClientError),
+}
+
+impl Prefetch {
+    fn run(mut self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                let _ = self.tokenizer_sender.send(Err(anyhow!(error)));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let mut rows = TokenBlocks::new(self.request.seq_len);
+            let mut announced = false;
+            let mut backoff = Backoff::new(self.retry_for);
+            loop {
+                self.connected = false;
+                let error = match self.stream_once(&mut rows, &mut announced).await {
+                    StreamEnd::Stopped => return,
+                    StreamEnd::Finished => {
+                        let _ = self.sender.send(Err(anyhow!("the train stream ended")));
+                        return;
+                    }
+                    StreamEnd::Broken(error) => error,
+                };
+                if self.connected {
+                    // The pipeline was back for a while: a new outage gets the full budget.
+                    backoff.reset();
+                }
+                if !error.is_retryable() {
+                    self.fail(anyhow!(error).context("train stream"), announced);
+                    return;
+                }
+                match backoff.next_delay() {
+                    Some(delay) => {
+                        eprintln!("pipeline unavailable, retrying in {delay:?}: {error}");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => {
+                        self.fail(gave_up(error, &self.endpoint, self.retry_for), announced);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Reads one connection's stream until it ends or fails; every batch moves the request's
+    /// cursor past its rows, so a new connection continues right after them.
+    async fn stream_once(&mut self, rows: &mut TokenBlocks, announced: &mut bool) -> StreamEnd {
+        let mut stream = match BlockStream::open(&self.endpoint, &self.request).await {
+            Ok(stream) => stream,
+            Err(error) => return StreamEnd::Broken(error),
+        };
+        while let Some(batch) = stream.next().await {
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => return StreamEnd::Broken(error),
+            };
+            self.connected = true;
+            if !*announced {
+                if let Some(tokenizer) = stream.tokenizer() {
+                    let _ = self.tokenizer_sender.send(Ok(tokenizer.clone()));
+                    *announced = true;
+                }
+            }
+            if batch.rows() > 0 {
+                match batch.cursor_after(batch.rows() - 1) {
+                    Ok(cursor) => self.request.cursor = Some(cursor),
+                    Err(error) => return StreamEnd::Broken(ClientError::Schema(error)),
+                }
+            }
+            rows.append(&batch);
+            while rows.rows() >= self.request.batch_size {
+                if self
+                    .sender
+                    .send(Ok(rows.take_front(self.request.batch_size)))
+                    .is_err()
+                {
+                    return StreamEnd::Stopped;
+                }
+            }
+        }
+        StreamEnd::Finished
+    }
+
+    fn fail(&self, error: anyhow::Error, announced: bool) {
+        if announced {
+            let _ = self.sender.send(Err(error));
+        } else {
+            let _ = self.tokenizer_sender.send(Err(error));
+        }
+    }
+}
+
+impl BlockSource for PipelineSource {
+    fn tokenizer(&self) -> &TokenizerInfo {
+        &self.tokenizer
+    }
+
+    fn next_train_batch(&mut self) -> anyhow::Result<TokenBlocks> {
+        let started = Instant::now();
+        let batch = self
+            .train
+            .recv()
+            .map_err(|_| anyhow!("the train stream stopped"))?;
+        self.waited += started.elapsed();
+        let batch = batch?;
+        if batch.rows() > 0 {
+            self.cursor = Some(batch.cursor_after(batch.rows() - 1)?);
+        }
+        Ok(batch)
+    }
+
+    fn cursor(&self) -> Option<Cursor> {
+        self.cursor.clone()
+    }
+
+    /// Reads the valid split (up to `max_blocks`), retrying like the train stream while the
+    /// pipeline is away; at the limit the stream is dropped, which ends it on the pipeline.
+    fn valid_batches(&mut self, max_blocks: Option<usize>) -> anyhow::Result<Vec<TokenBlocks>> {
+        let request = StreamRequest::new(Split::Valid, self.seq_len, self.batch_size);
+        let endpoint = self.endpoint.clone();
+        let mut backoff = Backoff::new(self.retry_for);
+        // A runtime of its own, dropped with its connection as soon as the read ends: a stream
+        // left at `max_blocks` is then cancelled on the pipeline at once, not when the run ends.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the client runtime")?;
+        let batches = runtime.block_on(async move {
+            loop {
+                let error = match read_up_to(&endpoint, &request, max_blocks).await {
+                    Ok(batches) => return Ok(batches),
+                    Err(error) if error.is_retryable() => error,
+                    Err(error) => return Err(anyhow!(error).context("valid stream")),
+                };
+                match backoff.next_delay() {
+                    Some(delay) => {
+                        eprintln!("pipeline unavailable, retrying in {delay:?}: {error}");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return Err(gave_up(error, &endpoint, backoff.retry_for())),
+                }
+            }
+        });
+        drop(runtime);
+        let batches = batches?;
+        if batches.is_empty() {
+            anyhow::bail!("the valid split is empty");
+        }
+        Ok(batches)
+    }
+
+    fn seconds_waited(&self) -> f64 {
+        self.waited.as_secs_f64()
+    }
+}
+
+/// The batches of a finite stream, up to `max_blocks` blocks.
+async fn read_up_to(
+    endpoint: &PipelineEndpoint,
+    request: &StreamRequest,
+    max_blocks: Option<usize>,
+) -> Result<Vec<TokenBlocks>, ClientError> {
+    let mut stream = BlockStream::open(endpoint, request).await?;
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        if push_up_to(&mut batches, batch?, max_blocks) {
+            break;
+        }
+    }
+    Ok(batches)
+}
