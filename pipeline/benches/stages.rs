@@ -24,7 +24,7 @@ use flightlm_pipeline::production::packing::Packer;
 use flightlm_pipeline::production::tokenize::{encode, EncodeRules, Encoded, SplitFilter};
 use flightlm_pipeline::read::bad_records::BadRecords;
 use flightlm_pipeline::read::sources::CorpusFile;
-use flightlm_pipeline::service::flight_server::flight_data_encoder;
+use flightlm_pipeline::service::listener::flight_data_encoder;
 use flightlm_pipeline::tokenizer::file::load_tokenizer;
 use flightlm_pipeline::tokenizer::training::{train_tokenizer, TokenizerTrainingConfig};
 use flightlm_shared::schema::block_schema;

@@ -11,7 +11,8 @@ use clap::Args;
 use flightlm_pipeline::access::{check_listen, read_tls_identity, AuthToken};
 use flightlm_pipeline::corpus::setup::{build_corpus, ServeInputs};
 use flightlm_pipeline::read::bad_records::BadRecordPolicy;
-use flightlm_pipeline::service::flight_server::{bind, serve, Access};
+use flightlm_pipeline::service::flight_server::Access;
+use flightlm_pipeline::service::listener::{bind, serve};
 
 /// How long open streams get to end after a shutdown signal before the process exits anyway
 /// (a reader that stopped reading would otherwise hold it forever).

@@ -3,42 +3,37 @@
 //! Batches are Arrow IPC with zstd body compression. `get_flight_info` and `get_schema` describe a
 //! stream before it is opened (a `FlightDescriptor` whose `cmd` is the same JSON request: schema,
 //! contract version, tokenizer, and an endpoint whose ticket opens it), the `health` action
-//! answers liveness probes and `stats` reports every stream's counters. Every stream is independent: see [`crate::service::block_stream`].
+//! answers liveness probes and `stats` reports every stream's counters. Every stream is
+//! independent: see [`crate::service::block_stream`]; the server around the service is
+//! [`crate::service::listener`].
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
-use arrow::ipc::writer::IpcWriteOptions;
-use arrow::ipc::CompressionType;
 use arrow::record_batch::RecordBatch;
-use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
-use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
-use flightlm_shared::client::MAX_MESSAGE_BYTES;
 use flightlm_shared::schema::block_schema;
 use flightlm_shared::{Split, StreamRequest, CONTRACT_VERSION};
 use futures::stream;
-use futures::{Future, StreamExt};
-use tokio::net::TcpListener;
+use futures::StreamExt;
 use tokio::sync::watch;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Identity, ServerTlsConfig};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Identity;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::access::{check_call, AuthToken, AUTHORIZATION};
+use crate::access::{AuthToken, AUTHORIZATION};
 use crate::corpus::control::{add_source, set_weight};
 use crate::corpus::Corpus;
 use crate::error::PipelineError;
 use crate::production::chunk_hub::HubRegistry;
 use crate::production::stats::StreamRegistry;
 use crate::service::block_stream::open_stream;
+use crate::service::listener::{flight_data_encoder, ipc_options};
 
 pub const HEALTH_ACTION: &str = "health";
 pub const STATS_ACTION: &str = "stats";
@@ -104,60 +99,6 @@ impl PipelineService {
     }
 }
 
-/// IPC settings of every message the service sends: zstd-compressed bodies.
-pub fn ipc_options() -> IpcWriteOptions {
-    IpcWriteOptions::default()
-        .try_with_compression(Some(CompressionType::ZSTD))
-        .expect("arrow-ipc is built with zstd")
-}
-
-/// The encoder `do_get` turns a stream's record batches into Flight messages with; public so the
-/// encoding stage can be benchmarked with the service's own settings.
-pub fn flight_data_encoder(schema: SchemaRef) -> FlightDataEncoderBuilder {
-    FlightDataEncoderBuilder::new()
-        .with_schema(schema)
-        .with_options(ipc_options())
-        // Each batch carries its own resume-state dictionary; hydrating it would repeat the
-        // state string on every row.
-        .with_dictionary_handling(DictionaryHandling::Resend)
-}
-
-/// Largest request (ticket, descriptor or action body) accepted.
-pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
-
-/// Serves `corpus` on `listener` until `shutdown` resolves; then stops accepting calls, ends open
-/// streams after the batch each is sending, and returns once they are closed.
-pub async fn serve(
-    corpus: Arc<Corpus>,
-    listener: TcpListener,
-    access: Access,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
-    let token = access.token.clone();
-    let tls = access.tls.clone();
-    let (start_draining, draining) = watch::channel(false);
-    let server = FlightServiceServer::new(PipelineService::new(corpus, access, draining))
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let service = InterceptedService::new(server, move |request| check_call(&token, request));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(identity) = tls {
-        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
-    }
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!("shutting down: ending open streams");
-        let _ = start_draining.send(true);
-    };
-    builder
-        .tcp_nodelay(true)
-        .initial_connection_window_size(Some(16 * 1024 * 1024))
-        .initial_stream_window_size(Some(8 * 1024 * 1024))
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-}
-
 fn shutting_down() -> Status {
     Status::unavailable("the pipeline is shutting down; resume from the last cursor")
 }
@@ -184,11 +125,6 @@ where
             Some(batch) => batch.map(|batch| (batch, Some((batches, draining)))),
         }
     })
-}
-
-/// Binds `address`; port 0 picks a free port (read it back from the listener).
-pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address).await
 }
 
 #[tonic::async_trait]
