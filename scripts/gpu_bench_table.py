@@ -66,7 +66,7 @@ def main():
     for line in open("burn-runs.txt"):
         if not line.strip():
             continue
-        name, objective, seq_len, batch, precision = line.split()
+        name, objective, seq_len, batch, precision, *variant = line.split()
         metrics = json_lines(f"burn-{name}.out")
         wall = next((l for l in metrics if l.get("kind") == "wall"), None)
         train = [l for l in metrics if l.get("kind") == "train"]
@@ -78,7 +78,8 @@ def main():
         first = f"{seen - wall['started']:.1f} ({train[0]['step']})" if seen and wall and train else None
         loss = (f"{train[0]['loss']:.3f} -> {train[-1]['loss']:.3f} ({train[-1]['step']} steps)"
                 if train else "")
-        show(f"burn-cuda #{name}", objective, f"{batch}x{seq_len}", precision, rate, first,
+        label = f"burn-cuda #{name}" + (" dp" if variant else "")
+        show(label, objective, f"{batch}x{seq_len}", precision, rate, first,
              peak_memory_gib(name), int(seq_len), loss)
         if exit_line:
             took = f" after {wall['ended'] - wall['started']:.0f} s" if wall else ""

@@ -4,6 +4,8 @@
 //! The binaries are the ones `cargo build --workspace --bins` puts beside this test executable;
 //! `scripts/test.sh` builds them before running the tests.
 
+pub mod runs;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -42,6 +42,10 @@ pub enum TrainError {
     #[error("the gradient norm is {0}: training diverged")]
     NonFiniteGradients(f64),
 
+    /// One rank of a data-parallel run failed (or lost the others); every rank ends with it.
+    #[error("rank {rank}: {message}")]
+    Rank { rank: usize, message: String },
+
     /// Reading or writing a HuggingFace model directory (`--init-from`, exports).
     #[error(transparent)]
     Hf(#[from] crate::hf::HfError),

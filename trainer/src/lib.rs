@@ -9,7 +9,8 @@
 //! 3. [`optim`]: the loss on the predicted positions, gradient averaging and global-norm
 //!    clipping, the learning-rate schedule, AdamW;
 //! 4. [`run`]: the loop that drives the three, evaluates, checkpoints and resumes, and records
-//!    metrics, progress, curves and the blocks each step trained on.
+//!    metrics, progress, curves and the blocks each step trained on; with several devices, one
+//!    loop per rank, joined by [`parallel`] (the collective group, the per-step exchange).
 //!
 //! [`config`] is the one typed configuration every stage reads; [`hf`] moves models to and from
 //! HuggingFace's layout; [`rng`] is the seeded generator whose sequence we own. The binary is a
@@ -22,6 +23,7 @@ pub mod error;
 pub mod hf;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod rng;
 pub mod run;
 

@@ -9,32 +9,30 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use burn::backend::cuda::CudaDevice;
-use burn::backend::{Autodiff, Cuda};
+use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use clap::{Parser, Subcommand};
 use flightlm_shared::client::PipelineEndpoint;
-use flightlm_trainer::data::pipeline::PipelineSource;
 use flightlm_trainer::data::source::BlockSource;
 use flightlm_trainer::data::synthetic::{SyntheticConfig, SyntheticSource};
 use flightlm_trainer::data::text_file::TextFileSource;
 use flightlm_trainer::hf::commands::{ExportArgs, FillMaskArgs, ScoreArgs};
-use flightlm_trainer::hf::{export_hf, HfRobertaConfig, HfTokenizer, TOKENIZER_FILE};
+use flightlm_trainer::hf::{export_hf, HfRobertaConfig, HfTokenizer};
 use flightlm_trainer::model::RobertaConfig;
-use flightlm_trainer::run::block_log::{self, BlockLog};
-use flightlm_trainer::run::checkpoint::{CheckpointStore, TrainingState};
+use flightlm_trainer::run::block_log;
+use flightlm_trainer::run::checkpoint::CheckpointStore;
 use flightlm_trainer::run::metrics::MetricsLog;
-use flightlm_trainer::{train_with, CpuDevice, DeviceKind, RunControl, TrainConfig};
+use flightlm_trainer::{train_with, CpuDevice, RunControl};
 
 mod cli;
 
-use cli::cuda_check::check_cuda;
-use cli::kernel_cache::{use_kernel_caches, KERNEL_CACHE_ENV};
-use cli::process_setup::{install_stop_handler, keep_freed_memory, STOP_REQUESTED};
+use cli::process_setup::keep_freed_memory;
 use cli::run_args::{Resolved, RunArgs, ShapeArgs};
+use cli::training::{
+    local_ranks, pipeline_sources, run_metrics, save_pipeline_tokenizer, train_on, RankSource,
+};
 
 type CpuTrainBackend = Autodiff<flightlm_trainer::CpuBackend>;
-type CudaBackend = Autodiff<Cuda<f32>>;
 
 #[derive(Parser)]
 #[command(
@@ -144,44 +142,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let out = config.out_dir.clone();
             let pipeline = PipelineEndpoint::new(config.pipeline.clone()).with_tls_ca(tls_ca);
-            config.save(&out)?;
-            save_pipeline_tokenizer(&pipeline, &out);
+            if config.node_rank == 0 {
+                config.save(&out)?;
+                save_pipeline_tokenizer(&pipeline, &out);
+            }
             let cursor = resume.as_ref().and_then(|(_, state)| state.cursor.clone());
-            let mut source = PipelineSource::connect(
-                &pipeline,
-                config.seq_len,
-                config.batch_size,
-                cursor,
-                std::time::Duration::from_secs(pipeline_retry_s),
-            )
-            .with_context(|| format!("connecting to the pipeline at {}", pipeline.url))?;
-            let mut metrics = match &resume {
-                Some((_, state)) => MetricsLog::resume(&out, state.step, true)?,
-                None => MetricsLog::create(&out, true)?,
-            };
+            let retry_for = std::time::Duration::from_secs(pipeline_retry_s);
+            let sources = pipeline_sources(&config, &pipeline, cursor, retry_for)?;
+            let mut metrics = run_metrics(&config, &out, &resume)?;
             let checkpoints = Some(CheckpointStore::in_run(&out));
-            train_on(&config, &mut source, &mut metrics, checkpoints, resume)
+            train_on(&config, sources, &mut metrics, checkpoints, resume)
         }
         Command::Bench { vocab_size, run } => {
             let Resolved { mut config, resume } = run.resolve()?;
             config.pipeline = "synthetic".into();
             let synthetic = SyntheticConfig::new(vocab_size, config.seq_len, config.batch_size);
-            let mut source = match resume.as_ref().and_then(|(_, state)| state.cursor.as_ref()) {
-                Some(cursor) => SyntheticSource::resume(synthetic, cursor)?,
-                None => SyntheticSource::new(synthetic),
-            };
+            let cursor = resume.as_ref().and_then(|(_, state)| state.cursor.as_ref());
+            let world = config.world_size();
+            let sources = local_ranks(&config)
+                .map(|rank| {
+                    let source = match cursor {
+                        Some(cursor) => SyntheticSource::resume(synthetic.clone(), cursor)?,
+                        None => SyntheticSource::new(synthetic.clone()),
+                    };
+                    Ok(Box::new(source.sharded(rank, world)) as RankSource)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let out = config.out_dir.clone();
             let (mut metrics, checkpoints) = if out.as_os_str().is_empty() {
                 (MetricsLog::in_memory().with_echo(true), None)
             } else {
-                config.save(&out)?;
-                let metrics = match &resume {
-                    Some((_, state)) => MetricsLog::resume(&out, state.step, true)?,
-                    None => MetricsLog::create(&out, true)?,
-                };
+                if config.node_rank == 0 {
+                    config.save(&out)?;
+                }
+                let metrics = run_metrics(&config, &out, &resume)?;
                 (metrics, Some(CheckpointStore::in_run(&out)))
             };
-            train_on(&config, &mut source, &mut metrics, checkpoints, resume)
+            train_on(&config, sources, &mut metrics, checkpoints, resume)
         }
         Command::TrainText {
             text,
@@ -198,6 +195,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.pipeline = "text-file".into();
             shape.apply(&mut config);
             config.validate()?;
+            if config.world_size() > 1 {
+                bail!("train-text trains on one device; use `train` from a pipeline for --devices");
+            }
             let out = config.out_dir.clone();
             config.save(&out)?;
             let text = std::fs::read_to_string(&text)
@@ -264,103 +264,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn train_on(
-    config: &TrainConfig,
-    source: &mut dyn BlockSource,
-    metrics: &mut MetricsLog,
-    checkpoints: Option<CheckpointStore>,
-    resume: Option<(PathBuf, TrainingState)>,
-) -> anyhow::Result<()> {
-    install_stop_handler();
-    let block_log = match (&checkpoints, &resume) {
-        (None, _) => None,
-        (Some(_), Some((_, state))) => Some(BlockLog::resume(&config.out_dir, state.step)?),
-        (Some(_), None) => Some(BlockLog::create(&config.out_dir)?),
-    };
-    let control = RunControl {
-        checkpoints,
-        resume: resume.map(|(checkpoint, _)| checkpoint),
-        stop: Some(&STOP_REQUESTED),
-        block_log,
-    };
-    let (steps, stopped) = match config.device {
-        DeviceKind::Cpu => {
-            let summary = train_with::<CpuTrainBackend>(
-                config,
-                source,
-                &CpuDevice::default(),
-                metrics,
-                control,
-            )?;
-            if !summary.stopped {
-                export_final(config, source, &summary.model)?;
-            }
-            (summary.steps, summary.stopped)
-        }
-        DeviceKind::Cuda => {
-            if let Some(dir) = use_kernel_caches() {
-                eprintln!("kernel caches in {} (${KERNEL_CACHE_ENV})", dir.display());
-            }
-            let device = CudaDevice::default();
-            check_cuda(&device, config.precision)?;
-            let summary = train_with::<CudaBackend>(config, source, &device, metrics, control)?;
-            if !summary.stopped {
-                export_final(config, source, &summary.model)?;
-            }
-            (summary.steps, summary.stopped)
-        }
-    };
-    if stopped {
-        eprintln!(
-            "stopped after step {steps}; continue with --resume {}",
-            config.out_dir.display()
-        );
-    }
-    Ok(())
-}
-
-/// Keeps the pipeline's tokenizer.json in the run directory, so checkpoints and the final model
-/// ship with it. A pipeline that cannot send it only costs that convenience.
-fn save_pipeline_tokenizer(pipeline: &PipelineEndpoint, out: &std::path::Path) {
-    let fetched = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| {
-            runtime
-                .block_on(flightlm_shared::client::run_action(pipeline, "tokenizer"))
-                .map_err(anyhow::Error::from)
-        })
-        .and_then(|bytes| {
-            std::fs::write(out.join(TOKENIZER_FILE), bytes).map_err(anyhow::Error::from)
-        });
-    if let Err(error) = fetched {
-        tracing::warn!("the pipeline's tokenizer.json is not saved with the run: {error:#}");
-    }
-}
-
-/// Writes the final (best, when restored) model as an HF directory `OUT/model`.
-fn export_final<B: burn::tensor::backend::AutodiffBackend>(
-    config: &TrainConfig,
-    source: &dyn BlockSource,
-    model: &flightlm_trainer::model::Roberta<B>,
-) -> anyhow::Result<()> {
-    if config.out_dir.as_os_str().is_empty() {
-        return Ok(());
-    }
-    let info = source.tokenizer().clone();
-    let hf_config =
-        HfRobertaConfig::from_model(&RobertaConfig::from_train_config(config, &info), &info);
-    let tokenizer = config.out_dir.join(TOKENIZER_FILE);
-    let out = config.out_dir.join("model");
-    export_hf(
-        &model.valid(),
-        &hf_config,
-        tokenizer.is_file().then_some(tokenizer.as_path()),
-        &out,
-    )?;
-    eprintln!("model written to {}", out.display());
-    Ok(())
 }

@@ -19,6 +19,18 @@ pub fn dropout_seed(seed: u64, step: usize) -> u64 {
     SplitMix64::for_stream(seed ^ DROPOUT_DOMAIN, step as u64).next_u64()
 }
 
+/// The dropout seed of rank `rank` of a data-parallel run at `step`: rank 0's is
+/// [`dropout_seed`], so a run on one device draws what it always drew, and every other rank's
+/// masks are independent of it.
+pub fn rank_dropout_seed(seed: u64, step: usize, rank: usize) -> u64 {
+    let seed = dropout_seed(seed, step);
+    if rank == 0 {
+        seed
+    } else {
+        SplitMix64::for_stream(seed, rank as u64).next_u64()
+    }
+}
+
 /// SplitMix64 (Steele, Lea, Flood 2014).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SplitMix64 {

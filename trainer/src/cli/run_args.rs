@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use flightlm_trainer::config::layers::{resolve, ConfigLayer};
+use flightlm_trainer::config::DeviceList;
 use flightlm_trainer::config::ScheduleKind;
 use flightlm_trainer::run::checkpoint::{read_state, TrainingState};
-use flightlm_trainer::run::resume::{check_resumable, locate, read_config, run_dir_of};
+use flightlm_trainer::run::resume::{
+    check_resumable, keep_global_batch, locate, read_config, run_dir_of,
+};
 use flightlm_trainer::{DeviceKind, Objective, Precision, Preset, TrainConfig};
 use serde::Serialize;
 
@@ -76,6 +79,27 @@ pub(crate) struct RunArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<DeviceKind>,
+    /// Data parallel: this process's ranks, one per device: cpu:N (N ranks on the CPU) or
+    /// cuda:0,cuda:1,… Each rank reads its shard of the stream; gradients are summed per step.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<DeviceList>,
+    /// Processes of a multi-node run, each with --devices [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<usize>,
+    /// This process's place among --nodes, from 0; node 0 starts the coordinator [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_rank: Option<usize>,
+    /// HOST:PORT of the multi-node coordinator: node 0 listens there, every rank connects.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordinator: Option<String>,
+    /// Seconds a rank waits for the others before the run fails [default: 300].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collective_timeout_s: Option<u64>,
     /// bf16: mixed precision, bf16 matrix products over f32 weights [default: f32]. On the CPU, bf16 checks the numerics of a GPU run but is slower than f32.
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -151,6 +175,15 @@ pub(crate) struct RunArgs {
     init_from: Option<PathBuf>,
 }
 
+impl RunArgs {
+    /// `--devices` names the device kind too (`--devices cuda:0,cuda:1` trains on CUDA).
+    fn follow_devices(&self, config: &mut TrainConfig) {
+        if let (Some(devices), None) = (&self.devices, self.device) {
+            config.device = devices.kind();
+        }
+    }
+}
+
 /// A run's resolved configuration, and the checkpoint it continues from.
 pub(crate) struct Resolved {
     pub(crate) config: TrainConfig,
@@ -167,8 +200,10 @@ impl RunArgs {
         }
         layers.push(ConfigLayer::from_serialize("command-line flags", self)?);
         let Some(resume) = &self.resume else {
+            let mut config = resolve(None, &layers)?;
+            self.follow_devices(&mut config);
             return Ok(Resolved {
-                config: resolve(None, &layers)?,
+                config,
                 resume: None,
             });
         };
@@ -179,7 +214,11 @@ impl RunArgs {
         if let Some(run_dir) = run_dir_of(&checkpoint) {
             base.out_dir = run_dir;
         }
-        let config = resolve(Some(&base), &layers)?;
+        let mut config = resolve(Some(&base), &layers)?;
+        self.follow_devices(&mut config);
+        if self.batch_size.is_none() && self.grad_accum.is_none() {
+            keep_global_batch(&saved, &mut config);
+        }
         check_resumable(&saved, &config)
             .with_context(|| format!("resuming from {}", checkpoint.display()))?;
         let state = read_state(&checkpoint)?;

@@ -9,6 +9,7 @@
 //! the `flightlm-trainer` binary's flags are the last layer.
 
 pub mod layers;
+pub mod parallel;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+pub use parallel::{DeviceList, LossAverage, MaskingKey};
 
 /// The curve after warmup, named as `transformers`' `lr_scheduler_type`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -148,6 +150,31 @@ pub struct TrainConfig {
     /// Dropout on embeddings, attention probabilities and residual branches.
     pub dropout: f64,
     pub device: DeviceKind,
+    /// This process's ranks, one per device (`cpu:2`, `cuda:0,cuda:1`); absent: one rank on
+    /// `device`. Each rank reads its shard of the stream and gradients are all-reduced per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<DeviceList>,
+    /// Processes of a multi-node run (usually one per host), each with `devices`.
+    #[serde(default = "one")]
+    pub nodes: usize,
+    /// This process's place among the `nodes`, from 0; node 0 starts the coordinator and writes
+    /// metrics and checkpoints.
+    #[serde(default)]
+    pub node_rank: usize,
+    /// `HOST:PORT` of the multi-node coordinator, which node 0 starts (listening on exactly this
+    /// address) and every rank connects to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub coordinator: String,
+    /// Seconds a rank waits for the others at a step's exchange before the run fails (a rank
+    /// or node that died, or hangs).
+    #[serde(default = "default_collective_timeout_s")]
+    pub collective_timeout_s: u64,
+    /// See [`MaskingKey`]; configurations saved before it existed read as `micro_batch`.
+    #[serde(default = "MaskingKey::before_data_parallel")]
+    pub masking_key: MaskingKey,
+    /// See [`LossAverage`]; configurations saved before it existed read as `micro_batches`.
+    #[serde(default = "LossAverage::before_data_parallel")]
+    pub loss_average: LossAverage,
     /// Configurations saved before mixed precision existed read as f32, which they ran in.
     #[serde(default)]
     pub precision: Precision,
@@ -191,6 +218,13 @@ impl TrainConfig {
             mlm_probability: 0.15,
             dropout: 0.1,
             device: DeviceKind::Cpu,
+            devices: None,
+            nodes: 1,
+            node_rank: 0,
+            coordinator: String::new(),
+            collective_timeout_s: default_collective_timeout_s(),
+            masking_key: MaskingKey::Block,
+            loss_average: LossAverage::Tokens,
             precision: Precision::F32,
             out_dir: out_dir.into(),
             pipeline: pipeline.into(),
@@ -201,6 +235,24 @@ impl TrainConfig {
     /// The most valid blocks an evaluation scores; `None` for the whole split.
     pub fn eval_block_limit(&self) -> Option<usize> {
         (self.eval_blocks > 0).then_some(self.eval_blocks)
+    }
+
+    /// This process's ranks: `devices`, or one rank on `device`.
+    pub fn local_devices(&self) -> DeviceList {
+        self.devices
+            .clone()
+            .unwrap_or_else(|| DeviceList::single(self.device))
+    }
+
+    /// Ranks in the whole run, over every node.
+    pub fn world_size(&self) -> usize {
+        self.local_devices().len() * self.nodes
+    }
+
+    /// Blocks per optimizer step over all ranks: step `s` trains on blocks `[s·G, (s+1)·G)` of
+    /// the global stream.
+    pub fn global_batch(&self) -> usize {
+        self.world_size() * self.batch_size * self.grad_accum
     }
 
     /// Checks everything that would otherwise fail deep inside the model or the loop.
@@ -269,7 +321,7 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return fail(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
-        Ok(())
+        self.validate_parallel()
     }
 
     /// The configuration as a TOML document that `--config` reads back unchanged.
@@ -293,6 +345,14 @@ impl TrainConfig {
             .map_err(|source| TrainError::io(&toml_path, source))?;
         Ok(toml_path)
     }
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_collective_timeout_s() -> u64 {
+    300
 }
 
 /// `Option<f64>` written as a number, with 0 (or a JSON null) standing for `None`: TOML cannot

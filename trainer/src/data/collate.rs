@@ -9,13 +9,14 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use flightlm_shared::{TokenBlocks, TokenizerInfo};
 
-use crate::config::{DeviceKind, Objective, TrainConfig};
+use crate::config::{DeviceKind, MaskingKey, Objective, TrainConfig};
 use crate::data::masking::MlmMasking;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Collator {
     labels: Labels,
     head_rows: usize,
+    masking_key: MaskingKey,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +77,7 @@ impl Collator {
         Collator {
             labels,
             head_rows: 0,
+            masking_key: MaskingKey::MicroBatch,
         }
     }
 
@@ -83,7 +85,8 @@ impl Collator {
     /// head keeps one shape (a GPU compiles and autotunes each new one); on the CPU padding rows
     /// would only cost time.
     pub fn from_train_config(config: &TrainConfig, tokenizer: &TokenizerInfo) -> Self {
-        let collator = Collator::new(config.objective, tokenizer, config.mlm_probability);
+        let collator = Collator::new(config.objective, tokenizer, config.mlm_probability)
+            .with_masking_key(config.masking_key);
         match (config.device, config.objective) {
             (DeviceKind::Cuda, Objective::Mlm) => collator.with_head_rows(steady_head_rows(
                 config.batch_size * config.seq_len,
@@ -93,19 +96,31 @@ impl Collator {
         }
     }
 
+    /// Keys MLM masks by `key` (by `(seed, stream)`, the micro-batch, unless told otherwise).
+    pub fn with_masking_key(mut self, key: MaskingKey) -> Self {
+        self.masking_key = key;
+        self
+    }
+
     /// Pads every batch's targets to at least `rows` (see [`steady_head_rows`]).
     pub fn with_head_rows(mut self, rows: usize) -> Self {
         self.head_rows = rows;
         self
     }
 
-    /// Collates `blocks`; MLM masking draws from the generator for `(seed, stream)`.
+    /// Collates `blocks`; MLM masking draws from the generator for `(seed, stream)`, or with
+    /// [`MaskingKey::Block`] from one generator per block, `(seed, block_seq)`.
     pub fn collate(&self, blocks: &TokenBlocks, seed: u64, stream: u64) -> LmBatch {
         let rows = blocks.rows();
         let seq_len = blocks.seq_len;
         match &self.labels {
             Labels::Mlm(masking) => {
-                let masked = masking.apply_seeded(&blocks.ids, seed, stream);
+                let masked = match self.masking_key {
+                    MaskingKey::MicroBatch => masking.apply_seeded(&blocks.ids, seed, stream),
+                    MaskingKey::Block => {
+                        masking.apply_per_block(&blocks.ids, seq_len, &blocks.block_seq, seed)
+                    }
+                };
                 LmBatch {
                     rows,
                     seq_len,
@@ -272,5 +287,50 @@ mod tests {
         let weights: Vec<f32> = tensors.weights.into_data().to_vec().expect("f32 data");
         assert_eq!(weights.iter().sum::<f32>(), 6.0);
         assert!(weights[6..].iter().all(|weight| *weight == 0.0));
+    }
+
+    /// A block keyed by its `block_seq` is masked the same in any batch, at any position.
+    #[test]
+    fn block_keyed_masks_do_not_depend_on_the_batch() {
+        let collator =
+            Collator::new(Objective::Mlm, &tokenizer(), 0.3).with_masking_key(MaskingKey::Block);
+        let block = |sequence: u64| -> Vec<u32> {
+            (0..64)
+                .map(|column| 5 + (sequence as u32 * 13 + column) % 90)
+                .collect()
+        };
+        let batch_of = |sequences: &[u64]| {
+            let mut blocks = TokenBlocks::new(64);
+            for sequence in sequences {
+                blocks.push(&block(*sequence), *sequence, 0);
+            }
+            blocks
+        };
+        let together = collator.collate(&batch_of(&[10, 11, 12, 13]), 5, 0);
+        let first = collator.collate(&batch_of(&[12, 10]), 5, 7);
+        let second = collator.collate(&batch_of(&[13, 11]), 5, 8);
+        let masked_row = |batch: &LmBatch, row: usize| -> (Vec<u32>, Vec<u32>) {
+            let inputs = batch.inputs[row * 64..(row + 1) * 64].to_vec();
+            let range = (row * 64) as u32..((row + 1) * 64) as u32;
+            let targets = batch
+                .positions
+                .iter()
+                .zip(&batch.targets)
+                .filter(|(position, _)| range.contains(position))
+                .map(|(position, target)| (position - range.start) * 1000 + target)
+                .collect();
+            (inputs, targets)
+        };
+        assert_eq!(masked_row(&together, 0), masked_row(&first, 1), "block 10");
+        assert_eq!(masked_row(&together, 1), masked_row(&second, 1), "block 11");
+        assert_eq!(masked_row(&together, 2), masked_row(&first, 0), "block 12");
+        assert_eq!(masked_row(&together, 3), masked_row(&second, 0), "block 13");
+        assert_ne!(masked_row(&together, 0), masked_row(&together, 1));
+        let micro = Collator::new(Objective::Mlm, &tokenizer(), 0.3);
+        assert_ne!(
+            micro.collate(&batch_of(&[12, 10]), 5, 7).inputs[..64],
+            first.inputs[..64],
+            "micro-batch keying draws other masks"
+        );
     }
 }

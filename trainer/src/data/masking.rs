@@ -51,6 +51,31 @@ impl MlmMasking {
         self.apply(ids, &mut SplitMix64::for_stream(seed, stream))
     }
 
+    /// Masks each `seq_len` block of `ids` with the generator for `(seed, its block_seq)`, so a
+    /// block is masked the same whatever batch, micro-batch or rank it is trained in.
+    pub fn apply_per_block(
+        &self,
+        ids: &[u32],
+        seq_len: usize,
+        block_seq: &[u64],
+        seed: u64,
+    ) -> MaskedTokens {
+        let mut masked = MaskedTokens {
+            inputs: Vec::with_capacity(ids.len()),
+            ..MaskedTokens::default()
+        };
+        for (row, (block, &sequence)) in ids.chunks(seq_len).zip(block_seq).enumerate() {
+            let offset = (row * seq_len) as u32;
+            let one = self.apply_seeded(block, seed, sequence);
+            masked.inputs.extend_from_slice(&one.inputs);
+            masked
+                .positions
+                .extend(one.positions.iter().map(|position| position + offset));
+            masked.targets.extend_from_slice(&one.targets);
+        }
+        masked
+    }
+
     pub fn apply(&self, ids: &[u32], rng: &mut SplitMix64) -> MaskedTokens {
         let mut inputs = Vec::with_capacity(ids.len());
         let expected = (ids.len() as f64 * self.probability * 1.1) as usize + 1;

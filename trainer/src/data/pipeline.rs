@@ -44,10 +44,27 @@ impl PipelineSource {
         resume: Option<Cursor>,
         retry_for: Duration,
     ) -> anyhow::Result<Self> {
+        Self::connect_shard(endpoint, seq_len, batch_size, resume, retry_for, None)
+    }
+
+    /// [`Self::connect`] to shard `(index, count)` of the train stream (a data-parallel rank's:
+    /// the blocks whose `block_seq` is `index` mod `count`). `resume` may come from any shard or
+    /// from the unsharded stream: the shard continues with its first block after that position.
+    pub fn connect_shard(
+        endpoint: &PipelineEndpoint,
+        seq_len: usize,
+        batch_size: usize,
+        resume: Option<Cursor>,
+        retry_for: Duration,
+        shard: Option<(usize, usize)>,
+    ) -> anyhow::Result<Self> {
         let (sender, train) = bounded(PREFETCH_BATCHES);
         let (tokenizer_sender, tokenizer_receiver) = bounded(1);
-        let request =
+        let mut request =
             StreamRequest::new(Split::Train, seq_len, batch_size).with_cursor(resume.clone());
+        if let Some((index, count)) = shard.filter(|(_, count)| *count > 1) {
+            request = request.with_shard(index as u64, count as u64);
+        }
         let prefetch = Prefetch {
             endpoint: endpoint.clone(),
             request,

@@ -55,6 +55,8 @@ impl SyntheticConfig {
 
 pub struct SyntheticSource {
     config: SyntheticConfig,
+    /// `(index, count)`: train batches hold the blocks whose `block_seq` is `index` mod `count`.
+    shard: (u64, u64),
     tokenizer: TokenizerInfo,
     phrases: Vec<Vec<u32>>,
     train: Stream,
@@ -93,6 +95,7 @@ impl SyntheticSource {
             mask_id: 4,
         };
         let mut source = SyntheticSource {
+            shard: (0, 1),
             train: Stream::new(SplitMix64::for_stream(config.seed, 1)),
             valid: Vec::new(),
             waited: Duration::ZERO,
@@ -114,6 +117,14 @@ impl SyntheticSource {
 }
 
 impl SyntheticSource {
+    /// Keeps shard `index` of `count` of the train stream (as a pipeline's `--shard`): batches
+    /// of the blocks whose `block_seq` is `index` mod `count`, generated after the cursor's
+    /// position like the whole stream. The valid split stays whole.
+    pub fn sharded(mut self, index: usize, count: usize) -> Self {
+        self.shard = (index as u64, count.max(1) as u64);
+        self
+    }
+
     /// A source whose train stream continues after `cursor`, taken from a source with the same
     /// configuration.
     pub fn resume(config: SyntheticConfig, cursor: &Cursor) -> anyhow::Result<Self> {
@@ -193,9 +204,19 @@ impl BlockSource for SyntheticSource {
             std::thread::sleep(self.config.delay);
             self.waited += started.elapsed();
         }
-        Ok(self
-            .train
-            .blocks(self.config.batch_size, &self.config, &self.phrases))
+        let (index, count) = self.shard;
+        let mut batch = TokenBlocks::new(self.config.seq_len);
+        while batch.rows() < self.config.batch_size {
+            // Generate up to this shard's next block and no further, so the cursor (the next
+            // block of the whole stream) is right after the last block handed out.
+            let next = self.train.next_block;
+            let skip = (index + count - next % count) % count;
+            for _ in 0..skip {
+                self.train.blocks(1, &self.config, &self.phrases);
+            }
+            batch.append(&self.train.blocks(1, &self.config, &self.phrases));
+        }
+        Ok(batch)
     }
 
     fn valid_batches(&mut self, max_blocks: Option<usize>) -> anyhow::Result<Vec<TokenBlocks>> {
@@ -271,5 +292,38 @@ mod tests {
 
         let other = SyntheticConfig { seed: 8, ..config };
         assert!(SyntheticSource::resume(other, &cursor).is_err());
+    }
+
+    #[test]
+    fn shards_interleave_into_the_whole_stream() {
+        let config = SyntheticConfig::new(100, 16, 3);
+        let mut whole = SyntheticSource::new(config.clone());
+        let expected: Vec<TokenBlocks> = (0..2)
+            .map(|_| whole.next_train_batch().expect("batch"))
+            .collect();
+        let mut first = SyntheticSource::new(config.clone()).sharded(0, 2);
+        let mut second = SyntheticSource::new(config.clone()).sharded(1, 2);
+        let mut shards = TokenBlocks::new(16);
+        for source in [&mut first, &mut second] {
+            let batch = source.next_train_batch().expect("batch");
+            assert_eq!(batch.rows(), 3);
+            shards.append(&batch);
+        }
+        let mut rows: Vec<(u64, Vec<u32>)> = (0..shards.rows())
+            .map(|row| (shards.block_seq[row], shards.row(row).to_vec()))
+            .collect();
+        rows.sort();
+        let mut all = expected[0].clone();
+        all.append(&expected[1]);
+        let whole_rows: Vec<(u64, Vec<u32>)> = (0..6)
+            .map(|row| (all.block_seq[row], all.row(row).to_vec()))
+            .collect();
+        assert_eq!(rows, whole_rows);
+        // Shard 1's cursor is right after block 5: the whole stream resumes with block 6.
+        let resumed = SyntheticSource::resume(config, &second.cursor().expect("cursor"))
+            .expect("resumes")
+            .next_train_batch()
+            .expect("batch");
+        assert_eq!(resumed.block_seq, [6, 7, 8]);
     }
 }

@@ -7,11 +7,12 @@
 //! 64-bit word, and the mask holds `0` or `1 / keep` so the step multiplies once instead of twice.
 //!
 //! On a GPU the backend's own generator stays: a host mask would have to cross to the device on
-//! every layer. Which one is used is process-wide, like the backend's generator itself, and the
-//! training loop reseeds either before every step (see [`crate::rng::dropout_seed`]), so a
-//! resumed run draws the masks the uninterrupted run draws.
+//! every layer. The host generator belongs to the thread that trains (each rank of a
+//! data-parallel run has its own), and the training loop reseeds it or the backend's before
+//! every step (see [`crate::rng::dropout_seed`]), so a resumed run draws the masks the
+//! uninterrupted run draws.
 
-use std::sync::{Mutex, PoisonError};
+use std::cell::RefCell;
 
 use burn::nn::Dropout;
 use burn::tensor::backend::Backend;
@@ -19,15 +20,15 @@ use burn::tensor::{FloatDType, Tensor, TensorData};
 
 use crate::rng::SplitMix64;
 
-/// `Some` while masks are drawn on the host.
-static HOST_GENERATOR: Mutex<Option<SplitMix64>> = Mutex::new(None);
+thread_local! {
+    /// `Some` while this thread draws masks on the host.
+    static HOST_GENERATOR: RefCell<Option<SplitMix64>> = const { RefCell::new(None) };
+}
 
-/// From now on, draw masks on the host from a generator seeded with `seed`, or (`None`) with
-/// the backend's generator.
+/// From now on, draw this thread's masks on the host from a generator seeded with `seed`, or
+/// (`None`) with the backend's generator.
 pub fn seed_host_masks(seed: Option<u64>) {
-    *HOST_GENERATOR
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = seed.map(SplitMix64::new);
+    HOST_GENERATOR.with(|generator| *generator.borrow_mut() = seed.map(SplitMix64::new));
 }
 
 /// `layer.forward(input)`, with the mask drawn on the host when [`seed_host_masks`] says so.
@@ -38,14 +39,14 @@ pub fn dropout<B: Backend, const D: usize>(layer: &Dropout, input: Tensor<B, D>)
         return input;
     }
     let shape = input.shape();
-    let mask = {
-        let mut generator = HOST_GENERATOR
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match generator.as_mut() {
-            Some(generator) => scaled_mask(generator, shape.num_elements(), layer.prob),
-            None => return layer.forward(input),
-        }
+    let mask = HOST_GENERATOR.with(|generator| {
+        generator
+            .borrow_mut()
+            .as_mut()
+            .map(|generator| scaled_mask(generator, shape.num_elements(), layer.prob))
+    });
+    let Some(mask) = mask else {
+        return layer.forward(input);
     };
     let dtype = FloatDType::from(input.dtype());
     input * Tensor::<B, D>::from_data(TensorData::new(mask, shape), &device).cast(dtype)

@@ -1,9 +1,11 @@
 //! AdamW as a `transformers` `Trainer` applies it: gradients averaged over the accumulated
-//! micro-batches, clipped by their global norm, then one decoupled-weight-decay Adam update.
+//! micro-batches (or over the step's predicted tokens), clipped by their global norm, then one
+//! decoupled-weight-decay Adam update.
 //!
 //! Three things burn does differently by default, and why this wrapper exists:
 //! - `GradientsAccumulator` sums micro-batch gradients; HF averages them (it divides each
-//!   micro-batch loss by the accumulation count). We divide once, at the step.
+//!   micro-batch loss by the accumulation count, or every token loss by the step's token count
+//!   since transformers 4.46). We divide once, at the step.
 //! - `GradientClippingConfig::Norm` clips every tensor by its own norm; `clip_grad_norm_` scales
 //!   all gradients by one factor computed from the norm of their concatenation.
 //! - burn's AdamW decays every parameter; HF's `Trainer` exempts biases and LayerNorm weights.
@@ -17,6 +19,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
 use crate::config::TrainConfig;
+use crate::error::TrainError;
 use crate::optim::clipping::{average_and_clip, GradientNorm};
 
 /// AdamW hyper-parameters (PyTorch semantics: `eps` is added to `sqrt(v_hat)`).
@@ -81,7 +84,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
         }
     }
 
-    /// Adds the gradients of one micro-batch's mean loss.
+    /// Adds the gradients of one micro-batch's loss.
     pub fn accumulate(&mut self, model: &M, gradients: B::Gradients) {
         let gradients = GradientsParams::from_grads(gradients, model);
         self.accumulator.accumulate(model, gradients);
@@ -109,16 +112,50 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
         self.micro_batches
     }
 
-    /// Averages, clips and applies the accumulated gradients with learning rate `lr`.
-    /// Without accumulated gradients the model is returned unchanged.
+    /// Averages, clips and applies the accumulated gradients with learning rate `lr`, each
+    /// micro-batch's gradient being that of its mean loss. Without accumulated gradients the
+    /// model is returned unchanged.
     pub fn step(&mut self, lr: f64, model: M) -> (M, StepReport<B::InnerBackend>) {
         let micro_batches = std::mem::take(&mut self.micro_batches);
-        let mut gradients = self.accumulator.grads();
+        let gradients = self.accumulator.grads();
         if micro_batches == 0 {
             return (model, StepReport { grad_norm: None });
         }
+        self.apply(lr, model, gradients, micro_batches as f64)
+    }
+
+    /// Applies the accumulated gradients after `combine` has made them the step's whole
+    /// gradient sum (over the ranks of a data-parallel run; every rank calls it, even one that
+    /// accumulated nothing), divided by `divisor`: the step's predicted tokens when each
+    /// micro-batch's gradient is that of its loss sum. A step with nothing to divide by leaves
+    /// the model unchanged.
+    pub fn step_with<F>(
+        &mut self,
+        lr: f64,
+        model: M,
+        divisor: f64,
+        combine: F,
+    ) -> Result<(M, StepReport<B::InnerBackend>), TrainError>
+    where
+        F: FnOnce(&M, GradientsParams) -> Result<GradientsParams, TrainError>,
+    {
+        self.micro_batches = 0;
+        let gradients = combine(&model, self.accumulator.grads())?;
+        if divisor <= 0.0 {
+            return Ok((model, StepReport { grad_norm: None }));
+        }
+        Ok(self.apply(lr, model, gradients, divisor))
+    }
+
+    fn apply(
+        &mut self,
+        lr: f64,
+        model: M,
+        mut gradients: GradientsParams,
+        divisor: f64,
+    ) -> (M, StepReport<B::InnerBackend>) {
         let grad_norm =
-            average_and_clip::<B, M>(&model, &mut gradients, micro_batches, self.max_grad_norm);
+            average_and_clip::<B, M>(&model, &mut gradients, divisor, self.max_grad_norm);
         let mut vectors = SplitVectors {
             gradients: &mut gradients,
             vectors: GradientsParams::new(),

@@ -40,16 +40,17 @@ impl<B: Backend> GradientNorm<B> {
     }
 }
 
-/// Divides the summed gradients of `micro_batches` micro-batches by their count and, with
-/// `max_norm`, scales them all by `min(1, max_norm / (norm + 1e-6))` as `clip_grad_norm_` does.
-/// Returns the norm of the averaged gradients when clipping.
+/// Divides the summed gradients by `divisor` (the micro-batch count when each micro-batch loss
+/// is a mean, the step's predicted tokens when it is a sum) and, with `max_norm`, scales them
+/// all by `min(1, max_norm / (norm + 1e-6))` as `clip_grad_norm_` does. Returns the norm of the
+/// averaged gradients when clipping.
 pub fn average_and_clip<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     gradients: &mut GradientsParams,
-    micro_batches: usize,
+    divisor: f64,
     max_norm: Option<f64>,
 ) -> Option<GradientNorm<B::InnerBackend>> {
-    let average = 1.0 / micro_batches as f64;
+    let average = 1.0 / divisor;
     let norm = max_norm
         .and_then(|_| global_norm::<B, M>(model, gradients))
         .map(|norm| norm.mul_scalar(average));
@@ -58,7 +59,7 @@ pub fn average_and_clip<B: AutodiffBackend, M: AutodiffModule<B>>(
             let clip = norm.clone().add_scalar(1e-6).recip().mul_scalar(max_norm);
             Factor::Device(clip.clamp_max(1.0).mul_scalar(average))
         }
-        _ if micro_batches > 1 => Factor::Host(average),
+        _ if divisor != 1.0 => Factor::Host(average),
         _ => return None,
     };
     model.visit(&mut ScaleGradients { gradients, factor });
@@ -150,7 +151,7 @@ mod tests {
         let device = Default::default();
         let model: Linear<TestBackend> = LinearConfig::new(2, 2).init(&device);
         let mut gradients = summed_gradients(&model);
-        let norm = average_and_clip::<TestBackend, _>(&model, &mut gradients, 2, max_norm);
+        let norm = average_and_clip::<TestBackend, _>(&model, &mut gradients, 2.0, max_norm);
         let norm = norm.map(|norm| norm.read().expect("finite"));
         (weight_gradient(&model, &gradients), norm)
     }

@@ -9,7 +9,8 @@
 //! | `config.toml`, `config.json`  | the resolved configuration                                  |
 //!
 //! No random generator state is stored because none is needed: masking draws from
-//! `(seed, micro-batch index)` and dropout from `(seed, step)` (see [`crate::rng::dropout_seed`]).
+//! `(seed, block_seq)` (`(seed, micro-batch index)` in runs started before data-parallel
+//! training) and dropout from `(seed, step, rank)` (see [`crate::rng::rank_dropout_seed`]).
 //!
 //! A checkpoint is written into a hidden `.partial-…` directory that is renamed into place once
 //! every file is on disk, so a run killed in the middle of a save leaves nothing that resuming
@@ -28,8 +29,11 @@ use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::hf::{export_hf, HfRobertaConfig, HF_DIR, TOKENIZER_FILE};
 use crate::model::Roberta;
+use crate::model::RobertaConfig;
 use crate::optim::adamw::{OptimizerRecord, TrainingOptimizer};
 use crate::run::eval::Evaluation;
+use crate::run::metrics::{Metric, MetricsLog};
+use flightlm_shared::TokenizerInfo;
 
 /// The subdirectory of a run's output directory that holds its checkpoints.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -305,4 +309,53 @@ fn sync_dir(dir: &Path) -> Result<(), TrainError> {
     fs::File::open(dir)
         .and_then(|file| file.sync_all())
         .map_err(|source| TrainError::io(dir, source))
+}
+/// Where and how a run writes its checkpoints.
+pub(crate) struct Saving<'a> {
+    pub(crate) store: &'a CheckpointStore,
+    pub(crate) config: &'a TrainConfig,
+    pub(crate) tokenizer: &'a TokenizerInfo,
+    /// The parameter hash every rank of a data-parallel run holds.
+    pub(crate) agreed_hash: Option<u64>,
+}
+
+impl Saving<'_> {
+    /// Writes the checkpoint of `state.step`, first making it the best one if its evaluation
+    /// is the lowest so far, then prunes old checkpoints.
+    pub(crate) fn save<B: AutodiffBackend>(
+        &self,
+        model: &Roberta<B>,
+        optimizer: &TrainingOptimizer<B, Roberta<B>>,
+        state: &mut TrainingState,
+        metrics: &mut MetricsLog,
+    ) -> Result<(), TrainError> {
+        if let Some(evaluation) = state.eval_at_step {
+            let improves = state
+                .best_checkpoint
+                .is_none_or(|best| evaluation.perplexity < best.eval_perplexity);
+            if improves {
+                state.best_checkpoint = Some(BestCheckpoint {
+                    step: state.step,
+                    eval_perplexity: evaluation.perplexity,
+                });
+            }
+        }
+        let hf_config = HfRobertaConfig::from_model(
+            &RobertaConfig::from_train_config(self.config, self.tokenizer),
+            self.tokenizer,
+        );
+        let path = self
+            .store
+            .save(model, optimizer, state, self.config, &hf_config)?;
+        self.store.prune(
+            self.config.keep_checkpoints,
+            state.best_checkpoint.map(|best| best.step),
+        )?;
+        metrics.record(Metric::Checkpoint {
+            step: state.step,
+            path,
+            eval_perplexity: state.eval_at_step.map(|evaluation| evaluation.perplexity),
+            parameter_hash: self.agreed_hash.map(|hash| format!("{hash:016x}")),
+        })
+    }
 }

@@ -8,10 +8,19 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::data::collate::LmBatch;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use flightlm_shared::TokenBlocks;
+
+use crate::config::{TrainConfig, EVAL_MASKING_SEED};
+use crate::data::collate::{Collator, LmBatch};
+use crate::data::source::{check_blocks, BlockSource};
 use crate::error::TrainError;
 use crate::model::Roberta;
 use crate::optim::loss::cross_entropy_sum;
+use crate::run::metrics::{Metric, MetricsLog};
 
 /// Loss over the valid split.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,6 +30,17 @@ pub struct Evaluation {
     pub perplexity: f64,
     /// Predicted positions scored.
     pub tokens: usize,
+}
+
+impl Evaluation {
+    /// What a rank that does not evaluate (every rank but 0 of a data-parallel run) holds.
+    pub fn not_taken() -> Self {
+        Evaluation {
+            loss: f64::NAN,
+            perplexity: f64::NAN,
+            tokens: 0,
+        }
+    }
 }
 
 /// Scores `model` on already collated batches; batches without targets are skipped.
@@ -53,6 +73,44 @@ pub fn evaluate<B: Backend>(
         perplexity: loss.exp(),
         tokens,
     })
+}
+
+/// The valid split, collated once with the evaluation seed, and its block count.
+pub(crate) fn read_valid(
+    config: &TrainConfig,
+    source: &mut dyn BlockSource,
+    collator: &Collator,
+    vocab_size: u32,
+) -> Result<(Vec<LmBatch>, usize), TrainError> {
+    let valid_blocks = source
+        .valid_batches(config.eval_block_limit())
+        .map_err(TrainError::Source)?;
+    let mut valid = Vec::with_capacity(valid_blocks.len());
+    for (index, blocks) in valid_blocks.iter().enumerate() {
+        check_blocks(blocks, config, vocab_size)?;
+        valid.push(collator.collate(blocks, EVAL_MASKING_SEED, index as u64));
+    }
+    Ok((valid, valid_blocks.iter().map(TokenBlocks::rows).sum()))
+}
+
+/// Evaluates without autodiff (and so without dropout) and records the result.
+pub(crate) fn evaluate_and_record<B: AutodiffBackend>(
+    model: &Roberta<B>,
+    valid: &[LmBatch],
+    device: &B::Device,
+    step: usize,
+    metrics: &mut MetricsLog,
+) -> Result<Evaluation, TrainError> {
+    let started = Instant::now();
+    let evaluation = evaluate(&model.valid(), valid, device)?;
+    metrics.record(Metric::Eval {
+        step,
+        eval_loss: evaluation.loss,
+        eval_perplexity: evaluation.perplexity,
+        eval_tokens: evaluation.tokens,
+        eval_seconds: started.elapsed().as_secs_f64(),
+    })?;
+    Ok(evaluation)
 }
 
 pub(crate) fn read_scalar<B: Backend>(tensor: Tensor<B, 1>) -> Result<f64, TrainError> {

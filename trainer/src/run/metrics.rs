@@ -21,6 +21,8 @@ pub enum Metric {
         objective: Objective,
         preset: Preset,
         device: DeviceKind,
+        /// Ranks training together (devices over all nodes).
+        world_size: usize,
         parameters: usize,
         vocab_size: u32,
         seq_len: usize,
@@ -50,6 +52,10 @@ pub enum Metric {
         tokens_per_s: f64,
         /// Share of the window's training time spent waiting for data.
         data_wait: f64,
+        /// Data-parallel runs: share of rank 0's training time in the step exchange and the
+        /// gradient all-reduce (waiting for the other ranks included).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        collective: Option<f64>,
         /// Global gradient norm of the last step, before clipping.
         #[serde(skip_serializing_if = "Option::is_none")]
         grad_norm: Option<f64>,
@@ -63,6 +69,9 @@ pub enum Metric {
         path: PathBuf,
         #[serde(skip_serializing_if = "Option::is_none")]
         eval_perplexity: Option<f64>,
+        /// In a data-parallel run, the parameter hash every rank was checked to hold.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parameter_hash: Option<String>,
     },
     /// The run continues from a checkpoint; the lines before this one are the earlier run's.
     Resume { step: usize, checkpoint: PathBuf },

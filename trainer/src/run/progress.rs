@@ -7,7 +7,6 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::data::source::BlockSource;
 use crate::run::metrics::Metric;
 
 /// What happened between two `train` lines.
@@ -17,19 +16,27 @@ pub struct Window<B: Backend> {
     /// Seconds spent evaluating or checkpointing inside the window, not counted as training.
     pub excluded: f64,
     pub tokens: usize,
-    /// Sum of micro-batch losses, kept on the device so logging costs one read per window.
+    /// Seconds in the step exchange and gradient all-reduce of a data-parallel run.
+    pub collective_s: f64,
+    /// Sum of the losses added on the device, kept there so logging costs one read per window.
     pub loss_sum: Option<Tensor<B, 1>>,
+    /// Sum of the losses added as host values (the steps of a data-parallel run, whose loss
+    /// the ranks' reports already carry).
+    pub host_loss_sum: f64,
     pub losses: usize,
 }
 
 impl<B: Backend> Window<B> {
-    pub fn open(source: &dyn BlockSource) -> Self {
+    /// A window starting now, after `waited` seconds of waiting for data so far.
+    pub fn open(waited: f64) -> Self {
         Window {
             started: Instant::now(),
-            waited_at_start: source.seconds_waited(),
+            waited_at_start: waited,
             excluded: 0.0,
             tokens: 0,
+            collective_s: 0.0,
             loss_sum: None,
+            host_loss_sum: 0.0,
             losses: 0,
         }
     }
@@ -39,6 +46,11 @@ impl<B: Backend> Window<B> {
             Some(sum) => sum + loss,
             None => loss,
         });
+        self.losses += 1;
+    }
+
+    pub fn add_host_loss(&mut self, loss: f64) {
+        self.host_loss_sum += loss;
         self.losses += 1;
     }
 
@@ -140,6 +152,7 @@ mod tests {
             lr: 4e-4,
             tokens_per_s: 12345.0,
             data_wait: 0.003,
+            collective: None,
             grad_norm: None,
             elapsed_s: 60.0,
             eta_s: 3725.0,

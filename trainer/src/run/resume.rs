@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::layers::{resolve, ConfigLayer};
-use crate::config::TrainConfig;
+use crate::config::{LossAverage, MaskingKey, TrainConfig};
 use crate::error::TrainError;
 use crate::run::checkpoint::{CheckpointStore, CHECKPOINTS_DIR, STATE_FILE};
 
@@ -54,10 +54,38 @@ const FREE_ON_RESUME: &[&str] = &[
     "keep_checkpoints",
     "restore_best",
     "max_steps",
+    "devices",
+    "nodes",
+    "node_rank",
+    "coordinator",
+    "collective_timeout_s",
 ];
 
+/// With block-keyed masks and token-averaged losses a step's numbers depend only on its blocks:
+/// how they are split into ranks, micro-batches and batches may change as long as the global
+/// batch stays the same.
+const FREE_WITH_THE_GLOBAL_BATCH: &[&str] = &["batch_size", "grad_accum"];
+
+/// When a resumed run has another world size than the checkpoint's and its batch was not set
+/// again, gives it the per-device batch that keeps the checkpoint's global batch (if the new
+/// world divides it), so that step `s` still trains on blocks `[s·G, (s+1)·G)`.
+pub fn keep_global_batch(saved: &TrainConfig, resumed: &mut TrainConfig) {
+    let per_rank = resumed.world_size() * resumed.grad_accum;
+    if resumed.world_size() != saved.world_size()
+        && world_size_free(saved)
+        && saved.global_batch().is_multiple_of(per_rank)
+    {
+        resumed.batch_size = saved.global_batch() / per_rank;
+    }
+}
+
+fn world_size_free(config: &TrainConfig) -> bool {
+    config.masking_key == MaskingKey::Block && config.loss_average == LossAverage::Tokens
+}
+
 /// Refuses a resumed configuration that would not continue the saved run's computation.
-/// `max_steps` may change (to extend a run), which also reshapes the learning rate's decay.
+/// `max_steps` may change (to extend a run), which also reshapes the learning rate's decay; the
+/// devices may change, and with them the per-device batch, if the global batch stays the same.
 pub fn check_resumable(saved: &TrainConfig, resumed: &TrainConfig) -> Result<(), TrainError> {
     let as_object = |config: &TrainConfig| {
         serde_json::to_value(config)
@@ -67,11 +95,29 @@ pub fn check_resumable(saved: &TrainConfig, resumed: &TrainConfig) -> Result<(),
                 source,
             })
     };
+    if saved.global_batch() != resumed.global_batch() {
+        return Err(TrainError::InvalidConfig(format!(
+            "resuming cannot change the global batch (world size x batch_size x grad_accum) \
+             from {} x {} x {} = {} to {} x {} x {} = {}: choose batch_size and grad_accum so \
+             that the new world size keeps it",
+            saved.world_size(),
+            saved.batch_size,
+            saved.grad_accum,
+            saved.global_batch(),
+            resumed.world_size(),
+            resumed.batch_size,
+            resumed.grad_accum,
+            resumed.global_batch()
+        )));
+    }
+    let batch_free = world_size_free(saved);
     let (saved, resumed) = (as_object(saved)?, as_object(resumed)?);
     let changed: Vec<&str> = saved
         .iter()
         .filter(|(key, value)| {
-            !FREE_ON_RESUME.contains(&key.as_str()) && resumed.get(*key) != Some(value)
+            let free = FREE_ON_RESUME.contains(&key.as_str())
+                || (batch_free && FREE_WITH_THE_GLOBAL_BATCH.contains(&key.as_str()));
+            !free && resumed.get(*key) != Some(value)
         })
         .map(|(key, _)| key.as_str())
         .collect();
@@ -113,5 +159,33 @@ mod tests {
         let checkpoint = Path::new("/runs/a/checkpoints/step-0000010");
         assert_eq!(run_dir_of(checkpoint), Some(PathBuf::from("/runs/a")));
         assert_eq!(run_dir_of(Path::new("/elsewhere/step-1")), None);
+    }
+
+    #[test]
+    fn another_world_size_keeps_the_global_batch() {
+        let mut saved = TrainConfig::new("http://a:1", "run", Preset::Tiny);
+        saved.devices = Some("cpu:2".parse().expect("devices"));
+        saved.batch_size = 3;
+        saved.grad_accum = 2;
+        for (devices, batch_size) in [("cpu:1", 6), ("cpu:3", 2), ("cpu:6", 1)] {
+            let mut resumed = saved.clone();
+            resumed.devices = Some(devices.parse().expect("devices"));
+            keep_global_batch(&saved, &mut resumed);
+            assert_eq!(resumed.batch_size, batch_size, "{devices}");
+            check_resumable(&saved, &resumed).expect("same global batch");
+        }
+        let mut resumed = saved.clone();
+        resumed.devices = Some("cpu:4".parse().expect("devices"));
+        keep_global_batch(&saved, &mut resumed);
+        let error = check_resumable(&saved, &resumed).expect_err("12 blocks over 4 x 2");
+        assert!(error.to_string().contains("batch_size"), "{error}");
+        // Runs that mask by micro-batch keep their batch shape.
+        let mut old = saved.clone();
+        old.devices = None;
+        old.masking_key = MaskingKey::MicroBatch;
+        let mut resumed = old.clone();
+        resumed.batch_size = 1;
+        resumed.grad_accum = 6;
+        assert!(check_resumable(&old, &resumed).is_err());
     }
 }

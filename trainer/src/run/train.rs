@@ -1,42 +1,44 @@
-//! The training loop: pull blocks, collate, forward/backward, accumulate, step, log, evaluate,
-//! checkpoint.
+//! The training loop: optimizer steps (see [`crate::run::step`]), then log, evaluate, checkpoint.
 //!
-//! An optimizer step consumes `grad_accum` micro-batches of `batch_size` blocks. The model is
-//! evaluated on the whole valid split before the first step, every `eval_every` steps and after
-//! the last one; the valid split is masked once with a fixed seed, so every evaluation scores the
-//! same predictions and the numbers are comparable across a run and across runs.
+//! An optimizer step consumes `grad_accum` micro-batches of `batch_size` blocks on each rank:
+//! `world × batch_size × grad_accum` blocks of the global stream. The model is evaluated (by
+//! rank 0) on the valid split's first `eval_blocks` blocks before the first step, every
+//! `eval_every` steps and after the last one; the valid split is masked once with a fixed seed,
+//! so every evaluation scores the same predictions and the numbers are comparable across a run
+//! and across runs.
 //!
-//! Every random draw of a step is a function of `(seed, step)`: masking streams are numbered by
-//! micro-batch and the backend generator (dropout) is reseeded before each step. A run resumed
-//! from a checkpoint therefore computes exactly the steps the uninterrupted run computes.
+//! Every random draw of a step is a function of `(seed, step)` and the data: MLM masks are keyed
+//! by block (or, in runs started before data-parallel training, by micro-batch) and the dropout
+//! generators are reseeded before each step. A run resumed from a checkpoint, on any number of
+//! ranks, therefore computes the steps the uninterrupted run computes.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
-use flightlm_shared::{TokenBlocks, TokenizerInfo};
+use flightlm_shared::TokenizerInfo;
 
-use crate::config::{DeviceKind, TrainConfig, EVAL_MASKING_SEED};
-use crate::data::collate::{Collator, LmBatch};
-use crate::data::source::{check_blocks, check_tokenizer, BlockSource};
+use crate::config::{DeviceKind, TrainConfig};
+use crate::data::collate::Collator;
+use crate::data::source::{check_tokenizer, BlockSource};
 use crate::error::TrainError;
-use crate::hf::HfRobertaConfig;
 use crate::model::dropout::seed_host_masks;
 use crate::model::{Roberta, RobertaConfig};
 use crate::optim::adamw::{AdamWSettings, TrainingOptimizer};
 use crate::optim::clipping::GradientNorm;
-use crate::optim::loss::cross_entropy_mean;
 use crate::optim::schedule::LrSchedule;
-use crate::rng::dropout_seed;
+use crate::parallel::watchdog::Patience;
+use crate::rng::rank_dropout_seed;
 use crate::run::block_log::BlockLog;
 use crate::run::checkpoint::{
-    self, BestCheckpoint, CheckpointStore, TrainingState, CHECKPOINT_FORMAT,
+    self, BestCheckpoint, CheckpointStore, Saving, TrainingState, CHECKPOINT_FORMAT,
 };
-use crate::run::eval::{evaluate, read_scalar, Evaluation};
+use crate::run::eval::{evaluate_and_record, read_scalar, read_valid, Evaluation};
 use crate::run::metrics::{Metric, MetricsLog};
 use crate::run::progress::{eta_seconds, Window};
+use crate::run::step::{check_ranks_agree, RankRole, StepInputs, StepPlan};
 
 /// What a finished (or stopped) run reports.
 #[derive(Clone, Debug)]
@@ -88,21 +90,48 @@ pub fn train_with<B: AutodiffBackend>(
     source: &mut dyn BlockSource,
     device: &B::Device,
     metrics: &mut MetricsLog,
-    mut control: RunControl<'_>,
+    control: RunControl<'_>,
 ) -> Result<TrainSummary<B>, TrainError> {
     config.validate()?;
     let tokenizer = source.tokenizer().clone();
     check_tokenizer(&tokenizer)?;
-    let run_started = Instant::now();
+    let model = initial_model::<B>(config, &tokenizer, device)?;
+    let role = RankRole::alone(control.checkpoints.is_some());
+    train_rank(config, source, device, model, &role, metrics, control)
+}
 
+/// The model a run starts from: initialized from the run's seed, or warm-started from
+/// `init_from`. A data-parallel run makes it once and gives every rank a copy, so that every rank
+/// holds the same parameters under the same ids.
+pub(crate) fn initial_model<B: AutodiffBackend>(
+    config: &TrainConfig,
+    tokenizer: &TokenizerInfo,
+    device: &B::Device,
+) -> Result<Roberta<B>, TrainError> {
     B::seed(device, config.seed);
+    let model_config = RobertaConfig::from_train_config(config, tokenizer);
+    let model: Roberta<B> = model_config.init(device);
+    match &config.init_from {
+        Some(dir) => Ok(crate::hf::warm_start(model, &model_config, dir)?),
+        None => Ok(model),
+    }
+}
+
+/// The loop of one rank (the only one, alone): rank 0 reads the valid split, evaluates, logs and
+/// writes checkpoints; every rank trains.
+pub(crate) fn train_rank<B: AutodiffBackend>(
+    config: &TrainConfig,
+    source: &mut dyn BlockSource,
+    device: &B::Device,
+    model: Roberta<B>,
+    role: &RankRole<'_, B>,
+    metrics: &mut MetricsLog,
+    mut control: RunControl<'_>,
+) -> Result<TrainSummary<B>, TrainError> {
+    let tokenizer = source.tokenizer().clone();
+    let run_started = Instant::now();
     // The CPU backend's generator is slow enough to show in a CPU step; see `model::dropout`.
     let host_masks = config.device == DeviceKind::Cpu;
-    let model_config = RobertaConfig::from_train_config(config, &tokenizer);
-    let mut model: Roberta<B> = model_config.init(device);
-    if let Some(dir) = &config.init_from {
-        model = crate::hf::warm_start(model, &model_config, dir)?;
-    }
     let optimizer =
         TrainingOptimizer::<B, Roberta<B>>::new(AdamWSettings::from_train_config(config));
     let schedule = LrSchedule::new(
@@ -112,19 +141,13 @@ pub fn train_with<B: AutodiffBackend>(
         config.max_steps,
     );
     let collator = Collator::from_train_config(config, &tokenizer);
+    let (valid, valid_blocks_read) = if role.leads() {
+        read_valid(config, source, &collator, tokenizer.vocab_size)?
+    } else {
+        (Vec::new(), 0)
+    };
 
-    let valid_blocks = source
-        .valid_batches(config.eval_block_limit())
-        .map_err(TrainError::Source)?;
-    let mut valid = Vec::with_capacity(valid_blocks.len());
-    for (index, blocks) in valid_blocks.iter().enumerate() {
-        check_blocks(blocks, config, tokenizer.vocab_size)?;
-        valid.push(collator.collate(blocks, EVAL_MASKING_SEED, index as u64));
-    }
-    let valid_blocks_read = valid_blocks.iter().map(TokenBlocks::rows).sum();
-    drop(valid_blocks);
-
-    if let Some(store) = &control.checkpoints {
+    if let (Some(store), true) = (&control.checkpoints, role.leads()) {
         store.remove_partial()?;
     }
     let (mut model, mut optimizer, mut state) = match &control.resume {
@@ -152,6 +175,7 @@ pub fn train_with<B: AutodiffBackend>(
                 objective: config.objective,
                 preset: config.preset,
                 device: config.device,
+                world_size: config.world_size(),
                 parameters: model.num_params(),
                 vocab_size: tokenizer.vocab_size,
                 seq_len: config.seq_len,
@@ -161,7 +185,10 @@ pub fn train_with<B: AutodiffBackend>(
                 valid_batches: valid.len(),
                 valid_blocks: valid_blocks_read,
             })?;
-            let first_eval = evaluate_and_record(&model, &valid, device, 0, metrics)?;
+            let first_eval = match role.leads() {
+                true => evaluate_and_record(&model, &valid, device, 0, metrics)?,
+                false => Evaluation::not_taken(),
+            };
             let state = TrainingState {
                 format: CHECKPOINT_FORMAT,
                 step: 0,
@@ -178,52 +205,58 @@ pub fn train_with<B: AutodiffBackend>(
         }
     };
 
+    let plan = StepPlan {
+        config,
+        collator: &collator,
+        vocab_size: tokenizer.vocab_size,
+        device,
+        role,
+    };
     let loop_started = Instant::now();
     let first_step = state.step;
     let mut stopped = false;
-    let mut window = Window::<B::InnerBackend>::open(source);
-    let mut step_blocks = Vec::new();
+    let mut waited = source.seconds_waited();
+    let mut window = Window::<B::InnerBackend>::open(waited);
     for step in state.step..config.max_steps {
-        let step_seed = dropout_seed(config.seed, step);
+        let step_seed = rank_dropout_seed(config.seed, step, role.rank);
         B::seed(device, step_seed);
         seed_host_masks(host_masks.then_some(step_seed));
-        step_blocks.clear();
-        for micro_batch in 0..config.grad_accum {
-            let blocks = source.next_train_batch().map_err(TrainError::Source)?;
-            check_blocks(&blocks, config, tokenizer.vocab_size)?;
-            step_blocks.extend_from_slice(&blocks.block_seq);
-            let stream = (step * config.grad_accum + micro_batch) as u64;
-            let batch = collator.collate(&blocks, config.seed, stream);
-            window.tokens += batch.input_tokens();
-            state.train_tokens += batch.input_tokens();
-            if batch.targets.is_empty() {
-                continue; // nothing chosen to predict: contributes no gradient, as in HF
-            }
-            let tensors = batch.to_tensors::<B>(device);
-            let logits = model.forward(tensors.input_ids, tensors.positions);
-            let loss = cross_entropy_mean(logits, tensors.targets, tensors.weights, tensors.count);
-            let gradients = loss.backward();
-            optimizer.accumulate(&model, gradients);
-            window.add_loss(loss.inner());
-        }
+        let stop_requested = control.stop.is_some_and(|flag| flag.load(Ordering::SeqCst));
         let lr = schedule.lr(step);
-        let (updated, report) = optimizer.step(lr, model);
-        model = updated;
+        let tokens_before = window.tokens;
+        // Rank 0 evaluated after the previous step (or before the first) while the others
+        // waited; the first step of a process compiles.
+        let after_eval = step == first_step || step % config.eval_every == 0;
+        let inputs = StepInputs {
+            step,
+            lr,
+            stop_requested,
+            patience: if after_eval {
+                Patience::Long
+            } else {
+                Patience::Normal
+            },
+        };
+        let outcome = plan.run(inputs, model, &mut optimizer, source, &mut window)?;
+        model = outcome.model;
+        waited = outcome.waited_s;
+        state.train_tokens += window.tokens - tokens_before;
         // Read back only where it is logged or a checkpoint may follow: see `clipping`.
-        let mut unread_norm = report.grad_norm;
+        let mut unread_norm = outcome.update.grad_norm;
         let completed = step + 1;
         state.step = completed;
-        state.cursor = source.cursor();
-        if let Some(log) = &mut control.block_log {
-            log.record(completed, &step_blocks)?;
+        state.cursor = outcome.cursor;
+        if let (Some(log), true) = (&mut control.block_log, role.leads()) {
+            log.record(completed, &outcome.blocks)?;
         }
         let last = completed == config.max_steps;
 
-        if completed % config.log_every == 0 || last {
+        if role.leads() && (completed % config.log_every == 0 || last) {
             let seconds = window.training_seconds();
-            let loss = match window.loss_sum.take() {
-                Some(sum) => read_scalar(sum)? / window.losses as f64,
-                None => f64::NAN,
+            let device_loss = window.loss_sum.take().map(read_scalar).transpose()?;
+            let loss = match window.losses {
+                0 => f64::NAN,
+                losses => (device_loss.unwrap_or(0.0) + window.host_loss_sum) / losses as f64,
             };
             if !loss.is_finite() && window.losses > 0 {
                 return Err(TrainError::Diverged {
@@ -231,35 +264,51 @@ pub fn train_with<B: AutodiffBackend>(
                     loss,
                 });
             }
-            let waited = source.seconds_waited() - window.waited_at_start;
             metrics.record(Metric::Train {
                 step: completed,
                 loss,
                 perplexity: loss.exp(),
                 lr,
                 tokens_per_s: window.tokens as f64 / seconds,
-                data_wait: (waited / seconds).clamp(0.0, 1.0),
+                data_wait: ((waited - window.waited_at_start) / seconds).clamp(0.0, 1.0),
+                collective: role
+                    .group
+                    .map(|_| (window.collective_s / seconds).clamp(0.0, 1.0)),
                 grad_norm: GradientNorm::read_pending(&mut unread_norm)?,
                 elapsed_s: run_started.elapsed().as_secs_f64(),
                 eta_s: eta_seconds(loop_started, first_step, completed, config.max_steps),
             })?;
-            window = Window::open(source);
+            window = Window::open(waited);
         }
         let paused = Instant::now();
         state.eval_at_step = None;
-        if completed % config.eval_every == 0 || last {
+        if role.leads() && (completed % config.eval_every == 0 || last) {
             let evaluation = evaluate_and_record(&model, &valid, device, completed, metrics)?;
             state.last_eval = evaluation;
             state.eval_at_step = Some(evaluation);
             state.best_eval_perplexity = state.best_eval_perplexity.min(evaluation.perplexity);
         }
-        stopped = control.stop.is_some_and(|flag| flag.load(Ordering::SeqCst));
-        if let Some(store) = &control.checkpoints {
-            if completed % config.save_every == 0 || last || stopped {
-                GradientNorm::read_pending(&mut unread_norm)?;
-                save_checkpoint(
-                    store, &model, &optimizer, &mut state, config, &tokenizer, metrics,
-                )?;
+        stopped = match role.group {
+            Some(_) => outcome.stop_requested,
+            None => control.stop.is_some_and(|flag| flag.load(Ordering::SeqCst)),
+        };
+        if role.checkpointing && (completed % config.save_every == 0 || last || stopped) {
+            GradientNorm::read_pending(&mut unread_norm)?;
+            let evaluated = state.eval_at_step.is_some() || completed % config.eval_every == 0;
+            let patience = if evaluated || last {
+                Patience::Long
+            } else {
+                Patience::Normal
+            };
+            let agreed = check_ranks_agree(role, &model, step, patience)?;
+            if let (Some(store), true) = (&control.checkpoints, role.leads()) {
+                let saving = Saving {
+                    store,
+                    config,
+                    tokenizer: &tokenizer,
+                    agreed_hash: agreed,
+                };
+                saving.save(&model, &optimizer, &mut state, metrics)?;
             }
         }
         window.excluded += paused.elapsed().as_secs_f64();
@@ -271,7 +320,7 @@ pub fn train_with<B: AutodiffBackend>(
     }
 
     let mut restored_best = false;
-    if !stopped {
+    if !stopped && role.leads() {
         if let (Some(store), Some(best)) = (&control.checkpoints, state.best_checkpoint) {
             if config.restore_best && best.step != state.step {
                 model = checkpoint::load_model(&store.path_of(best.step), model, device)?;
@@ -304,62 +353,4 @@ pub fn train_with<B: AutodiffBackend>(
         best: state.best_checkpoint,
         restored_best,
     })
-}
-
-/// Writes the checkpoint of `state.step`, first making it the best one if its evaluation is
-/// the lowest so far, then prunes old checkpoints.
-fn save_checkpoint<B: AutodiffBackend>(
-    store: &CheckpointStore,
-    model: &Roberta<B>,
-    optimizer: &TrainingOptimizer<B, Roberta<B>>,
-    state: &mut TrainingState,
-    config: &TrainConfig,
-    tokenizer: &TokenizerInfo,
-    metrics: &mut MetricsLog,
-) -> Result<(), TrainError> {
-    if let Some(evaluation) = state.eval_at_step {
-        let improves = state
-            .best_checkpoint
-            .is_none_or(|best| evaluation.perplexity < best.eval_perplexity);
-        if improves {
-            state.best_checkpoint = Some(BestCheckpoint {
-                step: state.step,
-                eval_perplexity: evaluation.perplexity,
-            });
-        }
-    }
-    let hf_config = HfRobertaConfig::from_model(
-        &RobertaConfig::from_train_config(config, tokenizer),
-        tokenizer,
-    );
-    let path = store.save(model, optimizer, state, config, &hf_config)?;
-    store.prune(
-        config.keep_checkpoints,
-        state.best_checkpoint.map(|best| best.step),
-    )?;
-    metrics.record(Metric::Checkpoint {
-        step: state.step,
-        path,
-        eval_perplexity: state.eval_at_step.map(|evaluation| evaluation.perplexity),
-    })
-}
-
-/// Evaluates without autodiff (and so without dropout) and records the result.
-fn evaluate_and_record<B: AutodiffBackend>(
-    model: &Roberta<B>,
-    valid: &[LmBatch],
-    device: &B::Device,
-    step: usize,
-    metrics: &mut MetricsLog,
-) -> Result<Evaluation, TrainError> {
-    let started = Instant::now();
-    let evaluation = evaluate(&model.valid(), valid, device)?;
-    metrics.record(Metric::Eval {
-        step,
-        eval_loss: evaluation.loss,
-        eval_perplexity: evaluation.perplexity,
-        eval_tokens: evaluation.tokens,
-        eval_seconds: started.elapsed().as_secs_f64(),
-    })?;
-    Ok(evaluation)
 }

@@ -1,0 +1,141 @@
+//! Helpers for tests that train against a live pipeline on loopback and read what a run
+//! directory holds: metrics, losses, the block log and its audit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::{binary, run_ok, sample_corpus, scratch_dir, train_tokenizer, Pipeline};
+
+/// Deadline of one trainer run or helper command.
+pub const TIMEOUT: Duration = Duration::from_secs(300);
+
+pub struct Setup {
+    pub dir: PathBuf,
+    pub corpus: PathBuf,
+    pub tokenizer: PathBuf,
+    pub pipeline: Pipeline,
+}
+
+pub fn setup(name: &str) -> Setup {
+    let dir = scratch_dir(name);
+    let corpus = sample_corpus(&dir, 2000);
+    let tokenizer = train_tokenizer(&dir, &corpus, 1000);
+    let pipeline = start_pipeline(&corpus, &tokenizer);
+    Setup {
+        dir,
+        corpus,
+        tokenizer,
+        pipeline,
+    }
+}
+
+pub fn start_pipeline(corpus: &Path, tokenizer: &Path) -> Pipeline {
+    Pipeline::start(&[corpus], tokenizer, &["--valid-fraction", "0.05"])
+}
+
+/// The step of the newest checkpoint in run directory `out`.
+pub fn last_checkpoint(out: &Path) -> usize {
+    std::fs::read_dir(out.join("checkpoints"))
+        .expect("checkpoints")
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("step-")?.parse().ok()
+        })
+        .max()
+        .expect("a checkpoint")
+}
+
+/// `train` of the tiny preset on 32-token blocks, dropout 0, a loss line every step.
+pub fn trainer(pipeline: &str, out: &Path, steps: usize, extra: &str) -> Command {
+    let flags = format!(
+        "train --pipeline {pipeline} --objective mlm --preset tiny --seq-len 32 --grad-accum 1 \
+         --dropout 0 --warmup-steps 2 --max-steps {steps} --log-every 1 --eval-every 1000 \
+         --save-every 4 {extra}"
+    );
+    let mut command = Command::new(binary("flightlm-trainer"));
+    command.args(flags.split_whitespace()).arg("--out").arg(out);
+    command
+}
+
+pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON metrics line"))
+        .collect()
+}
+
+pub fn losses(out: &Path) -> BTreeMap<u64, f64> {
+    metrics(out)
+        .iter()
+        .filter(|line| line["kind"] == "train")
+        .map(|line| {
+            (
+                line["step"].as_u64().expect("step"),
+                line["loss"].as_f64().expect("loss"),
+            )
+        })
+        .collect()
+}
+
+/// Every step logged once, each loss within `tolerance` (relative) of `expected`'s.
+pub fn assert_same_losses(
+    got: &BTreeMap<u64, f64>,
+    expected: &BTreeMap<u64, f64>,
+    tolerance: f64,
+    what: &str,
+) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{what}: every step logged exactly once"
+    );
+    for (step, loss) in got {
+        let reference = expected[step];
+        assert!(
+            (loss - reference).abs() <= tolerance * reference.abs(),
+            "{what}: step {step}: {loss} vs {reference}"
+        );
+    }
+}
+
+pub fn audit(out: &Path) -> serde_json::Value {
+    let audit = run_ok(
+        Command::new(binary("flightlm-trainer"))
+            .arg("audit-blocks")
+            .arg(out),
+        TIMEOUT,
+    );
+    serde_json::from_str(audit.trim()).expect("audit JSON")
+}
+
+pub fn step_blocks(out: &Path) -> Vec<String> {
+    std::fs::read_to_string(out.join("blocks.jsonl"))
+        .expect("blocks.jsonl")
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+pub fn wait_with_deadline(mut child: Child, what: &str) -> (std::process::ExitStatus, String) {
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("polling") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not end within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, reader.join().expect("stderr reader"))
+}

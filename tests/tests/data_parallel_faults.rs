@@ -1,0 +1,202 @@
+//! End to end: data-parallel runs that span processes or lose a part of themselves. Two
+//! `flightlm-trainer` processes joined as two nodes (one CPU rank each) through a coordinator on
+//! loopback compute what one process with two ranks computes; a node that dies, or a pipeline
+//! that goes away, ends the run with one `error: rank N: …` line within a bounded time, and the
+//! run then resumes from its last checkpoint with `audit-blocks` exact.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flightlm_tests::runs::{
+    audit, last_checkpoint, losses, setup, start_pipeline, step_blocks, trainer,
+    wait_with_deadline, Setup, TIMEOUT,
+};
+use flightlm_tests::{binary, run_ok, run_with_timeout};
+
+const LOSS_TOLERANCE: f64 = 1e-5;
+
+fn assert_same_losses(got: &BTreeMap<u64, f64>, expected: &BTreeMap<u64, f64>, what: &str) {
+    flightlm_tests::runs::assert_same_losses(got, expected, LOSS_TOLERANCE, what);
+}
+
+/// A free port on 127.0.0.1 for the coordinator.
+fn free_port() -> u16 {
+    let probe = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    probe.local_addr().expect("address").port()
+}
+
+fn node(pipeline: &str, out: &Path, steps: usize, rank: usize, port: u16, extra: &str) -> Child {
+    let extra = format!(
+        "--batch-size 4 --devices cpu:1 --nodes 2 --node-rank {rank} \
+         --coordinator 127.0.0.1:{port} {extra}"
+    );
+    trainer(pipeline, out, steps, &extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting a node")
+}
+
+#[test]
+fn two_nodes_on_loopback_train_like_one_process_with_two_ranks() {
+    const STEPS: usize = 20;
+    let Setup { dir, pipeline, .. } = setup("dp_two_nodes");
+    let reference = dir.join("one-process");
+    run_ok(
+        &mut trainer(
+            &pipeline.url,
+            &reference,
+            STEPS,
+            "--batch-size 4 --devices cpu:2",
+        ),
+        TIMEOUT,
+    );
+    let port = free_port();
+    let (lead, other) = (dir.join("node-0"), dir.join("node-1"));
+    let first = node(&pipeline.url, &lead, STEPS, 0, port, "");
+    let second = node(&pipeline.url, &other, STEPS, 1, port, "");
+    let (status, stderr) = wait_with_deadline(first, "node 0");
+    assert!(status.success(), "node 0: {status}\n{stderr}");
+    let (status, stderr) = wait_with_deadline(second, "node 1");
+    assert!(status.success(), "node 1: {status}\n{stderr}");
+    assert_same_losses(&losses(&lead), &losses(&reference), "two nodes vs cpu:2");
+    assert_eq!(step_blocks(&lead), step_blocks(&reference));
+    // Node 1 writes nothing of the run's: metrics and checkpoints are node 0's.
+    assert!(!other.join("metrics.jsonl").exists());
+}
+
+#[test]
+fn a_dead_node_ends_the_run_naming_a_rank_and_the_run_resumes() {
+    const STEPS: usize = 400;
+    let Setup { dir, pipeline, .. } = setup("dp_dead_node");
+    let port = free_port();
+    let (lead, other) = (dir.join("node-0"), dir.join("node-1"));
+    let timeout = "--collective-timeout-s 5";
+    let first = node(&pipeline.url, &lead, STEPS, 0, port, timeout);
+    let mut second = node(&pipeline.url, &other, STEPS, 1, port, timeout);
+    let checkpoint = lead.join("checkpoints/step-0000004/state.json");
+    let deadline = Instant::now() + TIMEOUT;
+    while !checkpoint.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint within {TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    second.kill().expect("killing node 1");
+    let _ = second.wait();
+    let killed = Instant::now();
+    let (status, stderr) = wait_with_deadline(first, "node 0 after node 1 died");
+    let waited = killed.elapsed();
+    assert!(!status.success(), "node 0 fails: {stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(errors[0].starts_with("error: rank "), "{stderr}");
+    // The collective timeout (5 s) bounds the wait, with slack for a slow machine.
+    assert!(waited < Duration::from_secs(60), "ended after {waited:?}");
+
+    // The run goes on from its last checkpoint on one process with two ranks.
+    let steps = (last_checkpoint(&lead) + 8).to_string();
+    let mut resume = Command::new(binary("flightlm-trainer"));
+    resume
+        .args([
+            "train",
+            "--pipeline",
+            &pipeline.url,
+            "--devices",
+            "cpu:2",
+            "--nodes",
+            "1",
+        ])
+        .args(["--node-rank", "0", "--max-steps", &steps, "--resume"])
+        .arg(&lead);
+    run_ok(&mut resume, TIMEOUT);
+    let audit = audit(&lead);
+    assert_eq!(
+        (audit["lost"].as_u64(), audit["repeated"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        audit["steps"],
+        steps.parse::<u64>().expect("steps"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn a_pipeline_that_goes_away_ends_every_rank_and_the_run_resumes() {
+    let Setup {
+        dir,
+        corpus,
+        tokenizer,
+        pipeline,
+    } = setup("dp_pipeline_gone");
+    let out = dir.join("run");
+    let mut command = trainer(
+        &pipeline.url,
+        &out,
+        2000,
+        "--batch-size 4 --devices cpu:2 --pipeline-retry-s 1",
+    );
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the trainer");
+    let checkpoint = out.join("checkpoints/step-0000004/state.json");
+    let deadline = Instant::now() + TIMEOUT;
+    while !checkpoint.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint within {TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(pipeline);
+    let (status, stderr) = wait_with_deadline(child, "the trainer without its pipeline");
+    assert!(!status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(errors[0].starts_with("error: rank "), "{stderr}");
+
+    let restarted = start_pipeline(&corpus, &tokenizer);
+    let steps = (last_checkpoint(&out) + 8).to_string();
+    let mut resume = Command::new(binary("flightlm-trainer"));
+    resume
+        .args([
+            "train",
+            "--pipeline",
+            &restarted.url,
+            "--max-steps",
+            &steps,
+            "--resume",
+        ])
+        .arg(&out);
+    let output = run_with_timeout(&mut resume, TIMEOUT);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let audit = audit(&out);
+    assert_eq!(
+        (audit["lost"].as_u64(), audit["repeated"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        audit["steps"],
+        steps.parse::<u64>().expect("steps"),
+        "{audit}"
+    );
+}

@@ -1,0 +1,221 @@
+//! How the training commands run a resolved configuration: one source per local rank, the run's
+//! metrics and checkpoints on node 0, the loop on the configured backend (one device, or a
+//! data-parallel group), and the final export.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use burn::backend::cuda::CudaDevice;
+use burn::backend::{Autodiff, Cuda};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use flightlm_shared::client::PipelineEndpoint;
+use flightlm_shared::Cursor;
+use flightlm_trainer::data::pipeline::PipelineSource;
+use flightlm_trainer::hf::{export_hf, HfRobertaConfig, TOKENIZER_FILE};
+use flightlm_trainer::model::{Roberta, RobertaConfig};
+use flightlm_trainer::run::block_log::BlockLog;
+use flightlm_trainer::run::checkpoint::{CheckpointStore, TrainingState};
+use flightlm_trainer::run::data_parallel::train_data_parallel;
+use flightlm_trainer::run::metrics::MetricsLog;
+use flightlm_trainer::{
+    train_with, BlockSource, CpuDevice, DeviceKind, RunControl, TrainConfig, TrainSummary,
+};
+
+use crate::cli::cuda_check::check_cuda;
+use crate::cli::kernel_cache::{use_kernel_caches, KERNEL_CACHE_ENV};
+use crate::cli::process_setup::{install_stop_handler, STOP_REQUESTED};
+
+type CpuTrainBackend = Autodiff<flightlm_trainer::CpuBackend>;
+type CudaBackend = Autodiff<Cuda<f32>>;
+
+/// A training source that a rank's thread can own.
+pub(crate) type RankSource = Box<dyn BlockSource + Send>;
+
+/// The global ranks of this process's devices.
+pub(crate) fn local_ranks(config: &TrainConfig) -> std::ops::Range<usize> {
+    let local = config.local_devices().len();
+    config.node_rank * local..(config.node_rank + 1) * local
+}
+
+/// One pipeline stream per local rank: the whole train stream on one device, else each rank's
+/// shard, all continuing after `cursor`.
+pub(crate) fn pipeline_sources(
+    config: &TrainConfig,
+    pipeline: &PipelineEndpoint,
+    cursor: Option<Cursor>,
+    retry_for: Duration,
+) -> anyhow::Result<Vec<RankSource>> {
+    let world = config.world_size();
+    local_ranks(config)
+        .map(|rank| {
+            let source = PipelineSource::connect_shard(
+                pipeline,
+                config.seq_len,
+                config.batch_size,
+                cursor.clone(),
+                retry_for,
+                Some((rank, world)),
+            )
+            .with_context(|| {
+                format!(
+                    "rank {rank}: connecting to the pipeline at {}",
+                    pipeline.url
+                )
+            })?;
+            Ok(Box::new(source) as RankSource)
+        })
+        .collect()
+}
+
+/// The run's metrics: written to `OUT/metrics.jsonl` (appended after a resumed checkpoint's
+/// step) by node 0, kept in memory on the other nodes of a multi-node run.
+pub(crate) fn run_metrics(
+    config: &TrainConfig,
+    out: &Path,
+    resume: &Option<(PathBuf, TrainingState)>,
+) -> anyhow::Result<MetricsLog> {
+    if config.node_rank != 0 {
+        return Ok(MetricsLog::in_memory());
+    }
+    Ok(match resume {
+        Some((_, state)) => MetricsLog::resume(out, state.step, true)?,
+        None => MetricsLog::create(out, true)?,
+    })
+}
+
+/// Trains on `sources` (one per local rank) as `config` says, then exports the final model.
+pub(crate) fn train_on(
+    config: &TrainConfig,
+    mut sources: Vec<RankSource>,
+    metrics: &mut MetricsLog,
+    checkpoints: Option<CheckpointStore>,
+    resume: Option<(PathBuf, TrainingState)>,
+) -> anyhow::Result<()> {
+    install_stop_handler();
+    let lead = config.node_rank == 0;
+    let block_log = match (&checkpoints, &resume) {
+        (Some(_), Some((_, state))) if lead => Some(BlockLog::resume(&config.out_dir, state.step)?),
+        (Some(_), None) if lead => Some(BlockLog::create(&config.out_dir)?),
+        _ => None,
+    };
+    let control = RunControl {
+        checkpoints,
+        resume: resume.map(|(checkpoint, _)| checkpoint),
+        stop: Some(&STOP_REQUESTED),
+        block_log,
+    };
+    let tokenizer_source = sources.first().map(|source| source.tokenizer().clone());
+    let devices = config.local_devices();
+    let (steps, stopped) = match config.device {
+        DeviceKind::Cpu => {
+            let cpus = vec![CpuDevice::default(); devices.len()];
+            let summary = run_on::<CpuTrainBackend>(config, &mut sources, cpus, metrics, control)?;
+            finish(config, lead, &tokenizer_source, &summary)?
+        }
+        DeviceKind::Cuda => {
+            if let Some(dir) = use_kernel_caches() {
+                eprintln!("kernel caches in {} (${KERNEL_CACHE_ENV})", dir.display());
+            }
+            let gpus: Vec<CudaDevice> = devices
+                .indices()
+                .iter()
+                .map(|i| CudaDevice::new(*i))
+                .collect();
+            for gpu in &gpus {
+                check_cuda(gpu, config.precision)?;
+            }
+            let summary = run_on::<CudaBackend>(config, &mut sources, gpus, metrics, control)?;
+            finish(config, lead, &tokenizer_source, &summary)?
+        }
+    };
+    if stopped && lead {
+        eprintln!(
+            "stopped after step {steps}; continue with --resume {}",
+            config.out_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// One device: the plain loop; a data-parallel group: one rank per device.
+fn run_on<B: AutodiffBackend>(
+    config: &TrainConfig,
+    sources: &mut Vec<RankSource>,
+    devices: Vec<B::Device>,
+    metrics: &mut MetricsLog,
+    control: RunControl<'_>,
+) -> anyhow::Result<TrainSummary<B>> {
+    if !config.data_parallel() {
+        let source = sources.first_mut().context("no source")?;
+        return Ok(train_with::<B>(
+            config,
+            source.as_mut(),
+            &devices[0],
+            metrics,
+            control,
+        )?);
+    }
+    let sources = std::mem::take(sources);
+    Ok(train_data_parallel::<B>(
+        config, sources, devices, metrics, control,
+    )?)
+}
+
+fn finish<B: AutodiffBackend>(
+    config: &TrainConfig,
+    lead: bool,
+    tokenizer: &Option<flightlm_shared::TokenizerInfo>,
+    summary: &TrainSummary<B>,
+) -> anyhow::Result<(usize, bool)> {
+    if lead && !summary.stopped {
+        if let Some(tokenizer) = tokenizer {
+            export_final(config, tokenizer, &summary.model)?;
+        }
+    }
+    Ok((summary.steps, summary.stopped))
+}
+
+/// Keeps the pipeline's tokenizer.json in the run directory, so checkpoints and the final model
+/// ship with it. A pipeline that cannot send it only costs that convenience.
+pub(crate) fn save_pipeline_tokenizer(pipeline: &PipelineEndpoint, out: &Path) {
+    let fetched = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime
+                .block_on(flightlm_shared::client::run_action(pipeline, "tokenizer"))
+                .map_err(anyhow::Error::from)
+        })
+        .and_then(|bytes| {
+            std::fs::write(out.join(TOKENIZER_FILE), bytes).map_err(anyhow::Error::from)
+        });
+    if let Err(error) = fetched {
+        tracing::warn!("the pipeline's tokenizer.json is not saved with the run: {error:#}");
+    }
+}
+
+/// Writes the final (best, when restored) model as an HF directory `OUT/model`.
+fn export_final<B: AutodiffBackend>(
+    config: &TrainConfig,
+    info: &flightlm_shared::TokenizerInfo,
+    model: &Roberta<B>,
+) -> anyhow::Result<()> {
+    if config.out_dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let hf_config =
+        HfRobertaConfig::from_model(&RobertaConfig::from_train_config(config, info), info);
+    let tokenizer = config.out_dir.join(TOKENIZER_FILE);
+    let out = config.out_dir.join("model");
+    export_hf(
+        &model.valid(),
+        &hf_config,
+        tokenizer.is_file().then_some(tokenizer.as_path()),
+        &out,
+    )?;
+    eprintln!("model written to {}", out.display());
+    Ok(())
+}
