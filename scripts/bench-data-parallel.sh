@@ -57,3 +57,38 @@ for preset in ("tiny", "small"):
         name = {"plain": "plain", "cpu1": "cpu:1", "cpu2": "cpu:2"}[layout]
         print(f'{preset:7} {name:7} {ranks:>5} {rate:>9,.0f} {tokens_per_step / rate * 1e3:>8.1f} {collective} {rate / plain:>7.2f}x')
 PY
+
+# Two nodes on loopback (one CPU rank each, through the coordinator), base preset on a generated
+# corpus: what the host-memory transport moves per step and how long a step waits in it. The
+# loopback byte counter covers every process on this host: run it on a quiet machine.
+if [ "${NODES_PRESET:-base}" != none ]; then
+    preset=${NODES_PRESET:-base}
+    NODE_STEPS=${NODE_STEPS:-6}
+    PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    echo "== $preset, two nodes on loopback ($NODE_STEPS steps, batch 1 x 32 per rank)"
+    lo_bytes() { awk '$1 == "lo:" {print $2}' /proc/net/dev; }
+    before=$(lo_bytes)
+    for rank in 1 0; do
+        "$FLIGHTLM_BIN/flightlm-trainer" bench --preset "$preset" --vocab-size 50265 \
+            --max-steps "$NODE_STEPS" --seq-len 32 --batch-size 1 --grad-accum 1 --warmup-steps 1 \
+            --log-every 1 --eval-every 100000 --dropout 0 --devices cpu:1 --nodes 2 \
+            --node-rank "$rank" --coordinator "127.0.0.1:$PORT" \
+            > "$WORK/node-$rank.out" 2> "$WORK/node-$rank.err" &
+    done
+    wait
+    after=$(lo_bytes)
+    python3 - "$WORK" "$before" "$after" "$NODE_STEPS" <<'PY'
+import json, sys
+work, before, after, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+lines = [json.loads(l) for l in open(f"{work}/node-0.out") if l.startswith("{")]
+start = next(l for l in lines if l["kind"] == "start")
+train = [l for l in lines if l["kind"] == "train"][1:]  # the first step includes start-up
+step_s = [start["seq_len"] * 2 / l["tokens_per_s"] for l in train]  # 2 ranks x 1 block
+collective = [s * l["collective"] for s, l in zip(step_s, train)]
+params = start["parameters"]
+print(f"parameters {params:,}; gradients per rank and step {params * 4 / 2**20:,.0f} MiB up and as much back")
+print(f"loopback bytes per step {(after - before) / steps / 2**30:.2f} GiB (all {steps} steps, start-up included)")
+print(f"seconds per step {sum(step_s) / len(step_s):.2f}, of which in the collective {sum(collective) / len(collective):.2f} "
+      f"({sum(collective) / sum(step_s) * 100:.0f} %)")
+PY
+fi

@@ -4,13 +4,15 @@
 # HF RobertaForMaskedLM in PyTorch on the same shapes and cores (random blocks, AdamW).
 # Usage: bash scripts/bench-trainer.sh [STEPS]   (default 60; the first window is warm-up)
 # The PyTorch side uses the venv at $FLIGHTLM_TORCH_VENV (default $HOME/.cache/flightlm-torch-venv,
-# created from PyPI if missing); TORCH=0 skips it.
+# created from PyPI if missing); TORCH=0 skips it. TRAINER_BIN=PATH measures another trainer build
+# (to compare two builds on the same machine).
 set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
 source scripts/env.sh
 cargo build --workspace --bins
 STEPS="${1:-60}"
+TRAINER="${TRAINER_BIN:-$FLIGHTLM_BIN/flightlm-trainer}"
 WORK="${FLIGHTLM_BENCH_DIR:-runs/bench-trainer}"
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -26,7 +28,7 @@ URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' "$WORK/pipeline.out")
 
 for preset in tiny small; do
     echo "== $preset"
-    "$FLIGHTLM_BIN/flightlm-trainer" train --pipeline "$URL" --objective mlm --preset "$preset" \
+    "$TRAINER" train --pipeline "$URL" --objective mlm --preset "$preset" \
         --max-steps "$STEPS" --seq-len 128 --batch-size 16 --grad-accum 1 --warmup-steps 10 \
         --log-every $((STEPS / 3)) --eval-every 100000 --out "$WORK/$preset" > /dev/null
 done

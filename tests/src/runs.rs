@@ -92,13 +92,20 @@ pub fn assert_same_losses(
         expected.keys().collect::<Vec<_>>(),
         "{what}: every step logged exactly once"
     );
+    let mut largest = 0f64;
     for (step, loss) in got {
         let reference = expected[step];
+        let relative = (loss - reference).abs() / reference.abs();
         assert!(
-            (loss - reference).abs() <= tolerance * reference.abs(),
+            relative <= tolerance,
             "{what}: step {step}: {loss} vs {reference}"
         );
+        largest = largest.max(relative);
     }
+    eprintln!(
+        "{what}: {} losses, largest relative difference {largest:.2e}",
+        got.len()
+    );
 }
 
 pub fn audit(out: &Path) -> serde_json::Value {

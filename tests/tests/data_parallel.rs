@@ -72,6 +72,7 @@ fn two_cpu_ranks_train_like_one_rank_of_twice_the_batch() {
             largest = largest.max((a - b).abs());
         }
     }
+    eprintln!("cpu:2 x 4 vs 1 x 8: parameters differ by up to {largest:.2e}");
     assert!(
         largest < PARAMETER_TOLERANCE,
         "parameters differ by up to {largest}"

@@ -177,15 +177,16 @@ fn a_failing_rank_ends_every_rank_with_its_error() {
         })
         .collect();
     let started = Instant::now();
-    let error = train_data_parallel::<TestBackend>(
+    let run = train_data_parallel::<TestBackend>(
         &parallel,
         sources,
         vec![CpuDevice::default(); 3],
         &mut MetricsLog::in_memory(),
         RunControl::default(),
-    )
-    .err()
-    .expect("the run fails");
+    );
+    let Err(error) = run else {
+        panic!("the run trained although rank 1's source failed");
+    };
     assert!(
         matches!(&error, TrainError::Rank { rank: 1, .. }),
         "{error}"

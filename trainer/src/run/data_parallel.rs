@@ -106,7 +106,6 @@ pub fn train_data_parallel<B: AutodiffBackend>(
             };
             let (sender, watchdog, link, first_failed) =
                 (sender.clone(), &watchdog, link.as_ref(), &first_failed);
-            let join_patience = join_patience;
             std::thread::Builder::new()
                 .name(format!("rank-{rank}"))
                 .spawn_scoped(scope, move || {
