@@ -6,12 +6,15 @@
 # machine's cores), with the share of rank 0's step spent in the exchange and all-reduce.
 # Ratios are against the plain loop measured in the same call.
 # Usage: bash scripts/bench-data-parallel.sh [STEPS]   (default 45; the first window is warm-up)
+# PRESETS="tiny small" (default) names the presets of the table ("" for none); NODES_PRESET=base
+# (default; "none" skips it) the preset of the two-node measurement at the end.
 set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
 source scripts/env.sh
 cargo build --workspace --bins
 STEPS="${1:-45}"
+PRESETS="${PRESETS-tiny small}"
 WORK="${FLIGHTLM_BENCH_DIR:-runs/bench-data-parallel}"
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -25,7 +28,7 @@ trap 'kill $PIPELINE_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do [ -s "$WORK/pipeline.out" ] && break; sleep 0.1; done
 URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' "$WORK/pipeline.out")
 
-for preset in tiny small; do
+for preset in $PRESETS; do
     for layout in plain cpu:1 cpu:2; do
         echo "== $preset $layout"
         devices=()
@@ -37,11 +40,11 @@ for preset in tiny small; do
     done
 done
 
-python3 - "$WORK" <<'PY'
+[ -n "$PRESETS" ] && python3 - "$WORK" $PRESETS <<'PY'
 import json, sys
 work = sys.argv[1]
 print(f'{"preset":7} {"layout":7} {"ranks":>5} {"tokens/s":>9} {"ms/step":>8} {"collective":>10} {"vs plain":>8}')
-for preset in ("tiny", "small"):
+for preset in sys.argv[2:]:
     plain = None
     for layout in ("plain", "cpu1", "cpu2"):
         lines = [json.loads(l) for l in open(f"{work}/{preset}-{layout}/metrics.jsonl")]
@@ -68,14 +71,16 @@ if [ "${NODES_PRESET:-base}" != none ]; then
     echo "== $preset, two nodes on loopback ($NODE_STEPS steps, batch 1 x 32 per rank)"
     lo_bytes() { awk '$1 == "lo:" {print $2}' /proc/net/dev; }
     before=$(lo_bytes)
+    nodes=()
     for rank in 1 0; do
         "$FLIGHTLM_BIN/flightlm-trainer" bench --preset "$preset" --vocab-size 50265 \
             --max-steps "$NODE_STEPS" --seq-len 32 --batch-size 1 --grad-accum 1 --warmup-steps 1 \
             --log-every 1 --eval-every 100000 --dropout 0 --devices cpu:1 --nodes 2 \
             --node-rank "$rank" --coordinator "127.0.0.1:$PORT" \
             > "$WORK/node-$rank.out" 2> "$WORK/node-$rank.err" &
+        nodes+=($!)
     done
-    wait
+    wait "${nodes[@]}"
     after=$(lo_bytes)
     python3 - "$WORK" "$before" "$after" "$NODE_STEPS" <<'PY'
 import json, sys

@@ -126,7 +126,18 @@ pub fn step_blocks(out: &Path) -> Vec<String> {
         .collect()
 }
 
-pub fn wait_with_deadline(mut child: Child, what: &str) -> (std::process::ExitStatus, String) {
+/// A child process killed (and reaped) when dropped, so a failing test leaves nothing running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to [`TIMEOUT`] for `child` to exit; returns its status and what it wrote to stderr.
+pub fn wait_with_deadline(child: &mut Child, what: &str) -> (std::process::ExitStatus, String) {
     let mut stderr = child.stderr.take().expect("stderr");
     let reader = std::thread::spawn(move || {
         let mut text = String::new();

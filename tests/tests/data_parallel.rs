@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use flightlm_tests::binary;
 use flightlm_tests::run_ok;
-use flightlm_tests::runs::{audit, losses, metrics, setup, step_blocks, trainer, Setup, TIMEOUT};
+use flightlm_tests::runs::{
+    audit, losses, metrics, setup, step_blocks, trainer, KillOnDrop, Setup, TIMEOUT,
+};
 use safetensors::SafeTensors;
 
 /// Losses agree to float-summation noise: relative.
@@ -96,12 +98,15 @@ fn two_cpu_ranks_train_like_one_rank_of_twice_the_batch() {
 
 /// Starts `command`, waits for checkpoint `step`, SIGKILLs it; the run must not have finished.
 fn kill_after_checkpoint(command: &mut Command, out: &Path, step: usize) {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting the trainer");
+    let mut child = KillOnDrop(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the trainer"),
+    );
+    let child = &mut child.0;
     let checkpoint = out.join(format!("checkpoints/step-{step:07}/state.json"));
     let deadline = Instant::now() + TIMEOUT;
     while !checkpoint.exists() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use flightlm_tests::runs::{
     audit, last_checkpoint, losses, setup, start_pipeline, step_blocks, trainer,
-    wait_with_deadline, Setup, TIMEOUT,
+    wait_with_deadline, KillOnDrop, Setup, TIMEOUT,
 };
 use flightlm_tests::{binary, run_ok, run_with_timeout};
 
@@ -57,11 +57,11 @@ fn two_nodes_on_loopback_train_like_one_process_with_two_ranks() {
     );
     let port = free_port();
     let (lead, other) = (dir.join("node-0"), dir.join("node-1"));
-    let first = node(&pipeline.url, &lead, STEPS, 0, port, "");
-    let second = node(&pipeline.url, &other, STEPS, 1, port, "");
-    let (status, stderr) = wait_with_deadline(first, "node 0");
+    let mut first = KillOnDrop(node(&pipeline.url, &lead, STEPS, 0, port, ""));
+    let mut second = KillOnDrop(node(&pipeline.url, &other, STEPS, 1, port, ""));
+    let (status, stderr) = wait_with_deadline(&mut first.0, "node 0");
     assert!(status.success(), "node 0: {status}\n{stderr}");
-    let (status, stderr) = wait_with_deadline(second, "node 1");
+    let (status, stderr) = wait_with_deadline(&mut second.0, "node 1");
     assert!(status.success(), "node 1: {status}\n{stderr}");
     assert_same_losses(&losses(&lead), &losses(&reference), "two nodes vs cpu:2");
     assert_eq!(step_blocks(&lead), step_blocks(&reference));
@@ -76,8 +76,8 @@ fn a_dead_node_ends_the_run_naming_a_rank_and_the_run_resumes() {
     let port = free_port();
     let (lead, other) = (dir.join("node-0"), dir.join("node-1"));
     let timeout = "--collective-timeout-s 5";
-    let first = node(&pipeline.url, &lead, STEPS, 0, port, timeout);
-    let mut second = node(&pipeline.url, &other, STEPS, 1, port, timeout);
+    let mut first = KillOnDrop(node(&pipeline.url, &lead, STEPS, 0, port, timeout));
+    let mut second = KillOnDrop(node(&pipeline.url, &other, STEPS, 1, port, timeout));
     let checkpoint = lead.join("checkpoints/step-0000004/state.json");
     let deadline = Instant::now() + TIMEOUT;
     while !checkpoint.exists() {
@@ -87,10 +87,10 @@ fn a_dead_node_ends_the_run_naming_a_rank_and_the_run_resumes() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    second.kill().expect("killing node 1");
-    let _ = second.wait();
+    second.0.kill().expect("killing node 1");
+    let _ = second.0.wait();
     let killed = Instant::now();
-    let (status, stderr) = wait_with_deadline(first, "node 0 after node 1 died");
+    let (status, stderr) = wait_with_deadline(&mut first.0, "node 0 after node 1 died");
     let waited = killed.elapsed();
     assert!(!status.success(), "node 0 fails: {stderr}");
     let errors: Vec<&str> = stderr
@@ -99,6 +99,7 @@ fn a_dead_node_ends_the_run_naming_a_rank_and_the_run_resumes() {
         .collect();
     assert_eq!(errors.len(), 1, "one error line: {stderr}");
     assert!(errors[0].starts_with("error: rank "), "{stderr}");
+    eprintln!("node 0 ended {waited:?} after node 1 died: {}", errors[0]);
     // The collective timeout (5 s) bounds the wait, with slack for a slow machine.
     assert!(waited < Duration::from_secs(60), "ended after {waited:?}");
 
@@ -145,12 +146,17 @@ fn a_pipeline_that_goes_away_ends_every_rank_and_the_run_resumes() {
         2000,
         "--batch-size 4 --devices cpu:2 --pipeline-retry-s 1",
     );
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the trainer");
+    // A small HTTP/2 window keeps most of the stream on the pipeline's side: with the default
+    // one, the whole run's blocks may have arrived before the pipeline goes away.
+    command.env("FLIGHTLM_STREAM_WINDOW_BYTES", "16384");
+    let mut child = KillOnDrop(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the trainer"),
+    );
     let checkpoint = out.join("checkpoints/step-0000004/state.json");
     let deadline = Instant::now() + TIMEOUT;
     while !checkpoint.exists() {
@@ -161,7 +167,7 @@ fn a_pipeline_that_goes_away_ends_every_rank_and_the_run_resumes() {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(pipeline);
-    let (status, stderr) = wait_with_deadline(child, "the trainer without its pipeline");
+    let (status, stderr) = wait_with_deadline(&mut child.0, "the trainer without its pipeline");
     assert!(!status.success(), "{stderr}");
     let errors: Vec<&str> = stderr
         .lines()
@@ -169,6 +175,7 @@ fn a_pipeline_that_goes_away_ends_every_rank_and_the_run_resumes() {
         .collect();
     assert_eq!(errors.len(), 1, "one error line: {stderr}");
     assert!(errors[0].starts_with("error: rank "), "{stderr}");
+    eprintln!("without its pipeline: {}", errors[0]);
 
     let restarted = start_pipeline(&corpus, &tokenizer);
     let steps = (last_checkpoint(&out) + 8).to_string();
