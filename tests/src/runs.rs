@@ -157,3 +157,39 @@ pub fn wait_with_deadline(child: &mut Child, what: &str) -> (std::process::ExitS
     };
     (status, reader.join().expect("stderr reader"))
 }
+
+/// Waits until checkpoint `step` of run directory `out` is complete, failing if `child` exits
+/// first or [`TIMEOUT`] passes.
+pub fn wait_for_checkpoint(out: &Path, step: usize, child: &mut Child) {
+    let checkpoint = out.join(format!("checkpoints/step-{step:07}/state.json"));
+    let deadline = Instant::now() + TIMEOUT;
+    while !checkpoint.exists() {
+        if let Some(status) = child.try_wait().expect("polling the trainer") {
+            panic!("the trainer exited ({status}) before checkpoint {step}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint {step} within {TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The one `error:` line of a failed run's stderr, which must name a rank.
+pub fn the_rank_error(stderr: &str) -> &str {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(errors[0].starts_with("error: rank "), "{stderr}");
+    errors[0]
+}
+
+/// `audit-blocks` of `out` finds `steps` steps, no block lost and none repeated.
+pub fn assert_exact_audit(out: &Path, steps: u64, what: &str) {
+    let audit = audit(out);
+    assert_eq!(audit["lost"], 0, "{what}: {audit}");
+    assert_eq!(audit["repeated"], 0, "{what}: {audit}");
+    assert_eq!(audit["steps"], steps, "{what}: {audit}");
+}

@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use flightlm_tests::binary;
 use flightlm_tests::run_ok;
 use flightlm_tests::runs::{
-    audit, losses, metrics, setup, step_blocks, trainer, KillOnDrop, Setup, TIMEOUT,
+    assert_exact_audit, losses, metrics, setup, step_blocks, trainer, wait_for_checkpoint,
+    KillOnDrop, Setup, TIMEOUT,
 };
 use safetensors::SafeTensors;
 
@@ -107,18 +107,7 @@ fn kill_after_checkpoint(command: &mut Command, out: &Path, step: usize) {
             .expect("starting the trainer"),
     );
     let child = &mut child.0;
-    let checkpoint = out.join(format!("checkpoints/step-{step:07}/state.json"));
-    let deadline = Instant::now() + TIMEOUT;
-    while !checkpoint.exists() {
-        if let Some(status) = child.try_wait().expect("polling the trainer") {
-            panic!("the trainer exited ({status}) before checkpoint {step}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint within {TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_checkpoint(out, step, child);
     let _ = child.kill();
     let status = child.wait().expect("waiting for the trainer");
     assert!(!status.success(), "SIGKILL ends the process: {status}");
@@ -181,10 +170,7 @@ fn a_run_killed_on_two_ranks_resumes_on_one_and_on_three() {
             "resumed from step {from}"
         );
         assert_same_losses(&losses(&out), &expected, devices);
-        let audit = audit(&out);
-        assert_eq!(audit["lost"], 0, "{devices}: {audit}");
-        assert_eq!(audit["repeated"], 0, "{devices}: {audit}");
-        assert_eq!(audit["steps"], STEPS as u64, "{devices}: {audit}");
+        assert_exact_audit(&out, STEPS as u64, devices);
         // The same global batch on the new world size: 6 blocks a step.
         let config = std::fs::read_to_string(out.join("config.toml")).expect("config.toml");
         assert!(

@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flightlm_tests::runs::{
-    audit, last_checkpoint, losses, setup, start_pipeline, step_blocks, trainer,
-    wait_with_deadline, KillOnDrop, Setup, TIMEOUT,
+    assert_exact_audit, last_checkpoint, losses, setup, start_pipeline, step_blocks,
+    the_rank_error, trainer, wait_for_checkpoint, wait_with_deadline, KillOnDrop, Setup, TIMEOUT,
 };
 use flightlm_tests::{binary, run_ok, run_with_timeout};
 
@@ -78,28 +78,15 @@ fn a_dead_node_ends_the_run_naming_a_rank_and_the_run_resumes() {
     let timeout = "--collective-timeout-s 5";
     let mut first = KillOnDrop(node(&pipeline.url, &lead, STEPS, 0, port, timeout));
     let mut second = KillOnDrop(node(&pipeline.url, &other, STEPS, 1, port, timeout));
-    let checkpoint = lead.join("checkpoints/step-0000004/state.json");
-    let deadline = Instant::now() + TIMEOUT;
-    while !checkpoint.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint within {TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_checkpoint(&lead, 4, &mut first.0);
     second.0.kill().expect("killing node 1");
     let _ = second.0.wait();
     let killed = Instant::now();
     let (status, stderr) = wait_with_deadline(&mut first.0, "node 0 after node 1 died");
     let waited = killed.elapsed();
     assert!(!status.success(), "node 0 fails: {stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|line| line.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line: {stderr}");
-    assert!(errors[0].starts_with("error: rank "), "{stderr}");
-    eprintln!("node 0 ended {waited:?} after node 1 died: {}", errors[0]);
+    let error = the_rank_error(&stderr);
+    eprintln!("node 0 ended {waited:?} after node 1 died: {error}");
     // The collective timeout (5 s) bounds the wait, with slack for a slow machine.
     assert!(waited < Duration::from_secs(60), "ended after {waited:?}");
 
@@ -119,16 +106,8 @@ fn a_dead_node_ends_the_run_naming_a_rank_and_the_run_resumes() {
         .args(["--node-rank", "0", "--max-steps", &steps, "--resume"])
         .arg(&lead);
     run_ok(&mut resume, TIMEOUT);
-    let audit = audit(&lead);
-    assert_eq!(
-        (audit["lost"].as_u64(), audit["repeated"].as_u64()),
-        (Some(0), Some(0))
-    );
-    assert_eq!(
-        audit["steps"],
-        steps.parse::<u64>().expect("steps"),
-        "{audit}"
-    );
+    let steps = steps.parse().expect("steps");
+    assert_exact_audit(&lead, steps, "resumed");
 }
 
 #[test]
@@ -157,25 +136,11 @@ fn a_pipeline_that_goes_away_ends_every_rank_and_the_run_resumes() {
             .spawn()
             .expect("starting the trainer"),
     );
-    let checkpoint = out.join("checkpoints/step-0000004/state.json");
-    let deadline = Instant::now() + TIMEOUT;
-    while !checkpoint.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint within {TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_checkpoint(&out, 4, &mut child.0);
     drop(pipeline);
     let (status, stderr) = wait_with_deadline(&mut child.0, "the trainer without its pipeline");
     assert!(!status.success(), "{stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|line| line.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line: {stderr}");
-    assert!(errors[0].starts_with("error: rank "), "{stderr}");
-    eprintln!("without its pipeline: {}", errors[0]);
+    eprintln!("without its pipeline: {}", the_rank_error(&stderr));
 
     let restarted = start_pipeline(&corpus, &tokenizer);
     let steps = (last_checkpoint(&out) + 8).to_string();
@@ -196,14 +161,6 @@ fn a_pipeline_that_goes_away_ends_every_rank_and_the_run_resumes() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let audit = audit(&out);
-    assert_eq!(
-        (audit["lost"].as_u64(), audit["repeated"].as_u64()),
-        (Some(0), Some(0))
-    );
-    assert_eq!(
-        audit["steps"],
-        steps.parse::<u64>().expect("steps"),
-        "{audit}"
-    );
+    let steps = steps.parse().expect("steps");
+    assert_exact_audit(&out, steps, "resumed");
 }
