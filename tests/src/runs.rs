@@ -193,3 +193,14 @@ pub fn assert_exact_audit(out: &Path, steps: u64, what: &str) {
     assert_eq!(audit["repeated"], 0, "{what}: {audit}");
     assert_eq!(audit["steps"], steps, "{what}: {audit}");
 }
+
+/// The step the resumed run in `out` continued from, as its metrics say (exactly one resume).
+pub fn resumed_from(out: &Path) -> u64 {
+    let resumes: Vec<u64> = metrics(out)
+        .iter()
+        .filter(|line| line["kind"] == "resume")
+        .map(|line| line["step"].as_u64().expect("step"))
+        .collect();
+    assert_eq!(resumes.len(), 1, "one resume line");
+    resumes[0]
+}

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use flightlm_tests::binary;
 use flightlm_tests::run_ok;
 use flightlm_tests::runs::{
-    assert_exact_audit, losses, metrics, setup, step_blocks, trainer, wait_for_checkpoint,
-    KillOnDrop, Setup, TIMEOUT,
+    assert_exact_audit, losses, metrics, resumed_from, setup, step_blocks, trainer,
+    wait_for_checkpoint, KillOnDrop, Setup, TIMEOUT,
 };
 use safetensors::SafeTensors;
 
@@ -125,16 +125,6 @@ fn copy_dir(from: &Path, to: &Path) {
         .status()
         .expect("cp");
     assert!(status.success(), "copying {}", from.display());
-}
-
-fn resumed_from(out: &Path) -> u64 {
-    let resumes: Vec<u64> = metrics(out)
-        .iter()
-        .filter(|line| line["kind"] == "resume")
-        .map(|line| line["step"].as_u64().expect("step"))
-        .collect();
-    assert_eq!(resumes.len(), 1, "one resume line");
-    resumes[0]
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use flightlm_tests::runs::{losses, metrics, resumed_from};
 use flightlm_tests::{binary, run_ok, sample_corpus, scratch_dir, train_tokenizer, Pipeline};
 
 /// Runs are reproducible to ~1e-7 relative on the CPU backend, not bit for bit.
@@ -27,25 +28,6 @@ fn run_flags(out: &Path) -> Vec<String> {
     flags
 }
 
-fn metrics(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .expect("metrics.jsonl")
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("JSON metrics line"))
-        .collect()
-}
-
-fn losses(out: &Path) -> BTreeMap<u64, f64> {
-    metrics(out)
-        .iter()
-        .filter(|line| line["kind"] == "train")
-        .map(|line| {
-            let step = line["step"].as_u64().expect("step");
-            (step, line["loss"].as_f64().expect("loss"))
-        })
-        .collect()
-}
-
 fn assert_same_losses(resumed: &BTreeMap<u64, f64>, uninterrupted: &BTreeMap<u64, f64>) {
     assert_eq!(
         resumed.keys().collect::<Vec<_>>(),
@@ -59,18 +41,6 @@ fn assert_same_losses(resumed: &BTreeMap<u64, f64>, uninterrupted: &BTreeMap<u64
             "step {step}: resumed loss {loss}, uninterrupted {expected}"
         );
     }
-}
-
-/// The step the resumed run continued from, as its metrics say.
-fn resumed_from(out: &Path) -> u64 {
-    let lines = metrics(out);
-    let resumes: Vec<u64> = lines
-        .iter()
-        .filter(|line| line["kind"] == "resume")
-        .map(|line| line["step"].as_u64().expect("step"))
-        .collect();
-    assert_eq!(resumes.len(), 1, "one resume line");
-    resumes[0]
 }
 
 /// Starts `command`, waits for its first checkpoint, then sends `signal` (via `kill`); returns

@@ -60,36 +60,41 @@ impl MlmMasking {
         block_seq: &[u64],
         seed: u64,
     ) -> MaskedTokens {
-        let mut masked = MaskedTokens {
-            inputs: Vec::with_capacity(ids.len()),
-            ..MaskedTokens::default()
-        };
+        let mut masked = self.empty_for(ids.len());
         for (row, (block, &sequence)) in ids.chunks(seq_len).zip(block_seq).enumerate() {
-            let offset = (row * seq_len) as u32;
-            let one = self.apply_seeded(block, seed, sequence);
-            masked.inputs.extend_from_slice(&one.inputs);
-            masked
-                .positions
-                .extend(one.positions.iter().map(|position| position + offset));
-            masked.targets.extend_from_slice(&one.targets);
+            let mut rng = SplitMix64::for_stream(seed, sequence);
+            self.append(block, &mut rng, (row * seq_len) as u32, &mut masked);
         }
         masked
     }
 
     pub fn apply(&self, ids: &[u32], rng: &mut SplitMix64) -> MaskedTokens {
-        let mut inputs = Vec::with_capacity(ids.len());
-        let expected = (ids.len() as f64 * self.probability * 1.1) as usize + 1;
-        let mut positions = Vec::with_capacity(expected);
-        let mut targets = Vec::with_capacity(expected);
+        let mut masked = self.empty_for(ids.len());
+        self.append(ids, rng, 0, &mut masked);
+        masked
+    }
+
+    /// Buffers sized for masking `tokens` tokens.
+    fn empty_for(&self, tokens: usize) -> MaskedTokens {
+        let expected = (tokens as f64 * self.probability * 1.1) as usize + 1;
+        MaskedTokens {
+            inputs: Vec::with_capacity(tokens),
+            positions: Vec::with_capacity(expected),
+            targets: Vec::with_capacity(expected),
+        }
+    }
+
+    /// Masks `ids` onto the end of `masked`, their positions counted from `offset`.
+    fn append(&self, ids: &[u32], rng: &mut SplitMix64, offset: u32, masked: &mut MaskedTokens) {
         for (index, &id) in ids.iter().enumerate() {
             // Specials consume no draws, so the choice of the other tokens does not depend on
             // where the document boundaries fall.
             if self.special_ids.contains(&id) || rng.next_f64() >= self.probability {
-                inputs.push(id);
+                masked.inputs.push(id);
                 continue;
             }
-            positions.push(index as u32);
-            targets.push(id);
+            masked.positions.push(offset + index as u32);
+            masked.targets.push(id);
             let action = rng.next_f64();
             let input = if action < MASK_SHARE {
                 self.mask_id
@@ -98,12 +103,7 @@ impl MlmMasking {
             } else {
                 id
             };
-            inputs.push(input);
-        }
-        MaskedTokens {
-            inputs,
-            positions,
-            targets,
+            masked.inputs.push(input);
         }
     }
 }
