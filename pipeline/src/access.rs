@@ -12,6 +12,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 use crate::error::{PipelineError, Result};
+use crate::read::remote;
 use crate::read::sources::CorpusFile;
 
 pub const AUTHORIZATION: &str = "authorization";
@@ -121,14 +122,28 @@ pub fn check_listen(listen: SocketAddr, token: &Option<AuthToken>, insecure: boo
     )))
 }
 
-/// Directories that sources added at run time must lie in, resolved once (symlinks included).
+/// Directories that sources added at run time must lie in, resolved once (symlinks included);
+/// a remote root (`s3://bucket/prefix`, `hf://datasets/OWNER/NAME`) is kept as written.
 pub fn allowed_roots(roots: &[PathBuf]) -> Result<Vec<PathBuf>> {
     roots
         .iter()
         .map(|root| {
+            if remote::is_remote(&root.to_string_lossy()) {
+                return Ok(root.clone());
+            }
             std::fs::canonicalize(root).map_err(|_| PipelineError::InputNotFound(root.clone()))
         })
         .collect()
+}
+
+/// Whether the URL of a remote file lies under a remote root, at a `/` boundary.
+fn under_remote_root(url: &str, root: &Path) -> bool {
+    let root = root.to_string_lossy();
+    let root = root.trim_end_matches('/');
+    remote::is_remote(root)
+        && url
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Refuses any file whose real path (after `..` and symlinks) is outside every allowed root.
@@ -139,6 +154,15 @@ pub fn confine(files: &[CorpusFile], roots: &[PathBuf]) -> Result<()> {
         ));
     }
     for file in files {
+        if let Some(object) = &file.remote {
+            let url = object.url();
+            if !roots.iter().any(|root| under_remote_root(&url, root)) {
+                return Err(PipelineError::Control(format!(
+                    "{url} is outside the allowed roots"
+                )));
+            }
+            continue;
+        }
         let real = std::fs::canonicalize(&file.path)
             .map_err(|_| PipelineError::InputNotFound(file.path.clone()))?;
         if !roots.iter().any(|root| real.starts_with(root)) {
@@ -154,6 +178,18 @@ pub fn confine(files: &[CorpusFile], roots: &[PathBuf]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_files_must_lie_under_a_remote_root() {
+        let root = Path::new("s3://corpus/books/");
+        assert!(under_remote_root("s3://corpus/books/a.txt", root));
+        assert!(!under_remote_root("s3://corpus/books-private/a.txt", root));
+        assert!(!under_remote_root("s3://other/books/a.txt", root));
+        assert!(!under_remote_root(
+            "s3://corpus/books/a.txt",
+            Path::new("/srv/corpus")
+        ));
+    }
 
     fn metadata(value: &str) -> MetadataMap {
         let mut metadata = MetadataMap::new();

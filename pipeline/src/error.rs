@@ -52,6 +52,8 @@ pub enum PipelineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read {url}: {message}")]
+    Remote { url: String, message: String },
     #[error("reading {path}: {message}")]
     Query { path: PathBuf, message: String },
     #[error("tokenizer {path}: {message}")]

@@ -33,8 +33,8 @@ pub struct ServeArgs {
     /// Blocks shuffled together by a seeded, resumable window; 1 keeps corpus order.
     #[arg(long, default_value_t = 1)]
     shuffle_window: usize,
-    /// Watch this directory and add files that appear in it to the source that lists it
-    /// (or to the first source).
+    /// Watch this directory (or remote prefix, `s3://bucket/prefix`) and add files that appear
+    /// in it to the source that lists it (or to the first source).
     #[arg(long)]
     watch: Option<PathBuf>,
     /// How often the watched directory is listed.
@@ -69,8 +69,8 @@ pub struct ServeArgs {
     /// Streams served at once; more are refused.
     #[arg(long, default_value_t = 64)]
     max_streams: usize,
-    /// Directory that sources added at run time (`add-source`) must lie in; repeatable.
-    /// Without one, `add-source` is refused.
+    /// Directory (or remote prefix, `s3://bucket/prefix`) that sources added at run time
+    /// (`add-source`) must lie in; repeatable. Without one, `add-source` is refused.
     #[arg(long = "allow-root")]
     allow_roots: Vec<PathBuf>,
     /// Address to listen on; port 0 picks a free one (printed on stdout).

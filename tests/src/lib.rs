@@ -4,6 +4,8 @@
 //! The binaries are the ones `cargo build --workspace --bins` puts beside this test executable;
 //! `scripts/test.sh` builds them before running the tests.
 
+pub mod fault_proxy;
+pub mod object_servers;
 pub mod runs;
 
 use std::io::{BufRead, BufReader, Read};
@@ -127,7 +129,18 @@ impl Pipeline {
 
     /// Starts a server with exactly these `serve` arguments (besides tokenizer and address).
     pub fn start_with<A: AsRef<std::ffi::OsStr>>(tokenizer: &Path, arguments: &[A]) -> Pipeline {
+        Self::start_configured(tokenizer, arguments, |_| {})
+    }
+
+    /// As [`Pipeline::start_with`], after `configure` has set the command's environment or
+    /// working directory.
+    pub fn start_configured<A: AsRef<std::ffi::OsStr>>(
+        tokenizer: &Path,
+        arguments: &[A],
+        configure: impl FnOnce(&mut Command),
+    ) -> Pipeline {
         let mut command = Command::new(binary("flightlm-pipeline"));
+        configure(&mut command);
         command.arg("serve").args(arguments);
         // Port 0 (a free one) unless the caller chose the address.
         if !arguments

@@ -15,6 +15,7 @@ use crate::access::confine;
 use crate::corpus::{Corpus, Source};
 use crate::error::{PipelineError, Result};
 use crate::read::reader::{reader_runtime, CorpusReader};
+use crate::read::remote;
 use crate::read::sources::{collect_directory, resolve_inputs};
 
 #[derive(Deserialize)]
@@ -94,9 +95,10 @@ pub fn set_weight(corpus: &Corpus, body: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Polls `directory` every `interval` and adds new corpus files to `source`. A file is taken once
-/// its size has stayed the same over one interval, so one still being written is not read half;
-/// hidden files (write to `.name`, then rename) are never taken.
+/// Polls `directory` (or a remote prefix, listed again at every poll) every `interval` and adds
+/// new corpus files to `source`. A file is taken once its size has stayed the same over one
+/// interval, so one still being written is not read half; hidden files (write to `.name`, then
+/// rename) are never taken.
 pub fn watch_directory(source: Arc<Source>, directory: PathBuf, interval: Duration) {
     std::thread::Builder::new()
         .name("watch".into())
@@ -105,13 +107,26 @@ pub fn watch_directory(source: Arc<Source>, directory: PathBuf, interval: Durati
             loop {
                 std::thread::sleep(interval);
                 let mut found = Vec::new();
-                if let Err(error) = collect_directory(&directory, &mut found) {
+                let listed = match directory.to_str().filter(|text| remote::is_remote(text)) {
+                    // A prefix with no objects yet is not an error here.
+                    Some(url) => {
+                        match remote::block_on(remote::listing::resolve(url, &mut found)) {
+                            Err(PipelineError::InputNotFound(_)) => Ok(()),
+                            other => other,
+                        }
+                    }
+                    None => collect_directory(&directory, &mut found),
+                };
+                if let Err(error) = listed {
                     tracing::warn!("watching {}: {error}", directory.display());
                     continue;
                 }
                 let mut ready = Vec::new();
                 for file in found {
-                    let size = file_size(&file.path);
+                    let size = match &file.remote {
+                        Some(object) => object.size,
+                        None => file_size(&file.path),
+                    };
                     let previous = sizes.insert(file.path.clone(), size);
                     if previous == Some(size) && size > 0 {
                         ready.push(file);

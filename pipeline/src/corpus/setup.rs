@@ -183,7 +183,8 @@ pub async fn build_corpus(inputs: ServeInputs) -> Result<Corpus> {
     };
     let corpus = Corpus::new(sources, settings)?;
     if let Some(directory) = inputs.watch {
-        if !directory.is_dir() {
+        let remote = crate::read::remote::is_remote(&directory.to_string_lossy());
+        if !remote && !directory.is_dir() {
             return Err(PipelineError::InputNotFound(directory));
         }
         let sources = corpus.sources();

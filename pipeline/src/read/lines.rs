@@ -10,18 +10,23 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use crate::error::PipelineError;
+use crate::read::remote::{self, RemoteObject};
 use crate::read::sources::Compression;
 
-/// Opens `path` with the decompressor its extension asks for.
+/// Opens `path` (or the remote object it names) with the decompressor its extension asks for.
 pub fn open_decompressed(
     path: &Path,
+    remote: Option<&RemoteObject>,
     compression: Compression,
 ) -> Result<Box<dyn Read + Send>, PipelineError> {
     let io_error = |source| PipelineError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io_error)?;
+    let file: Box<dyn Read + Send> = match remote {
+        Some(object) => Box::new(remote::stream::open(object)?),
+        None => Box::new(File::open(path).map_err(io_error)?),
+    };
     Ok(match compression {
         Compression::None => Box::new(file),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
@@ -47,11 +52,13 @@ pub struct LineReader {
 impl LineReader {
     pub fn open(
         path: &Path,
+        remote: Option<&RemoteObject>,
         compression: Compression,
         max_bytes: usize,
     ) -> Result<Self, PipelineError> {
+        let input = open_decompressed(path, remote, compression)?;
         Ok(LineReader {
-            reader: BufReader::with_capacity(1 << 20, open_decompressed(path, compression)?),
+            reader: BufReader::with_capacity(1 << 20, input),
             max_bytes,
             line: Vec::new(),
             number: 0,

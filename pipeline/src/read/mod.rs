@@ -5,11 +5,13 @@
 //! manifest order, Parquet and CSV with DataFusion's own formats and line-oriented files through
 //! [`text_table`] (plain text) and [`json_lines`], both over [`lines`] (bounded, optionally
 //! compressed line reading). Whatever cannot be used is handled by [`bad_records`]: an error
-//! naming the file and row, or a skip that is counted.
+//! naming the file and row, or a skip that is counted. Remote inputs (`s3://`, `http(s)://`,
+//! `hf://datasets/`) are listed and read in place by [`remote`].
 
 pub mod bad_records;
 pub mod json_lines;
 pub mod lines;
 pub mod reader;
+pub mod remote;
 pub mod sources;
 pub mod text_table;

@@ -20,6 +20,7 @@ use futures::StreamExt;
 
 use crate::error::{PipelineError, Result};
 use crate::read::bad_records::{BadRecordPolicy, BadRecords};
+use crate::read::remote::{self, store::RemoteError};
 use crate::read::sources::{Compression, CorpusFile, Format};
 use crate::read::text_table::{line_table, LineFile};
 
@@ -88,10 +89,19 @@ impl CorpusReader {
     pub async fn text_frame(&self, file: &CorpusFile) -> Result<DataFrame> {
         let path = file.path.to_string_lossy().to_string();
         let query_error = |error: DataFusionError| query_error(file, error);
+        if let Some(object) = &file.remote {
+            // DataFusion finds a URL's store by its scheme and authority.
+            let root = url::Url::parse(&object.root).map_err(|error| {
+                PipelineError::Control(format!("bad URL {}: {error}", object.root))
+            })?;
+            let store = remote::store_for(&object.root)?;
+            self.context.register_object_store(&root, Arc::new(store));
+        }
         let frame = match file.format {
             Format::Text | Format::JsonLines => {
                 let table = line_table(LineFile {
                     path: file.path.clone(),
+                    remote: file.remote.clone(),
                     compression: file.compression,
                     format: file.format,
                     max_line_bytes: self.max_line_bytes,
@@ -221,6 +231,12 @@ impl TextBatches {
 
 /// DataFusion wraps our own reader errors; unwrap them so the message names file and line once.
 fn query_error(file: &CorpusFile, error: DataFusionError) -> PipelineError {
+    if let Some(remote) = remote::errors::find::<RemoteError>(&error) {
+        return PipelineError::Remote {
+            url: remote.url.clone(),
+            message: remote.message.clone(),
+        };
+    }
     match error.find_root() {
         DataFusionError::External(inner) => match inner.downcast_ref::<PipelineError>() {
             Some(known) => known.duplicate().unwrap_or_else(|| PipelineError::Query {

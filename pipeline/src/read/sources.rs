@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{PipelineError, Result};
+use crate::read::remote::{self, RemoteObject};
 
 /// How a corpus file stores its documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,9 +31,12 @@ pub enum Compression {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorpusFile {
+    /// A local path, or the URL of a remote object (what cursors and errors name).
     pub path: PathBuf,
     pub format: Format,
     pub compression: Compression,
+    /// Where a remote file is read from; `None` for local files.
+    pub remote: Option<RemoteObject>,
 }
 
 impl CorpusFile {
@@ -66,7 +70,15 @@ impl CorpusFile {
             path: path.to_path_buf(),
             format,
             compression,
+            remote: None,
         })
+    }
+
+    /// Classifies a remote object by the extensions of its key.
+    pub fn classify_remote(object: RemoteObject) -> Option<CorpusFile> {
+        let mut file = CorpusFile::classify(Path::new(&object.url()))?;
+        file.remote = Some(object);
+        Some(file)
     }
 }
 
@@ -74,12 +86,17 @@ impl CorpusFile {
 ///
 /// A named file must exist and have a known format; a directory contributes every known file under
 /// it (recursively, hidden entries skipped) and must contribute at least one; a glob
-/// (`data/*.parquet`) must match at least one file of a known format.
+/// (`data/*.parquet`) must match at least one file of a known format. `s3://`, `http(s)://` and
+/// `hf://datasets/` inputs are listed the same way (see [`remote::listing`]).
 pub fn resolve_inputs<P: AsRef<Path>>(inputs: &[P]) -> Result<Vec<CorpusFile>> {
     let mut manifest = Vec::new();
     for input in inputs {
         let input = input.as_ref();
         let text = input.to_string_lossy();
+        if remote::is_remote(&text) {
+            remote::block_on(remote::listing::resolve(&text, &mut manifest))?;
+            continue;
+        }
         if text.contains(['*', '?', '[']) {
             expand_glob(&text, &mut manifest)?;
             continue;

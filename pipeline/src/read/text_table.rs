@@ -24,6 +24,7 @@ use crate::error::PipelineError;
 use crate::read::bad_records::{BadRecordKind, BadRecords};
 use crate::read::json_lines::{infer_schema, JsonBatcher};
 use crate::read::lines::{Line, LineReader};
+use crate::read::remote::RemoteObject;
 use crate::read::sources::{Compression, Format};
 
 /// Lines per record batch: large enough to amortize per-batch costs downstream, small enough that a
@@ -36,6 +37,7 @@ const BATCHES_IN_FLIGHT: usize = 2;
 #[derive(Debug, Clone)]
 pub struct LineFile {
     pub path: PathBuf,
+    pub remote: Option<RemoteObject>,
     pub compression: Compression,
     pub format: Format,
     pub max_line_bytes: usize,
@@ -132,7 +134,12 @@ fn read_text_lines(
     schema: &SchemaRef,
     mut emit: impl FnMut(RecordBatch) -> bool,
 ) -> Result<(), PipelineError> {
-    let mut lines = LineReader::open(&file.path, file.compression, file.max_line_bytes)?;
+    let mut lines = LineReader::open(
+        &file.path,
+        file.remote.as_ref(),
+        file.compression,
+        file.max_line_bytes,
+    )?;
     let mut builder = StringBuilder::new();
     let mut rows = 0usize;
     let mut total_rows = 0u64;
@@ -197,7 +204,12 @@ fn read_json_lines(
     schema: &SchemaRef,
     mut emit: impl FnMut(RecordBatch) -> bool,
 ) -> Result<(), PipelineError> {
-    let mut lines = LineReader::open(&file.path, file.compression, file.max_line_bytes)?;
+    let mut lines = LineReader::open(
+        &file.path,
+        file.remote.as_ref(),
+        file.compression,
+        file.max_line_bytes,
+    )?;
     let mut batcher = JsonBatcher::new(file, schema.clone())?;
     let mut total_rows = 0u64;
     loop {

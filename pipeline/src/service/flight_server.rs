@@ -206,6 +206,9 @@ impl FlightService for PipelineService {
                 stats["files"] = self.corpus.file_count().into();
                 stats["tokenizer"] = serde_json::json!(self.corpus.tokenizer_info);
                 stats["sources"] = self.corpus.describe_sources();
+                if let Some(remote) = crate::read::remote::stats() {
+                    stats["remote"] = remote;
+                }
                 stats
             }
             SOURCES_ACTION => self.corpus.describe_sources(),

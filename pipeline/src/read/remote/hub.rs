@@ -1,0 +1,174 @@
+//! The HuggingFace hub as `huggingface_hub` reads it: the tree API lists a dataset repository's
+//! files (`/api/datasets/OWNER/NAME/tree/REVISION/PATH?recursive=true`, paged by `Link` headers),
+//! and `/datasets/OWNER/NAME/resolve/REVISION/PATH` serves their contents. `HF_ENDPOINT` overrides
+//! the host and `HF_TOKEN` is sent as a bearer token when set.
+
+use std::sync::atomic::Ordering;
+
+use object_store::{HeaderMap, HeaderValue};
+use serde::Deserialize;
+
+use crate::error::{PipelineError, Result};
+
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// Pages of a tree listing followed at most (the hub sends 1000 entries a page).
+const MAX_PAGES: usize = 10_000;
+
+/// The hub's address: `HF_ENDPOINT`, or huggingface.co.
+pub fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|endpoint| !endpoint.is_empty())
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// The headers of every hub request: the token, when there is one.
+pub fn headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(token) = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty())
+    {
+        if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            value.set_sensitive(true);
+            headers.insert("authorization", value);
+        }
+    }
+    headers
+}
+
+#[derive(Deserialize)]
+struct TreeEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    path: String,
+    #[serde(default)]
+    size: u64,
+}
+
+/// A file of a dataset repository: its path in the repository and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubFile {
+    pub path: String,
+    pub size: u64,
+}
+
+/// Every file under `directory` (the whole repository when empty) of dataset `repo` (`OWNER/NAME`).
+pub async fn list_files(repo: &str, revision: &str, directory: &str) -> Result<Vec<HubFile>> {
+    let base = endpoint();
+    let client = reqwest::Client::builder()
+        .default_headers(headers())
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|error| PipelineError::Control(format!("hub client: {error}")))?;
+    let mut next = Some(format!(
+        "{base}/api/datasets/{repo}/tree/{revision}/{directory}?recursive=true&expand=false"
+    ));
+    let url_of_input = format!("hf://datasets/{repo}/{directory}");
+    let failed = |message: String| PipelineError::Remote {
+        url: url_of_input.trim_end_matches('/').to_string(),
+        message,
+    };
+    let mut files = Vec::new();
+    for _ in 0..MAX_PAGES {
+        let Some(url) = next.take() else { break };
+        let response = get_with_retries(&client, &url)
+            .await
+            .map_err(|message| failed(format!("listing the repository: {message}")))?;
+        next = next_page(response.headers());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| failed(format!("reading the repository listing: {error}")))?;
+        let entries: Vec<TreeEntry> = serde_json::from_slice(&body)
+            .map_err(|error| failed(format!("reading the repository listing: {error}")))?;
+        files.extend(
+            entries
+                .into_iter()
+                .filter(|entry| entry.kind == "file")
+                .map(|entry| HubFile {
+                    path: entry.path,
+                    size: entry.size,
+                }),
+        );
+    }
+    Ok(files)
+}
+
+/// A successful response to GET `url`; connection failures, 5xx and 429 are retried with backoff
+/// (and counted) for up to two minutes, other statuses fail at once.
+async fn get_with_retries(
+    client: &reqwest::Client,
+    url: &str,
+) -> std::result::Result<reqwest::Response, String> {
+    let start = std::time::Instant::now();
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        super::counters().requests.fetch_add(1, Ordering::Relaxed);
+        let failure = match client.get(url).send().await {
+            Ok(response) if response.status().is_success() => return Ok(response),
+            Ok(response) => {
+                let status = response.status();
+                if !(status.is_server_error() || status.as_u16() == 429) {
+                    return Err(format!("HTTP {status}"));
+                }
+                format!("HTTP {status}")
+            }
+            Err(error) => {
+                let mut message = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    message = format!("{message}: {cause}");
+                    source = cause.source();
+                }
+                message
+            }
+        };
+        if start.elapsed() + backoff > std::time::Duration::from_secs(120) {
+            return Err(format!("still failing after retries: {failure}"));
+        }
+        tracing::warn!("retrying the hub listing {url}: {failure}");
+        super::counters().retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// The `rel="next"` address of a `Link` header.
+fn next_page(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    let link = headers.get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (target, parameters) = part.split_once(';')?;
+        parameters.contains("rel=\"next\"").then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers_name_the_next_page() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            "link",
+            "<https://hub/api/datasets/a/b/tree/main?cursor=xyz>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            next_page(&headers).as_deref(),
+            Some("https://hub/api/datasets/a/b/tree/main?cursor=xyz")
+        );
+        assert_eq!(next_page(&reqwest::header::HeaderMap::new()), None);
+    }
+}
