@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Pipeline throughput, side by side on the same corpus and cores, in one run:
 #   (a) the HF path: datasets.map(batched, num_proc=cores) + group_texts, and the tokenizer alone;
-#   (b) flightlm-pipeline serve -> Flight -> flightlm-pipeline consume (every batch decoded).
+#   (b) flightlm-pipeline serve -> Flight -> flightlm-pipeline consume (every batch decoded);
+#   (c) the same, with the corpus read from an S3 API on loopback (moto) instead of a local file.
 # Usage: bash scripts/bench-pipeline.sh [CORPUS]   (default: the sample corpus repeated to >= 100 MB)
 set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -39,28 +40,55 @@ echo "== (a) HF datasets.map + group_texts (num_proc=$CORES)"
 "$FLIGHTLM_PYTHON" scripts/bench_hf_pipeline.py --corpus "$CORPUS" --tokenizer "$TOKENIZER" \
     --seq-len $SEQ_LEN --num-proc "$CORES" 2> "$WORK/hf.log" > "$WORK/hf.json"
 
-echo "== (b) flightlm serve -> Flight -> consume"
-"$FLIGHTLM_BIN/flightlm-pipeline" serve --input "$CORPUS" --tokenizer "$TOKENIZER" \
-    --listen 127.0.0.1:0 --valid-fraction 0 --workers "$CORES" > "$WORK/serve.out" 2> "$WORK/serve.log" &
-SERVE_PID=$!
-trap 'kill $SERVE_PID 2>/dev/null || true' EXIT
-for _ in $(seq 1 300); do [ -s "$WORK/serve.out" ] && break; sleep 0.1; done
-URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' "$WORK/serve.out")
-"$FLIGHTLM_BIN/flightlm-pipeline" consume --pipeline "$URL" --seq-len $SEQ_LEN --batch-size 32 \
-    --epochs 1 > "$WORK/flightlm.json"
-SERVE_RSS_KIB=$(awk '/VmHWM/ {print $2}' /proc/$SERVE_PID/status)
-kill $SERVE_PID
+# Serves INPUT, consumes one pass into OUT.json and prints the server's peak RSS (KiB).
+run_flightlm() {
+    local input=$1 out=$2
+    "$FLIGHTLM_BIN/flightlm-pipeline" serve --input "$input" --tokenizer "$TOKENIZER" \
+        --listen 127.0.0.1:0 --valid-fraction 0 --workers "$CORES" > "$WORK/$out.serve" \
+        2> "$WORK/$out.log" &
+    local serve_pid=$!
+    local url
+    url=$(wait_for_url "$WORK/$out.serve" $serve_pid)
+    "$FLIGHTLM_BIN/flightlm-pipeline" consume --pipeline "$url" --seq-len $SEQ_LEN \
+        --batch-size 32 --epochs 1 > "$WORK/$out.json"
+    awk '/VmHWM/ {print $2}' /proc/$serve_pid/status
+    kill $serve_pid
+    wait $serve_pid 2> /dev/null || true
+}
 
-"$FLIGHTLM_PYTHON" - "$WORK/hf.json" "$WORK/flightlm.json" "$SERVE_RSS_KIB" <<'PY'
+echo "== (b) flightlm serve -> Flight -> consume"
+SERVE_RSS_KIB=$(run_flightlm "$CORPUS" flightlm)
+
+echo "== (c) the same, the corpus in a bucket of a loopback S3 server (moto)"
+mkdir -p "$WORK/bucket"
+ln -f "$CORPUS" "$WORK/bucket/$(basename "$CORPUS")" 2> /dev/null \
+    || cp "$CORPUS" "$WORK/bucket/$(basename "$CORPUS")"
+"$FLIGHTLM_PYTHON" tests/python/object_server.py s3 --root "$WORK/bucket" --bucket bench \
+    > "$WORK/s3.out" 2> "$WORK/s3.log" < <(sleep 3600) &
+S3_PID=$!
+trap 'kill $S3_PID 2> /dev/null || true' EXIT
+for _ in $(seq 1 1200); do [ -s "$WORK/s3.out" ] && break; sleep 0.1; done
+s3_field() { sed -n "s/.*\"$1\": \"\([^\"]*\)\".*/\1/p" "$WORK/s3.out"; }
+S3_RSS_KIB=$(AWS_ENDPOINT_URL=$(s3_field endpoint) AWS_ALLOW_HTTP=true AWS_REGION=us-east-1 \
+    AWS_ACCESS_KEY_ID=$(s3_field access_key) AWS_SECRET_ACCESS_KEY=$(s3_field secret_key) \
+    run_flightlm "s3://bench/$(basename "$CORPUS")" flightlm-s3)
+kill $S3_PID
+
+"$FLIGHTLM_PYTHON" - "$WORK/hf.json" "$WORK/flightlm.json" "$SERVE_RSS_KIB" \
+    "$WORK/flightlm-s3.json" "$S3_RSS_KIB" <<'PY'
 import json, sys
 hf = json.load(open(sys.argv[1]))
 fl = json.load(open(sys.argv[2]))
 rss = int(sys.argv[3]) / 1024
+s3 = json.load(open(sys.argv[4]))
+s3_rss = int(sys.argv[5]) / 1024
 rows = [
     ("HF datasets.map + group_texts", hf["hf_tokens_per_s"], hf["hf_first_batch_ms"], "-", "-", hf["hf_peak_rss_mib"]),
     ("tokenizer alone (encode_batch_fast)", hf["tokenizer_tokens_per_s"], None, "-", "-", None),
     ("flightlm serve -> Flight -> consume", fl["tokens_per_s"], fl["first_batch_ms"],
      f'{fl["wire_bytes_per_token"]:.3f}', f'{fl["uncompressed_bytes_per_token"]:.3f}', rss),
+    ("  the corpus from S3 (loopback moto)", s3["tokens_per_s"], s3["first_batch_ms"],
+     f'{s3["wire_bytes_per_token"]:.3f}', f'{s3["uncompressed_bytes_per_token"]:.3f}', s3_rss),
 ]
 print(f'{"path":38} {"tokens/s":>12} {"first batch":>12} {"wire B/tok":>10} {"raw B/tok":>10} {"peak RSS":>10}')
 for name, rate, first, wire, raw, peak in rows:
@@ -69,5 +97,6 @@ for name, rate, first, wire, raw, peak in rows:
     print(f"{name:38} {rate:12,.0f} {first:>12} {wire:>10} {raw:>10} {peak:>10}")
 print(f'flightlm / HF path: {fl["tokens_per_s"] / hf["hf_tokens_per_s"]:.2f}x;'
       f' flightlm / tokenizer alone: {fl["tokens_per_s"] / hf["tokenizer_tokens_per_s"]:.2f}x')
-print(f'tokens: HF {hf["hf_tokens"]:,}, flightlm {fl["tokens"]:,}')
+print(f'from S3 / from a local file: {s3["tokens_per_s"] / fl["tokens_per_s"]:.2f}x')
+print(f'tokens: HF {hf["hf_tokens"]:,}, flightlm {fl["tokens"]:,}, from S3 {s3["tokens"]:,}')
 PY

@@ -176,7 +176,7 @@ async fn read_file(
     sequence: &mut u64,
     jobs: &Sender<Job>,
 ) -> Result<FileOutcome, (BadRecordKind, PipelineError)> {
-    let mut texts = reader.open(file).await.map_err(|error| {
+    let (mut texts, first_row) = reader.open_at(file, skip_rows).await.map_err(|error| {
         let kind = match error {
             PipelineError::MissingTextColumn { .. } | PipelineError::TextNotString { .. } => {
                 BadRecordKind::MissingColumn
@@ -185,7 +185,7 @@ async fn read_file(
         };
         (kind, error)
     })?;
-    let mut row = 0u64;
+    let mut row = first_row;
     while let Some(batch) = texts.next().await {
         let batch = batch.map_err(|error| classify_read_error(file, row, error))?;
         let length = batch.len() as u64;

@@ -11,6 +11,7 @@
 pub mod bad_records;
 pub mod json_lines;
 pub mod lines;
+pub mod parquet_resume;
 pub mod reader;
 pub mod remote;
 pub mod sources;

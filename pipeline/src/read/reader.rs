@@ -20,6 +20,7 @@ use futures::StreamExt;
 
 use crate::error::{PipelineError, Result};
 use crate::read::bad_records::{BadRecordPolicy, BadRecords};
+use crate::read::parquet_resume::open_from_row;
 use crate::read::remote::{self, store::RemoteError};
 use crate::read::sources::{Compression, CorpusFile, Format};
 use crate::read::text_table::{line_table, LineFile};
@@ -181,6 +182,19 @@ impl CorpusReader {
             file: file.clone(),
             stream,
         })
+    }
+
+    /// Opens `file` at or before row `skip_rows`, returning its batches and the row they start
+    /// at: a Parquet file (without `--sql`) starts at the row group holding the row, other files
+    /// at their first row.
+    pub async fn open_at(&self, file: &CorpusFile, skip_rows: u64) -> Result<(TextBatches, u64)> {
+        if skip_rows > 0 && file.format == Format::Parquet && self.sql.is_none() {
+            if let Some((stream, first_row)) = open_from_row(file, skip_rows).await? {
+                let file = file.clone();
+                return Ok((TextBatches { file, stream }, first_row));
+            }
+        }
+        Ok((self.open(file).await?, 0))
     }
 
     /// Checks every file up front (exists, parses, has a string `text` column), so a bad corpus

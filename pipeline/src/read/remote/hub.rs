@@ -64,8 +64,14 @@ pub async fn list_files(repo: &str, revision: &str, directory: &str) -> Result<V
         .timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|error| PipelineError::Control(format!("hub client: {error}")))?;
+    // As huggingface_hub asks: no trailing `/` for the repository's root.
+    let path = if directory.is_empty() {
+        String::new()
+    } else {
+        format!("/{directory}")
+    };
     let mut next = Some(format!(
-        "{base}/api/datasets/{repo}/tree/{revision}/{directory}?recursive=true&expand=false"
+        "{base}/api/datasets/{repo}/tree/{revision}{path}?recursive=true&expand=false"
     ));
     let url_of_input = format!("hf://datasets/{repo}/{directory}");
     let failed = |message: String| PipelineError::Remote {
