@@ -64,6 +64,25 @@ impl ObjectServer {
         }
     }
 
+    /// Puts `file` into the S3 server's `bucket` as `key` (with the server's credentials).
+    pub fn upload(&self, file: &Path, bucket: &str, key: &str) {
+        let script = "import boto3, sys\n\
+            endpoint, access, secret, path, bucket, key = sys.argv[1:]\n\
+            boto3.client('s3', endpoint_url=endpoint, region_name='us-east-1',\n\
+                aws_access_key_id=access, aws_secret_access_key=secret).upload_file(path, bucket, key)";
+        let status = Command::new(python())
+            .args(["-c", script, &self.endpoint])
+            .args([
+                self.announced["access_key"].as_str().expect("access key"),
+                self.announced["secret_key"].as_str().expect("secret key"),
+            ])
+            .arg(file)
+            .args([bucket, key])
+            .status()
+            .expect("running the upload");
+        assert!(status.success(), "uploading {} as {key}", file.display());
+    }
+
     /// The environment a process needs to read the S3 server through `endpoint` (the server's
     /// own, or a proxy's in front of it), with the server's credentials.
     pub fn s3_environment(&self, endpoint: &str) -> Vec<(String, String)> {
