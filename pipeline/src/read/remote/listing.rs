@@ -3,7 +3,6 @@
 //! within one `/` level, `**` crosses levels). HTTP inputs are single files; `hf://` inputs are
 //! listed with the hub's tree API.
 
-use futures::TryStreamExt;
 use object_store::path::Path;
 
 use super::{hub, store_for, RemoteInput, RemoteObject, HUB_REVISION};
@@ -98,10 +97,8 @@ async fn list_bucket(input: &RemoteInput) -> Result<Vec<RemoteObject>> {
         input.key.clone()
     };
     let prefix = (!directory.is_empty()).then(|| Path::from(directory.as_str()));
-    let listed: Vec<_> = store
-        .lister()
-        .list(prefix.as_ref())
-        .try_collect()
+    let listed = store
+        .list_all(prefix.as_ref())
         .await
         .map_err(|error| remote_error(&input.root, &input.key, error))?;
     let selected = selector(&input.key)?;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
     Attributes, CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult,
@@ -140,9 +140,12 @@ impl RemoteStore {
         format!("{}/{}", self.inner.root, key)
     }
 
-    /// The store underneath, for listing (listings are not pinned: they are what changes).
-    pub fn lister(&self) -> &Arc<dyn ObjectStore> {
-        &self.inner.store
+    /// Every object under `prefix` (a directory), listed again on a transient failure. Listings
+    /// are not pinned: they are what changes.
+    pub async fn list_all(&self, prefix: Option<&Path>) -> object_store::Result<Vec<ObjectMeta>> {
+        let key = prefix.cloned().unwrap_or_default();
+        self.with_retries(&key, || self.inner.store.list(prefix).try_collect())
+            .await
     }
 
     /// The object's size and version, asked once per process and kept: later reads must match it.
