@@ -16,11 +16,13 @@
 # and 8 s with the caches filled; causal bf16 after MLM's caches took 152 s. A cold call therefore
 # covers one or two configs within the budget and skips the rest; each call adds to the caches.
 # Environment:
-#   BURN_CONFIGS   objective:seq_len:batch:precision[:steps[:dp]],… (default
-#                  mlm:128:32:bf16:200,mlm:128:32:bf16:60:dp,mlm:128:32:f32,causal:128:32:bf16,
-#                  mlm:512:16:bf16; steps default STEPS=60). precision bf16 is burn's mixed
-#                  precision (f32 master weights); dp trains with --devices cuda:0, the
-#                  data-parallel loop (step exchange, gradient all-reduce) on one GPU
+#   BURN_CONFIGS   objective:seq_len:batch:precision[:steps[:dp|ckpt]],… (default
+#                  mlm:128:32:bf16:200,mlm:128:32:bf16:60:dp,mlm:128:32:bf16:60:ckpt,
+#                  mlm:128:32:f32,causal:128:32:bf16,mlm:512:16:bf16; steps default STEPS=60).
+#                  precision bf16 is burn's mixed precision (f32 master weights); dp trains
+#                  with --devices cuda:0, the data-parallel loop (step exchange, gradient
+#                  all-reduce) on one GPU; ckpt with --autodiff-checkpointing balanced
+#                  (element-wise activations recomputed in the backward pass, for memory)
 #   TORCH_CONFIGS  objective:seq_len:batch:precision,… or "none" (default: the same shapes)
 #   BURN_RUNS      2 (default) runs the first burn config again (STEPS steps) right after PyTorch,
 #                  to show a second run's start-up with the caches the first one filled; 1 does not
@@ -42,7 +44,7 @@ STEPS="${STEPS:-60}"
 LOG_EVERY="${LOG_EVERY:-10}"
 BURN_TIMEOUT="${BURN_TIMEOUT:-300}"
 BURN_RUNS="${BURN_RUNS:-2}"
-BURN_CONFIGS="${BURN_CONFIGS:-mlm:128:32:bf16:200,mlm:128:32:bf16:60:dp,mlm:128:32:f32,causal:128:32:bf16,mlm:512:16:bf16}"
+BURN_CONFIGS="${BURN_CONFIGS:-mlm:128:32:bf16:200,mlm:128:32:bf16:60:dp,mlm:128:32:bf16:60:ckpt,mlm:128:32:f32,causal:128:32:bf16,mlm:512:16:bf16}"
 BUDGET_S="${BUDGET_S:-470}"
 TORCH_CONFIGS="${TORCH_CONFIGS:-mlm:128:32:bf16,mlm:128:32:f32,causal:128:32:bf16,mlm:512:16:bf16}"
 mkdir -p "$WORK/kernel-cache"
@@ -85,14 +87,15 @@ trap 'kill $PIPELINE_PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do [ -s pipeline.out ] && break; sleep 0.1; done
 URL=$(sed -n 's/.*"url":"\([^"]*\)".*/\1/p' pipeline.out)
 
-trainer_args() { # objective seq_len batch precision steps out [dp]: the base preset from the pipeline
+trainer_args() { # objective seq_len batch precision steps out [dp|ckpt]: the base preset from the pipeline
     TRAIN_ARGS=(train --pipeline "$URL" --device cuda --objective "$1" --precision "$4"
         --preset base --seq-len "$2" --batch-size "$3" --grad-accum 1 --warmup-steps 10
         --max-steps "$5" --log-every "$LOG_EVERY" --eval-every 100000 --save-every 100000 --out "$6")
     [ "${7:-}" = dp ] && TRAIN_ARGS+=(--devices cuda:0)
+    [ "${7:-}" = ckpt ] && TRAIN_ARGS+=(--autodiff-checkpointing balanced)
     return 0
 }
-burn_run() { # name objective seq_len batch precision steps [dp]: the base preset from the pipeline
+burn_run() { # name objective seq_len batch precision steps [dp|ckpt]: the base preset from the pipeline
     local name=$1 objective=$2 seq_len=$3 batch=$4 precision=$5 steps=$6 variant=${7:-}
     # Seconds left of the budget, less 15 for the summary.
     local left=$((SCRIPT_STARTED + BUDGET_S - 15 - $(date +%s)))

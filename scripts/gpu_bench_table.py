@@ -49,7 +49,7 @@ def main():
           "bf16 autocast, same shape")
     print("1st step: burn from the process launch to its first log line, at the step in brackets "
           "(start-up, CUDA init, kernel compilation and autotune); PyTorch the first step alone")
-    print(f'{"impl":16} {"obj":>6} {"shape":>7} {"prec":>5} {"tokens/s":>10} {"vs torch":>8} '
+    print(f'{"impl":20} {"obj":>6} {"shape":>7} {"prec":>5} {"tokens/s":>10} {"vs torch":>8} '
           f'{"MFU":>6} {"1st step s":>11} {"peak GiB":>8}  loss')
 
     def show(name, objective, shape, precision, rate, first, memory, seq_len, loss=""):
@@ -60,7 +60,7 @@ def main():
         rate_text = f"{rate:,.0f}" if rate else "-"
         first_text = first if isinstance(first, str) else f"{first:.1f}" if first is not None else "-"
         memory_text = f"{memory:.1f}" if memory is not None else "-"
-        print(f"{name:16} {objective:>6} {shape:>7} {precision:>5} {rate_text:>10} {ratio:>8} "
+        print(f"{name:20} {objective:>6} {shape:>7} {precision:>5} {rate_text:>10} {ratio:>8} "
               f"{mfu:>6} {first_text:>11} {memory_text:>8}  {loss}")
 
     for line in open("burn-runs.txt"):
@@ -78,7 +78,7 @@ def main():
         first = f"{seen - wall['started']:.1f} ({train[0]['step']})" if seen and wall and train else None
         loss = (f"{train[0]['loss']:.3f} -> {train[-1]['loss']:.3f} ({train[-1]['step']} steps)"
                 if train else "")
-        label = f"burn-cuda #{name}" + (" dp" if variant else "")
+        label = f"burn-cuda #{name}" + "".join(f" {tag}" for tag in variant)
         show(label, objective, f"{batch}x{seq_len}", precision, rate, first,
              peak_memory_gib(name), int(seq_len), loss)
         if exit_line:

@@ -1,7 +1,9 @@
 //! The training loop on a generated corpus: the loss falls, the metric lines come as
 //! configured, evaluation is reproducible, malformed batches are refused.
 
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
 
 use flightlm_trainer::data::synthetic::{SyntheticConfig, SyntheticSource};
 use flightlm_trainer::run::metrics::{Metric, MetricsLog};
@@ -36,13 +38,17 @@ fn tiny_config(max_steps: usize) -> TrainConfig {
 
 /// Trains `config` on a generated corpus of 64 words (vocab 512, blocks of 32, batches of 8).
 fn train_on_words(config: &TrainConfig) -> (TrainSummary<TestBackend>, MetricsLog) {
+    train_on_words_with::<TestBackend>(config)
+}
+
+fn train_on_words_with<B: AutodiffBackend>(config: &TrainConfig) -> (TrainSummary<B>, MetricsLog) {
     let mut source = SyntheticSource::new(SyntheticConfig {
         words: 64,
         ..SyntheticConfig::new(512, 32, 8)
     });
     let mut metrics = MetricsLog::in_memory();
-    let summary = train::<TestBackend>(config, &mut source, &Default::default(), &mut metrics)
-        .expect("trains");
+    let summary =
+        train::<B>(config, &mut source, &Default::default(), &mut metrics).expect("trains");
     (summary, metrics)
 }
 
@@ -163,4 +169,33 @@ fn rejects_blocks_of_the_wrong_length() {
     let error = train::<TestBackend>(&config, &mut source, &Default::default(), &mut metrics)
         .expect_err("seq_len mismatch");
     assert!(error.to_string().contains("16 tokens"), "{error}");
+}
+
+fn train_losses(metrics: &MetricsLog) -> Vec<f64> {
+    metrics
+        .records()
+        .iter()
+        .filter_map(|metric| match metric {
+            Metric::Train { loss, .. } => Some(*loss),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn balanced_checkpointing_recomputes_the_same_numbers() {
+    let _rng = backend_rng_lock();
+    let mut config = tiny_config(6);
+    config.log_every = 1;
+    let (kept, kept_metrics) = train_on_words(&config);
+    let (recomputed, recomputed_metrics) =
+        train_on_words_with::<Autodiff<CpuBackend, BalancedCheckpointing>>(&config);
+    let losses = train_losses(&kept_metrics);
+    assert_eq!(losses.len(), 6);
+    assert_eq!(
+        losses,
+        train_losses(&recomputed_metrics),
+        "the same losses, step for step"
+    );
+    assert_eq!(kept.last_eval.loss, recomputed.last_eval.loss);
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use flightlm_trainer::config::layers::{resolve, ConfigLayer};
 use flightlm_trainer::config::DeviceList;
-use flightlm_trainer::config::ScheduleKind;
+use flightlm_trainer::config::{AutodiffCheckpointing, ScheduleKind};
 use flightlm_trainer::run::checkpoint::{read_state, TrainingState};
 use flightlm_trainer::run::resume::{
     check_resumable, keep_global_batch, locate, read_config, run_dir_of,
@@ -124,6 +124,11 @@ pub(crate) struct RunArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     lr_schedule: Option<ScheduleKind>,
+    /// Keep every activation for the backward pass (none) or recompute element-wise ones
+    /// (balanced), to save device memory [default: none].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    autodiff_checkpointing: Option<AutodiffCheckpointing>,
     /// Linear warmup steps [default: 1000].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

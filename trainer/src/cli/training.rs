@@ -6,12 +6,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
 use burn::backend::cuda::CudaDevice;
 use burn::backend::{Autodiff, Cuda};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use flightlm_shared::client::PipelineEndpoint;
 use flightlm_shared::Cursor;
+use flightlm_trainer::config::AutodiffCheckpointing;
 use flightlm_trainer::data::pipeline::PipelineSource;
 use flightlm_trainer::hf::{export_hf, HfRobertaConfig, TOKENIZER_FILE};
 use flightlm_trainer::model::{Roberta, RobertaConfig};
@@ -27,8 +31,8 @@ use crate::cli::cuda_check::check_cuda;
 use crate::cli::kernel_cache::{use_kernel_caches, KERNEL_CACHE_ENV};
 use crate::cli::process_setup::{install_stop_handler, STOP_REQUESTED};
 
-type CpuTrainBackend = Autodiff<flightlm_trainer::CpuBackend>;
-type CudaBackend = Autodiff<Cuda<f32>>;
+type CpuBackend = flightlm_trainer::CpuBackend;
+type CudaBackend = Cuda<f32>;
 
 /// A training source that a rank's thread can own.
 pub(crate) type RankSource = Box<dyn BlockSource + Send>;
@@ -111,8 +115,12 @@ pub(crate) fn train_on(
     let (steps, stopped) = match config.device {
         DeviceKind::Cpu => {
             let cpus = vec![CpuDevice::default(); devices.len()];
-            let summary = run_on::<CpuTrainBackend>(config, &mut sources, cpus, metrics, control)?;
-            finish(config, lead, &tokenizer_source, &summary)?
+            let run = Run {
+                config,
+                lead,
+                tokenizer: &tokenizer_source,
+            };
+            run.with_checkpointing::<CpuBackend>(&mut sources, cpus, metrics, control)?
         }
         DeviceKind::Cuda => {
             if let Some(dir) = use_kernel_caches() {
@@ -126,8 +134,12 @@ pub(crate) fn train_on(
             for gpu in &gpus {
                 check_cuda(gpu, config.precision)?;
             }
-            let summary = run_on::<CudaBackend>(config, &mut sources, gpus, metrics, control)?;
-            finish(config, lead, &tokenizer_source, &summary)?
+            let run = Run {
+                config,
+                lead,
+                tokenizer: &tokenizer_source,
+            };
+            run.with_checkpointing::<CudaBackend>(&mut sources, gpus, metrics, control)?
         }
     };
     if stopped && lead {
@@ -137,6 +149,45 @@ pub(crate) fn train_on(
         );
     }
     Ok(())
+}
+
+/// What a finished run needs besides its backend.
+struct Run<'a> {
+    config: &'a TrainConfig,
+    lead: bool,
+    tokenizer: &'a Option<flightlm_shared::TokenizerInfo>,
+}
+
+impl Run<'_> {
+    /// Trains on backend `B` under the configured autodiff checkpointing and exports the result;
+    /// returns the steps run and whether the run was stopped.
+    fn with_checkpointing<B: burn::tensor::backend::Backend>(
+        &self,
+        sources: &mut Vec<RankSource>,
+        devices: Vec<B::Device>,
+        metrics: &mut MetricsLog,
+        control: RunControl<'_>,
+    ) -> anyhow::Result<(usize, bool)> {
+        match self.config.autodiff_checkpointing {
+            AutodiffCheckpointing::None => {
+                self.train::<B, NoCheckpointing>(sources, devices, metrics, control)
+            }
+            AutodiffCheckpointing::Balanced => {
+                self.train::<B, BalancedCheckpointing>(sources, devices, metrics, control)
+            }
+        }
+    }
+
+    fn train<B: burn::tensor::backend::Backend, C: CheckpointStrategy>(
+        &self,
+        sources: &mut Vec<RankSource>,
+        devices: Vec<B::Device>,
+        metrics: &mut MetricsLog,
+        control: RunControl<'_>,
+    ) -> anyhow::Result<(usize, bool)> {
+        let summary = run_on::<Autodiff<B, C>>(self.config, sources, devices, metrics, control)?;
+        finish(self.config, self.lead, self.tokenizer, &summary)
+    }
 }
 
 /// One device: the plain loop; a data-parallel group: one rank per device.

@@ -33,6 +33,19 @@ pub enum ScheduleKind {
     ConstantWithWarmup,
 }
 
+/// What autodiff keeps between the forward and the backward pass (burn's checkpoint strategies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AutodiffCheckpointing {
+    /// Every intermediate an operation's backward needs is kept (burn's `NoCheckpointing`).
+    #[default]
+    None,
+    /// Outputs of memory-bound operations (element-wise: GELU's erf, LayerNorm's centring,
+    /// softmax's exponentials) are recomputed in the backward pass instead of kept, trading a
+    /// little compute for device memory (burn's `BalancedCheckpointing`).
+    Balanced,
+}
+
 /// What the model learns to predict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -120,6 +133,9 @@ pub struct TrainConfig {
     /// After warmup; configurations saved before the choice existed read as linear.
     #[serde(default)]
     pub lr_schedule: ScheduleKind,
+    /// Activation memory against recomputation; the numbers computed are the same either way.
+    #[serde(default)]
+    pub autodiff_checkpointing: AutodiffCheckpointing,
     pub warmup_steps: usize,
     pub weight_decay: f64,
     pub adam_beta1: f64,
@@ -201,6 +217,7 @@ impl TrainConfig {
             grad_accum: 4,
             lr: 5e-4,
             lr_schedule: ScheduleKind::Linear,
+            autodiff_checkpointing: AutodiffCheckpointing::None,
             warmup_steps: 1000,
             weight_decay: 0.1,
             adam_beta1: 0.9,

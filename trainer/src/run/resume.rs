@@ -59,6 +59,7 @@ const FREE_ON_RESUME: &[&str] = &[
     "node_rank",
     "coordinator",
     "collective_timeout_s",
+    "autodiff_checkpointing",
 ];
 
 /// With block-keyed masks and token-averaged losses a step's numbers depend only on its blocks:
