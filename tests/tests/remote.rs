@@ -1,8 +1,9 @@
 //! Remote corpora: the same documents as local files, as objects in an S3 bucket (moto, with
 //! authentication on), as files on an HTTP server and as a dataset on a (fake) HuggingFace hub,
-//! stream the same blocks; a bucket mixture resumes exactly after every cut; bad credentials and
-//! missing buckets or keys give one error naming the URL; a link that resets connections costs
-//! retries, never blocks; and nothing is written to local disk while streaming.
+//! stream the same blocks; a bucket mixture resumes exactly after every cut, on another pipeline
+//! process reading the same bucket; bad credentials and missing buckets or keys give one error
+//! naming the URL; a link that resets connections costs retries, never blocks; and nothing is
+//! written to local disk while streaming.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -195,8 +196,18 @@ fn a_bucket_mixture_resumes_exactly_after_every_cut() {
         "--seed",
         "7",
     ];
-    let pipeline = serve(&fixture, &arguments, &environment);
-    let (reference, _) = consume(&pipeline, &fixture.dir.join("reference.jsonl"), None, None);
+    // Two pipeline processes reading the same bucket, as two hosts would: segments alternate
+    // between them, so every cursor taken on one is resumed on the other.
+    let pipelines = [
+        serve(&fixture, &arguments, &environment),
+        serve(&fixture, &arguments, &environment),
+    ];
+    let (reference, _) = consume(
+        &pipelines[0],
+        &fixture.dir.join("reference.jsonl"),
+        None,
+        None,
+    );
     let total = reference.len() as u64;
     assert!(total > 200, "{total} blocks");
     // 12 cuts, most of them mid-batch, then the rest of the pass.
@@ -208,7 +219,8 @@ fn a_bucket_mixture_resumes_exactly_after_every_cut() {
     let mut consumed = 0;
     for (index, cut) in cuts.iter().chain([&total]).enumerate() {
         let dump = fixture.dir.join(format!("segment-{index}.jsonl"));
-        let (blocks, next) = consume(&pipeline, &dump, Some(cut - consumed), cursor.as_ref());
+        let pipeline = &pipelines[index % 2];
+        let (blocks, next) = consume(pipeline, &dump, Some(cut - consumed), cursor.as_ref());
         assert_eq!(blocks.len() as u64, cut - consumed, "segment {index}");
         resumed.extend(blocks);
         consumed = *cut;
