@@ -13,7 +13,7 @@ use burn::tensor::Tensor;
 use flightlm_shared::{Cursor, TokenBlocks, TokenizerInfo};
 use flightlm_trainer::data::synthetic::{SyntheticConfig, SyntheticSource};
 use flightlm_trainer::run::data_parallel::train_data_parallel;
-use flightlm_trainer::run::metrics::{Metric, MetricsLog};
+use flightlm_trainer::run::metrics::MetricsLog;
 use flightlm_trainer::{
     train, BlockSource, CpuBackend, CpuDevice, Preset, RunControl, TrainConfig, TrainError,
 };
@@ -52,17 +52,6 @@ fn words(batch_size: usize) -> SyntheticConfig {
         valid_blocks: 32,
         ..SyntheticConfig::new(512, 32, batch_size)
     }
-}
-
-fn train_losses(metrics: &MetricsLog) -> Vec<f64> {
-    metrics
-        .records()
-        .iter()
-        .filter_map(|metric| match metric {
-            Metric::Train { loss, .. } => Some(*loss),
-            _ => None,
-        })
-        .collect()
 }
 
 fn parameters<B: Backend>(model: &impl Module<B>) -> Vec<f32> {
@@ -107,8 +96,8 @@ fn two_ranks_compute_what_one_rank_of_twice_the_batch_computes() {
     .expect("two ranks train");
 
     let (expected, got) = (
-        train_losses(&single_metrics),
-        train_losses(&parallel_metrics),
+        single_metrics.train_losses(),
+        parallel_metrics.train_losses(),
     );
     assert_eq!(expected.len(), 4);
     for (step, (a, b)) in expected.iter().zip(&got).enumerate() {

@@ -171,17 +171,6 @@ fn rejects_blocks_of_the_wrong_length() {
     assert!(error.to_string().contains("16 tokens"), "{error}");
 }
 
-fn train_losses(metrics: &MetricsLog) -> Vec<f64> {
-    metrics
-        .records()
-        .iter()
-        .filter_map(|metric| match metric {
-            Metric::Train { loss, .. } => Some(*loss),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn balanced_checkpointing_recomputes_the_same_numbers() {
     let _rng = backend_rng_lock();
@@ -190,11 +179,11 @@ fn balanced_checkpointing_recomputes_the_same_numbers() {
     let (kept, kept_metrics) = train_on_words(&config);
     let (recomputed, recomputed_metrics) =
         train_on_words_with::<Autodiff<CpuBackend, BalancedCheckpointing>>(&config);
-    let losses = train_losses(&kept_metrics);
+    let losses = kept_metrics.train_losses();
     assert_eq!(losses.len(), 6);
     assert_eq!(
         losses,
-        train_losses(&recomputed_metrics),
+        recomputed_metrics.train_losses(),
         "the same losses, step for step"
     );
     assert_eq!(kept.last_eval.loss, recomputed.last_eval.loss);

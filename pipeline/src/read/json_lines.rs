@@ -19,12 +19,7 @@ const INFERENCE_LINES: usize = 1000;
 
 /// The schema of the first objects of `file` (malformed lines are left to the reading pass).
 pub fn infer_schema(file: &LineFile) -> Result<SchemaRef, PipelineError> {
-    let mut lines = LineReader::open(
-        &file.path,
-        file.remote.as_ref(),
-        file.compression,
-        file.max_line_bytes,
-    )?;
+    let mut lines = LineReader::for_file(file)?;
     let mut objects = Vec::new();
     while objects.len() < INFERENCE_LINES {
         match lines.next_line() {

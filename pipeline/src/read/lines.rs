@@ -12,6 +12,7 @@ use std::path::Path;
 use crate::error::PipelineError;
 use crate::read::remote::{self, RemoteObject};
 use crate::read::sources::Compression;
+use crate::read::text_table::LineFile;
 
 /// Opens `path` (or the remote object it names) with the decompressor its extension asks for.
 pub fn open_decompressed(
@@ -63,6 +64,16 @@ impl LineReader {
             line: Vec::new(),
             number: 0,
         })
+    }
+
+    /// Opens the file (local or remote) a line table reads.
+    pub fn for_file(file: &LineFile) -> Result<Self, PipelineError> {
+        Self::open(
+            &file.path,
+            file.remote.as_ref(),
+            file.compression,
+            file.max_line_bytes,
+        )
     }
 
     /// The next line and its 1-based number, `None` at the end of the file.

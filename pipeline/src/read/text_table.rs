@@ -134,12 +134,7 @@ fn read_text_lines(
     schema: &SchemaRef,
     mut emit: impl FnMut(RecordBatch) -> bool,
 ) -> Result<(), PipelineError> {
-    let mut lines = LineReader::open(
-        &file.path,
-        file.remote.as_ref(),
-        file.compression,
-        file.max_line_bytes,
-    )?;
+    let mut lines = LineReader::for_file(file)?;
     let mut builder = StringBuilder::new();
     let mut rows = 0usize;
     let mut total_rows = 0u64;
@@ -204,12 +199,7 @@ fn read_json_lines(
     schema: &SchemaRef,
     mut emit: impl FnMut(RecordBatch) -> bool,
 ) -> Result<(), PipelineError> {
-    let mut lines = LineReader::open(
-        &file.path,
-        file.remote.as_ref(),
-        file.compression,
-        file.max_line_bytes,
-    )?;
+    let mut lines = LineReader::for_file(file)?;
     let mut batcher = JsonBatcher::new(file, schema.clone())?;
     let mut total_rows = 0u64;
     loop {

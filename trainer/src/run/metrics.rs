@@ -190,6 +190,17 @@ impl MetricsLog {
     pub fn records(&self) -> &[Metric] {
         &self.records
     }
+
+    /// The loss of every `train` line kept in memory, in order.
+    pub fn train_losses(&self) -> Vec<f64> {
+        self.records
+            .iter()
+            .filter_map(|metric| match metric {
+                Metric::Train { loss, .. } => Some(*loss),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Whether a metrics line belongs to the part of a run up to and including `step`.
