@@ -14,8 +14,16 @@ pipeline goes away or the link breaks, it reconnects with exponential backoff fo
 `retry_s` seconds and continues after the last block it yielded, so nothing is lost or repeated.
 `state_dict()` is what to checkpoint: the stream cursor of docs/protocol.md, *Resuming*.
 
+`reader.tokenizer` describes the ids (contract version 2): `vocab_size`, the `pad_id`, `bos_id`,
+`eos_id`, `unk_id`, `mask_id`, `cls_id`, `sep_id` the tokenizer has (None for roles it lacks),
+and `special_ids`, every id an MLM collator must leave alone. With `document_starts=True` each
+row comes with where its documents begin: the reader yields `(ids, starts)` pairs, and
+`position_ids(starts, seq_len)` turns them into positions that restart at 0 at every document.
+
 With torch installed, `FlightlmDataset` wraps a reader as a `torch.utils.data.IterableDataset`
-yielding `{"input_ids": LongTensor[seq_len]}`, the rows `DataCollatorForLanguageModeling` takes;
+yielding `{"input_ids": LongTensor[seq_len]}`, the rows `DataCollatorForLanguageModeling` takes
+(plus `"position_ids"` with `document_starts=True`, as transformers' `DataCollatorWithFlattening`
+gives them; a RoBERTa-style model numbers positions from `pad_token_id + 1`, so add that);
 with `split="valid"` it is an eval dataset, read from the start of the split at every pass.
 Data-parallel: in a DDP loop of your own, give each rank `shard=(rank, world)`. Under HF
 `Trainer` (accelerate) leave `shard` unset: for iterable datasets accelerate has rank 0 read
@@ -40,7 +48,7 @@ import time
 import numpy as np
 import pyarrow.flight as flight
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 
 # What a broken connection or an absent pipeline looks like; everything else (a refused request,
 # a failed corpus, a bad token) is final.
@@ -58,7 +66,8 @@ RECENT_BATCHES = 16
 STATE_FILE = "flightlm_stream_state.json"
 
 
-def request_json(split, seq_len, batch_size, epochs=None, cursor=None, shard=None):
+def request_json(split, seq_len, batch_size, epochs=None, cursor=None, shard=None,
+                 document_starts=False):
     """The stream request of docs/protocol.md."""
     request = {
         "version": CONTRACT_VERSION,
@@ -71,7 +80,18 @@ def request_json(split, seq_len, batch_size, epochs=None, cursor=None, shard=Non
         request["cursor"] = cursor
     if shard is not None:
         request["shard"] = {"index": shard[0], "count": shard[1]}
+    if document_starts:
+        request["document_starts"] = True
     return json.dumps(request)
+
+
+def position_ids(starts, seq_len):
+    """Per token of a block, its position within its document (0 at every document start, and
+    at the block's first token, which may continue a document begun in an earlier block)."""
+    positions = np.arange(seq_len, dtype=np.int64)
+    begins = np.zeros(seq_len, dtype=np.int64)
+    begins[np.asarray(starts, dtype=np.int64)] = np.asarray(starts, dtype=np.int64)
+    return positions - np.maximum.accumulate(begins)
 
 
 def cursor_after(batch, row):
@@ -92,8 +112,10 @@ class BlockReader:
     time; resumable through `state_dict()`, reconnecting through outages of up to `retry_s`."""
 
     def __init__(self, pipeline, seq_len, batch_size=256, split="train", epochs=None,
-                 shard=None, state=None, tls_ca=None, token_file=None, retry_s=60.0):
+                 shard=None, state=None, tls_ca=None, token_file=None, retry_s=60.0,
+                 document_starts=False):
         self.pipeline = pipeline
+        self.document_starts = document_starts
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.split = split
@@ -167,7 +189,7 @@ class BlockReader:
         """Describes the stream (GetFlightInfo), then opens it after the current cursor."""
         client, options = self._connect()
         command = request_json(self.split, self.seq_len, self.batch_size, self.epochs,
-                               self.cursor, self.shard)
+                               self.cursor, self.shard, self.document_starts)
         info = client.get_flight_info(flight.FlightDescriptor.for_command(command), options)
         description = json.loads(info.app_metadata)
         if description["contract_version"] != CONTRACT_VERSION:
@@ -216,11 +238,15 @@ class BlockReader:
     def __iter__(self):
         for ids, _, batch in self.batches():
             self._recent.append((self._rows, batch))
+            starts = batch.column("document_starts") if self.document_starts else None
             for row in range(len(ids)):
                 # Each row moves the cursor, so a state taken between rows resumes exactly.
                 self._last = (batch, row)
                 self._rows += 1
-                yield ids[row]
+                if starts is None:
+                    yield ids[row]
+                else:
+                    yield ids[row], starts[row].values.to_numpy(zero_copy_only=False)
 
 
 try:
@@ -246,7 +272,12 @@ if torch is not None:
                 # An eval dataset: every evaluation scores the whole split, from its start.
                 self.reader.load_state_dict(self.reader.state_dict() | {"cursor": None})
             for block in self.reader:
-                yield {"input_ids": torch.from_numpy(block.astype(np.int64))}
+                if not self.reader.document_starts:
+                    yield {"input_ids": torch.from_numpy(block.astype(np.int64))}
+                    continue
+                ids, starts = block
+                yield {"input_ids": torch.from_numpy(ids.astype(np.int64)),
+                       "position_ids": torch.from_numpy(position_ids(starts, len(ids)))}
 
         def state_dict(self, rows=None):
             return self.reader.state_dict(rows)

@@ -25,7 +25,8 @@ pub struct SourcePosition {
     /// Row of `file` (counting every row, documents or not) whose document holds the block start.
     #[serde(default)]
     pub row: u64,
-    /// Token offset of the block start within that document framed as `<s> ids </s>`.
+    /// Token offset of the block start within that document's ids as encoded (the special tokens
+    /// of its tokenizer and document template included).
     #[serde(default)]
     pub token: u64,
 }

@@ -5,7 +5,7 @@
 //! description carried in its metadata ([`schema`]), stable hashing used for fingerprints and the
 //! train/valid split ([`hashing`]), the resume cursor ([`cursor`]), a reference Rust client
 //! ([`client`]) with its connection settings ([`endpoint`]: URL, TLS CA, token) and reconnection
-//! backoff ([`backoff`]). The same contract is documented for other languages in
+//! backoff ([`backoff`]), and how a `tokenizer.json` is described ([`tokenizer_file`]). The same contract is documented for other languages in
 //! `docs/protocol.md`.
 
 pub mod backoff;
@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod hashing;
 pub mod request;
 pub mod schema;
+pub mod tokenizer_file;
 
 pub use cursor::{Cursor, SourcePosition, StreamState};
 pub use request::{Shard, Split, StreamRequest, CONTRACT_VERSION};

@@ -1,7 +1,7 @@
 //! The stream request: what a consumer asks a pipeline for, sent as the Flight `Ticket` bytes.
 //!
 //! The ticket is UTF-8 JSON so that any language can build it by hand, e.g. from pyarrow:
-//! `flight.Ticket(json.dumps({"version": 1, "split": "train", "seq_len": 128, "batch_size": 32}))`.
+//! `flight.Ticket(json.dumps({"version": 2, "split": "train", "seq_len": 128, "batch_size": 32}))`.
 //! Unknown fields are refused rather than ignored, so a consumer never believes the server honoured
 //! an option it does not know.
 
@@ -11,7 +11,7 @@ use thiserror::Error;
 use crate::cursor::Cursor;
 
 /// The contract version this build speaks. Bumped on any incompatible change.
-pub const CONTRACT_VERSION: u32 = 1;
+pub const CONTRACT_VERSION: u32 = 2;
 
 /// Which split of the corpus a stream reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,6 +68,9 @@ pub struct StreamRequest {
     /// Continue after the block this cursor was taken from, instead of from the start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Cursor>,
+    /// Adds the `document_starts` column: where each block's documents begin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub document_starts: bool,
 }
 
 /// One of `count` disjoint slices of a stream.
@@ -106,6 +109,7 @@ impl StreamRequest {
             epochs: None,
             shard: None,
             cursor: None,
+            document_starts: false,
         }
     }
 
@@ -121,6 +125,11 @@ impl StreamRequest {
 
     pub fn with_epochs(mut self, epochs: Option<u64>) -> Self {
         self.epochs = epochs;
+        self
+    }
+
+    pub fn with_document_starts(mut self, document_starts: bool) -> Self {
+        self.document_starts = document_starts;
         self
     }
 
@@ -193,7 +202,7 @@ mod tests {
     #[test]
     fn hand_written_json_is_accepted() {
         let parsed = StreamRequest::from_ticket_bytes(
-            br#"{"version":1,"split":"train","seq_len":64,"batch_size":8}"#,
+            br#"{"version":2,"split":"train","seq_len":64,"batch_size":8}"#,
         )
         .unwrap();
         assert_eq!(parsed.epochs, None);
@@ -209,15 +218,15 @@ mod tests {
                 "version 9",
             ),
             (
-                br#"{"version":1,"split":"train","seq_len":1,"batch_size":8}"#,
+                br#"{"version":2,"split":"train","seq_len":1,"batch_size":8}"#,
                 "seq_len 1",
             ),
             (
-                br#"{"version":1,"split":"test","seq_len":64,"batch_size":8}"#,
+                br#"{"version":2,"split":"test","seq_len":64,"batch_size":8}"#,
                 "not valid JSON",
             ),
             (
-                br#"{"version":1,"split":"train","seq_len":64,"batch_size":8,"shuffle":true}"#,
+                br#"{"version":2,"split":"train","seq_len":64,"batch_size":8,"shuffle":true}"#,
                 "unknown field",
             ),
         ];

@@ -6,11 +6,12 @@
 //!
 //! | column      | type                               | meaning                                   |
 //! |-------------|------------------------------------|-------------------------------------------|
-//! | `input_ids` | `FixedSizeList<Int32>[seq_len]`    | the token ids, `<s> doc </s><s> doc …`     |
+//! | `input_ids` | `FixedSizeList<Int32>[seq_len]`    | the token ids, documents as the tokenizer encodes them |
 //! | `block_seq` | `UInt64`                           | position of the block in the stream, from 0 |
 //! | `epoch`     | `UInt32`                           | the pass over the split the block is from  |
 //! | `resume_state` | `Dictionary<Int32, Utf8>`       | JSON state of the block's chunk (see [`crate::cursor`]) |
 //! | `resume_skip`  | `UInt32`                        | blocks of that chunk sent up to and including this one |
+//! | `document_starts` | `List<Int32>` (on request)   | offsets in the block where a document begins |
 //!
 //! The cursor after a row is `{"state": <resume_state>, "skip": <resume_skip>}`.
 
@@ -18,15 +19,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, DictionaryArray, FixedSizeListArray, Int32Array, StringArray, UInt32Array,
-    UInt64Array,
+    Array, ArrayRef, DictionaryArray, FixedSizeListArray, Int32Array, ListArray, StringArray,
+    UInt32Array, UInt64Array,
 };
+use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::cursor::Cursor;
+use crate::request::StreamRequest;
 use crate::CONTRACT_VERSION;
 
 pub const INPUT_IDS: &str = "input_ids";
@@ -34,34 +37,77 @@ pub const BLOCK_SEQ: &str = "block_seq";
 pub const EPOCH: &str = "epoch";
 pub const RESUME_STATE: &str = "resume_state";
 pub const RESUME_SKIP: &str = "resume_skip";
+pub const DOCUMENT_STARTS: &str = "document_starts";
 
 /// Schema metadata keys.
 pub const META_CONTRACT_VERSION: &str = "flightlm.contract_version";
 pub const META_TOKENIZER: &str = "flightlm.tokenizer";
 
 /// What a consumer must know about the tokenizer that produced the ids.
+///
+/// Roles a tokenizer does not have are `None` (JSON `null`): a BERT tokenizer has no `bos`, a
+/// GPT-2 one no `pad` or `mask`. How roles are found: [`crate::tokenizer_file`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenizerInfo {
     /// Stable hash of the tokenizer file (hex), so a consumer can check it uses the same one.
     pub hash: String,
+    /// Ids are below this (transformers' `len(tokenizer)`: the model's vocabulary plus added tokens).
     pub vocab_size: u32,
-    pub bos_id: u32,
-    pub pad_id: u32,
-    pub eos_id: u32,
-    pub unk_id: u32,
-    pub mask_id: u32,
+    pub pad_id: Option<u32>,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub unk_id: Option<u32>,
+    pub mask_id: Option<u32>,
+    pub cls_id: Option<u32>,
+    pub sep_id: Option<u32>,
+    /// Every special id, ascending: the tokenizer's special added tokens, the role ids and the
+    /// document template's. What transformers' `all_special_ids` holds, and what an MLM
+    /// collator must never choose.
+    pub special_ids: Vec<u32>,
+    /// The token put before every document's ids by `serve --add-bos`, if any.
+    pub add_bos_id: Option<u32>,
+    /// The token put after every document's ids by `serve --add-eos`, if any.
+    pub add_eos_id: Option<u32>,
 }
 
 impl TokenizerInfo {
-    /// Ids the MLM collator must never mask.
-    pub fn special_ids(&self) -> [u32; 5] {
+    /// Whether `id` is one of [`TokenizerInfo::special_ids`].
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special_ids.binary_search(&id).is_ok()
+    }
+
+    /// The ids of the roles the tokenizer has.
+    pub fn role_ids(&self) -> impl Iterator<Item = u32> {
         [
-            self.bos_id,
             self.pad_id,
+            self.bos_id,
             self.eos_id,
             self.unk_id,
             self.mask_id,
+            self.cls_id,
+            self.sep_id,
         ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// RoBERTa's layout (`<s>`=0 `<pad>`=1 `</s>`=2 `<unk>`=3 `<mask>`=4), as the tokenizers
+    /// `train-tokenizer` makes by default describe themselves; for tests and generated data.
+    pub fn roberta(hash: &str, vocab_size: u32) -> Self {
+        TokenizerInfo {
+            hash: hash.into(),
+            vocab_size,
+            pad_id: Some(1),
+            bos_id: Some(0),
+            eos_id: Some(2),
+            unk_id: Some(3),
+            mask_id: Some(4),
+            cls_id: Some(0),
+            sep_id: Some(2),
+            special_ids: vec![0, 1, 2, 3, 4],
+            add_bos_id: None,
+            add_eos_id: None,
+        }
     }
 }
 
@@ -83,7 +129,23 @@ pub enum SchemaError {
     Arrow(#[from] arrow::error::ArrowError),
 }
 
-/// The schema of a stream of `seq_len`-token blocks.
+/// The schema of the stream `request` asks for: [`block_schema`], plus the columns it asks for.
+pub fn stream_schema(request: &StreamRequest, tokenizer: &TokenizerInfo) -> SchemaRef {
+    let schema = block_schema(request.seq_len, tokenizer);
+    if !request.document_starts {
+        return schema;
+    }
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(document_starts_field());
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+fn document_starts_field() -> Field {
+    let item = Arc::new(Field::new("item", DataType::Int32, false));
+    Field::new(DOCUMENT_STARTS, DataType::List(item), false)
+}
+
+/// The schema of a stream of `seq_len`-token blocks (the columns every stream has).
 pub fn block_schema(seq_len: usize, tokenizer: &TokenizerInfo) -> SchemaRef {
     let item = Arc::new(Field::new("item", DataType::Int32, false));
     let fields = vec![
@@ -140,6 +202,9 @@ pub struct TokenBlocks {
     /// Per row: the JSON state of its chunk and the chunk blocks sent up to it. Empty for blocks
     /// that do not come from a pipeline (generated corpora).
     pub resume: Vec<(Arc<str>, u32)>,
+    /// Per row, ascending: the offsets where a document's first token lies. `None` when the
+    /// stream was not asked for them; a block inside one long document has an empty list.
+    pub document_starts: Option<Vec<Vec<u32>>>,
 }
 
 impl TokenBlocks {
@@ -184,6 +249,20 @@ impl TokenBlocks {
         Cursor::from_row(state, u64::from(*skip)).map_err(SchemaError::BadResumeState)
     }
 
+    /// A value whose rows carry document starts ([`TokenBlocks::push_starts`] adds them).
+    pub fn with_document_starts(mut self) -> Self {
+        self.document_starts = Some(Vec::new());
+        self
+    }
+
+    /// Records where documents begin in the row added last (a no-op unless the value carries
+    /// document starts).
+    pub fn push_starts(&mut self, starts: &[u32]) {
+        if let Some(rows) = &mut self.document_starts {
+            rows.push(starts.to_vec());
+        }
+    }
+
     /// Moves the first `count` rows out into a new value.
     pub fn take_front(&mut self, count: usize) -> TokenBlocks {
         let count = count.min(self.rows());
@@ -191,12 +270,17 @@ impl TokenBlocks {
         let rest_seq = self.block_seq.split_off(count);
         let rest_epoch = self.epoch.split_off(count);
         let rest_resume = self.resume.split_off(count.min(self.resume.len()));
+        let front_starts = self.document_starts.as_mut().map(|starts| {
+            let rest = starts.split_off(count.min(starts.len()));
+            std::mem::replace(starts, rest)
+        });
         TokenBlocks {
             seq_len: self.seq_len,
             ids: std::mem::replace(&mut self.ids, rest_ids),
             block_seq: std::mem::replace(&mut self.block_seq, rest_seq),
             epoch: std::mem::replace(&mut self.epoch, rest_epoch),
             resume: std::mem::replace(&mut self.resume, rest_resume),
+            document_starts: front_starts,
         }
     }
 
@@ -206,6 +290,13 @@ impl TokenBlocks {
         self.block_seq.extend_from_slice(&other.block_seq);
         self.epoch.extend_from_slice(&other.epoch);
         self.resume.extend_from_slice(&other.resume);
+        match (&mut self.document_starts, &other.document_starts) {
+            (Some(starts), Some(more)) => starts.extend_from_slice(more),
+            (None, Some(more)) if self.block_seq.len() == more.len() => {
+                self.document_starts = Some(more.clone())
+            }
+            _ => {}
+        }
     }
 
     pub fn to_record_batch(&self, schema: SchemaRef) -> Result<RecordBatch, SchemaError> {
@@ -230,14 +321,29 @@ impl TokenBlocks {
             Arc::new(StringArray::from(states)),
         )?;
         let resume_skip: UInt32Array = self.resume.iter().map(|(_, skip)| *skip).collect();
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(input_ids),
             Arc::new(UInt64Array::from(self.block_seq.clone())),
             Arc::new(UInt32Array::from(self.epoch.clone())),
             Arc::new(resume_state),
             Arc::new(resume_skip),
         ];
+        if schema.column_with_name(DOCUMENT_STARTS).is_some() {
+            columns.push(Arc::new(self.document_starts_array()?));
+        }
         Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    fn document_starts_array(&self) -> Result<ListArray, SchemaError> {
+        let rows = self
+            .document_starts
+            .as_ref()
+            .filter(|rows| rows.len() == self.rows())
+            .ok_or(SchemaError::BadColumn(DOCUMENT_STARTS))?;
+        let values: Int32Array = rows.iter().flatten().map(|start| *start as i32).collect();
+        let offsets = OffsetBuffer::from_lengths(rows.iter().map(Vec::len));
+        let item = Arc::new(Field::new("item", DataType::Int32, false));
+        Ok(ListArray::try_new(item, offsets, Arc::new(values), None)?)
     }
 
     pub fn from_record_batch(batch: &RecordBatch) -> Result<Self, SchemaError> {
@@ -291,14 +397,37 @@ impl TokenBlocks {
                 Ok((state.clone(), *skip))
             })
             .collect::<Result<Vec<_>, SchemaError>>()?;
+        let document_starts = match batch.column_by_name(DOCUMENT_STARTS) {
+            None => None,
+            Some(column) => Some(document_starts_rows(column)?),
+        };
         Ok(TokenBlocks {
             seq_len,
             ids: values.values().iter().map(|id| *id as u32).collect(),
             block_seq: block_seq.values().to_vec(),
             epoch: epoch.values().to_vec(),
             resume,
+            document_starts,
         })
     }
+}
+
+/// The rows of a `document_starts` column.
+fn document_starts_rows(column: &ArrayRef) -> Result<Vec<Vec<u32>>, SchemaError> {
+    let list = column
+        .as_any()
+        .downcast_ref::<ListArray>()
+        .ok_or(SchemaError::BadColumn(DOCUMENT_STARTS))?;
+    (0..list.len())
+        .map(|row| {
+            let starts = list.value(row);
+            let starts = starts
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .ok_or(SchemaError::BadColumn(DOCUMENT_STARTS))?;
+            Ok(starts.values().iter().map(|start| *start as u32).collect())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -306,15 +435,7 @@ mod tests {
     use super::*;
 
     fn tokenizer() -> TokenizerInfo {
-        TokenizerInfo {
-            hash: "abc".into(),
-            vocab_size: 100,
-            bos_id: 0,
-            pad_id: 1,
-            eos_id: 2,
-            unk_id: 3,
-            mask_id: 4,
-        }
+        TokenizerInfo::roberta("abc", 100)
     }
 
     #[test]
@@ -348,5 +469,41 @@ mod tests {
         let front = blocks.take_front(2);
         assert_eq!(front.ids, vec![0, 0, 1, 1]);
         assert_eq!(blocks.block_seq, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn document_starts_travel_only_when_asked_for() {
+        let state: Arc<str> =
+            Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
+        let mut blocks = TokenBlocks::new(4).with_document_starts();
+        for (row, starts) in [vec![0, 2], vec![], vec![1, 2, 3]].iter().enumerate() {
+            blocks.push_resumable(&[7, 7, 7, 7], row as u64, 0, &state, row as u32 + 1);
+            blocks.push_starts(starts);
+        }
+        let mut request = StreamRequest::new(crate::Split::Train, 4, 3);
+        let plain = blocks
+            .to_record_batch(stream_schema(&request, &tokenizer()))
+            .unwrap();
+        assert_eq!(
+            plain.num_columns(),
+            5,
+            "off by default: the five columns only"
+        );
+        assert_eq!(
+            TokenBlocks::from_record_batch(&plain)
+                .unwrap()
+                .document_starts,
+            None
+        );
+        request.document_starts = true;
+        let batch = blocks
+            .to_record_batch(stream_schema(&request, &tokenizer()))
+            .unwrap();
+        assert_eq!(batch.schema().field(5).name(), DOCUMENT_STARTS);
+        let back = TokenBlocks::from_record_batch(&batch.slice(1, 2)).unwrap();
+        assert_eq!(back.document_starts, Some(vec![vec![], vec![1, 2, 3]]));
+        let front = blocks.take_front(1);
+        assert_eq!(front.document_starts, Some(vec![vec![0, 2]]));
+        assert_eq!(blocks.document_starts.as_ref().map(Vec::len), Some(2));
     }
 }

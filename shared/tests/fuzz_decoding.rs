@@ -27,9 +27,9 @@ impl Random {
 }
 
 const SEEDS: [&str; 3] = [
-    r#"{"version":1,"split":"train","seq_len":128,"batch_size":32,"epochs":null}"#,
-    r#"{"version":1,"split":"valid","seq_len":64,"batch_size":8,"shard":{"index":1,"count":4}}"#,
-    r#"{"version":1,"split":"train","seq_len":64,"batch_size":8,"cursor":{"state":{"fingerprint":"00ff","block_seq":64,"draws":64,"sources":[{"source":"books","pass":1,"file":"a.txt","row":3,"token":7}]},"skip":5}}"#,
+    r#"{"version":2,"split":"train","seq_len":128,"batch_size":32,"epochs":null}"#,
+    r#"{"version":2,"split":"valid","seq_len":64,"batch_size":8,"shard":{"index":1,"count":4}}"#,
+    r#"{"version":2,"split":"train","seq_len":64,"batch_size":8,"cursor":{"state":{"fingerprint":"00ff","block_seq":64,"draws":64,"sources":[{"source":"books","pass":1,"file":"a.txt","row":3,"token":7}]},"skip":5}}"#,
 ];
 
 /// Fragments that steer mutations toward interesting JSON: numbers at the edges of their types,
