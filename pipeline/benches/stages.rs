@@ -20,17 +20,17 @@ use arrow::record_batch::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::FlightData;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
-use flightlm_pipeline::production::packing::Packer;
+use flightlm_pipeline::production::packing::{PackedBlocks, Packer};
 use flightlm_pipeline::production::tokenize::{encode, EncodeRules, Encoded, SplitFilter};
 use flightlm_pipeline::read::bad_records::BadRecords;
 use flightlm_pipeline::read::sources::CorpusFile;
 use flightlm_pipeline::service::listener::flight_data_encoder;
-use flightlm_pipeline::tokenizer::file::load_tokenizer;
+use flightlm_pipeline::tokenizer::file::{load_tokenizer, DocumentEncoder};
 use flightlm_pipeline::tokenizer::training::{train_tokenizer, TokenizerTrainingConfig};
 use flightlm_shared::schema::block_schema;
+use flightlm_shared::tokenizer_file::DocumentTemplate;
 use flightlm_shared::{SourcePosition, Split, StreamState, TokenBlocks, TokenizerInfo};
 use futures::{executor::block_on, stream, StreamExt, TryStreamExt};
-use tokenizers::Tokenizer;
 
 /// The sample corpus. cargo sets `CARGO_MANIFEST_DIR` when it runs a bench, and that value follows
 /// the checkout when a shared target dir keeps a build made in another clone.
@@ -51,15 +51,14 @@ const CHUNK_BLOCKS: usize = 64;
 
 /// Everything the stages read, built once: each stage's input is the previous stage's output.
 struct Fixture {
-    tokenizer: Tokenizer,
+    tokenizer: DocumentEncoder,
     info: TokenizerInfo,
     rules: EncodeRules,
     texts: Vec<StringArray>,
     documents: Vec<Vec<u32>>,
     /// Token ids the tokenizer produced.
     ids: u64,
-    /// Tokens the packer sees: every document framed as `<s> ids </s>`.
-    framed_tokens: u64,
+
     schema: SchemaRef,
     batches: Vec<TokenBlocks>,
     flight_data: Vec<FlightData>,
@@ -70,11 +69,13 @@ impl Fixture {
         let tokenizer_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stages-tokenizer");
         let corpus = CorpusFile::classify(Path::new(&corpus_path())).expect("a .txt.zst corpus");
         let config = TokenizerTrainingConfig {
+            model: Default::default(),
             vocab_size: VOCAB_SIZE,
             min_frequency: 2,
         };
         let report = train_tokenizer(&[corpus], &config, &tokenizer_dir).expect("training");
-        let (tokenizer, info) = load_tokenizer(&report.path).expect("loading the tokenizer");
+        let (tokenizer, info) = load_tokenizer(&report.path, &DocumentTemplate::default())
+            .expect("loading the tokenizer");
         // `serve`'s default split, so the per-document split hash is part of the measured work.
         let rules = EncodeRules {
             filter: SplitFilter {
@@ -93,9 +94,8 @@ impl Fixture {
             .map(|(_, ids)| ids)
             .collect();
         let ids: u64 = documents.iter().map(|ids| ids.len() as u64).sum();
-        let framed_tokens = ids + 2 * documents.len() as u64;
         let schema = block_schema(SEQ_LEN, &info);
-        let batches = batch_blocks(&pack(&info, &documents));
+        let batches = batch_blocks(&pack(&documents));
         let flight_data = encode_batches(&schema, &batches);
         Fixture {
             tokenizer,
@@ -104,7 +104,6 @@ impl Fixture {
             texts,
             documents,
             ids,
-            framed_tokens,
             schema,
             batches,
             flight_data,
@@ -131,12 +130,11 @@ impl Fixture {
             .sum();
         let block_tokens = self.block_tokens();
         println!(
-            "stages: {:.1} MiB of text, {} documents, {} ids ({} framed), {} blocks of {SEQ_LEN} \
+            "stages: {:.1} MiB of text, {} documents, {} ids (special tokens included), {} blocks of {SEQ_LEN} \
              in {} batches of {BATCH_ROWS}; IPC+zstd {:.2} bytes/token ({:.2} MiB); vocab {}",
             text_bytes as f64 / (1 << 20) as f64,
             self.documents.len(),
             self.ids,
-            self.framed_tokens,
             block_tokens / SEQ_LEN as u64,
             self.batches.len(),
             wire_bytes as f64 / block_tokens as f64,
@@ -166,7 +164,7 @@ fn read_texts() -> Vec<StringArray> {
 }
 
 fn tokenize(
-    tokenizer: &Tokenizer,
+    tokenizer: &DocumentEncoder,
     rules: &EncodeRules,
     texts: &[StringArray],
 ) -> Vec<Vec<(u64, Vec<u32>)>> {
@@ -186,16 +184,16 @@ fn tokenize(
 }
 
 /// Packs as the packing thread does, recording where each block starts; returns the blocks.
-fn pack(info: &TokenizerInfo, documents: &[Vec<u32>]) -> Vec<u32> {
-    let mut packer = Packer::new(SEQ_LEN, info.bos_id, info.eos_id);
-    let mut blocks = Vec::new();
+fn pack(documents: &[Vec<u32>]) -> Vec<u32> {
+    let mut packer = Packer::new(SEQ_LEN);
+    let mut blocks = PackedBlocks::default();
     let mut starts = Vec::new();
     for (row, ids) in documents.iter().enumerate() {
         packer.push_document_from(ids, 0, &mut blocks, |offset| starts.push((row, offset)));
     }
     packer.finish_pass();
     std::hint::black_box(starts);
-    blocks
+    blocks.tokens
 }
 
 /// Batches of resumable rows as the mixer builds them, one resume state per chunk of blocks.
@@ -286,10 +284,8 @@ fn stages(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("pack");
-    group.throughput(Throughput::Elements(fixture.framed_tokens));
-    group.bench_function("seq_len_128", |b| {
-        b.iter(|| pack(&fixture.info, &fixture.documents))
-    });
+    group.throughput(Throughput::Elements(fixture.ids));
+    group.bench_function("seq_len_128", |b| b.iter(|| pack(&fixture.documents)));
     group.finish();
 
     let mut group = c.benchmark_group("encode");

@@ -69,9 +69,15 @@ pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
         uncompressed_bytes += arrow_bytes(&batch);
         if let Some(writer) = dump.as_mut() {
             for row in 0..take {
-                write_block(writer, batch.row(row)).map_err(|source| PipelineError::Write {
-                    path: options.dump.clone().unwrap_or_default(),
-                    source,
+                let starts = batch
+                    .document_starts
+                    .as_ref()
+                    .map(|starts| &starts[row][..]);
+                write_block(writer, batch.row(row), starts).map_err(|source| {
+                    PipelineError::Write {
+                        path: options.dump.clone().unwrap_or_default(),
+                        source,
+                    }
                 })?;
             }
         }
@@ -184,13 +190,32 @@ fn arrow_bytes(batch: &flightlm_shared::TokenBlocks) -> u64 {
     (batch.ids.len() * 4 + batch.rows() * (8 + 4)) as u64
 }
 
-fn write_block(writer: &mut impl Write, block: &[u32]) -> std::io::Result<()> {
+/// One dump line: the block's ids, or with its document starts an object holding both.
+fn write_block(
+    writer: &mut impl Write,
+    block: &[u32],
+    document_starts: Option<&[u32]>,
+) -> std::io::Result<()> {
+    match document_starts {
+        None => write_ids(writer, block)?,
+        Some(starts) => {
+            writer.write_all(br#"{"input_ids":"#)?;
+            write_ids(writer, block)?;
+            writer.write_all(br#","document_starts":"#)?;
+            write_ids(writer, starts)?;
+            writer.write_all(b"}")?;
+        }
+    }
+    writer.write_all(b"\n")
+}
+
+fn write_ids(writer: &mut impl Write, ids: &[u32]) -> std::io::Result<()> {
     writer.write_all(b"[")?;
-    for (index, id) in block.iter().enumerate() {
+    for (index, id) in ids.iter().enumerate() {
         if index > 0 {
             writer.write_all(b",")?;
         }
         write!(writer, "{id}")?;
     }
-    writer.write_all(b"]\n")
+    writer.write_all(b"]")
 }

@@ -5,12 +5,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::ValueEnum;
 use clap::{Args, Parser, Subcommand};
 use flightlm_pipeline::consume::{consume, ConsumeOptions};
 use flightlm_pipeline::read::reader::CorpusReader;
 use flightlm_pipeline::read::sources::resolve_inputs;
 use flightlm_pipeline::service::flight_server::STATS_ACTION;
-use flightlm_pipeline::tokenizer::training::{train_tokenizer, TokenizerTrainingConfig};
+use flightlm_pipeline::tokenizer::training::{
+    train_tokenizer, TokenizerModel, TokenizerTrainingConfig,
+};
 use flightlm_shared::client::{run_action, run_action_with_body, PipelineEndpoint};
 use flightlm_shared::{Cursor, Split, StreamRequest};
 
@@ -30,13 +33,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a byte-level BPE tokenizer with RoBERTa's special tokens.
+    /// Train a tokenizer: byte-level BPE with RoBERTa's special tokens (the default), WordPiece
+    /// with BERT's, or Unigram with T5's.
     TrainTokenizer {
         /// Corpus files or directories (.txt, .jsonl, .parquet; .gz/.zst).
         #[arg(long, required = true, num_args = 1..)]
         input: Vec<PathBuf>,
-        #[arg(long, default_value_t = 50265)]
-        vocab_size: usize,
+        /// The tokenizer model, with Python `tokenizers`' layout for it (ByteLevelBPETokenizer
+        /// with RoBERTa's special tokens, BertWordPieceTokenizer, SentencePieceUnigramTokenizer
+        /// with T5's `… </s>`).
+        #[arg(long, value_enum, default_value_t = TokenizerModel::Bpe)]
+        model: TokenizerModel,
+        /// Vocabulary size [default: 50265 for bpe, 30000 for wordpiece, 8000 for unigram].
+        #[arg(long)]
+        vocab_size: Option<usize>,
         #[arg(long, default_value_t = 2)]
         min_frequency: u64,
         /// Directory to write tokenizer.json into.
@@ -68,6 +78,10 @@ enum Command {
         /// Write one JSON array of token ids per block, one block per line.
         #[arg(long)]
         dump: Option<PathBuf>,
+        /// Ask for each block's document starts; the dump then holds one
+        /// {"input_ids": [...], "document_starts": [...]} object per line.
+        #[arg(long)]
+        document_starts: bool,
         /// Seconds to keep reconnecting (with exponential backoff) while the pipeline is
         /// unreachable or its stream breaks; 0 fails at once.
         #[arg(long, default_value_t = 60)]
@@ -135,16 +149,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::TrainTokenizer {
             input,
+            model,
             vocab_size,
             min_frequency,
             out,
         } => {
-            if vocab_size < 256 + 5 {
-                bail!("--vocab-size {vocab_size} is too small: byte-level BPE needs at least 261");
+            let vocab_size = vocab_size.unwrap_or(match model {
+                TokenizerModel::Bpe => 50265,
+                TokenizerModel::Wordpiece => 30000,
+                TokenizerModel::Unigram => 8000,
+            });
+            if vocab_size < model.min_vocab_size() {
+                bail!(
+                    "--vocab-size {vocab_size} is too small: {} needs at least {}",
+                    model
+                        .to_possible_value()
+                        .map_or("this model".into(), |v| v.get_name().to_string()),
+                    model.min_vocab_size()
+                );
             }
             let manifest = resolve_inputs(&input)?;
             runtime.block_on(CorpusReader::new().check(&manifest))?;
             let config = TokenizerTrainingConfig {
+                model,
                 vocab_size,
                 min_frequency,
             };
@@ -163,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cursor,
             shard,
             dump,
+            document_starts,
             retry_s,
         } => {
             let cursor = cursor
@@ -171,7 +199,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("--cursor is not a cursor")?;
             let request = StreamRequest::new(split, seq_len, batch_size)
                 .with_epochs(Some(epochs))
-                .with_cursor(cursor);
+                .with_cursor(cursor)
+                .with_document_starts(document_starts);
             let request = match shard {
                 Some(text) => {
                     let (index, count) = text

@@ -1,6 +1,7 @@
 //! `flightlm-pipeline serve`: its flags, start-up checks, and a shutdown that lets open streams
 //! end cleanly (SIGTERM or Ctrl-C) within a bounded grace period.
 
+use flightlm_shared::tokenizer_file::DocumentTemplate;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,9 +28,17 @@ pub struct ServeArgs {
     /// `books=data/books/*.parquet:0.7`. Repeat for each source.
     #[arg(long = "source")]
     sources: Vec<String>,
-    /// tokenizer.json to encode with.
+    /// tokenizer.json to encode with: any file the HF `tokenizers` library loads. Its
+    /// post-processor decides each document's special tokens; a tokenizer_config.json beside it
+    /// names their roles (pad, mask, …) as it does for transformers.
     #[arg(long)]
     tokenizer: PathBuf,
+    /// A token put before every document's ids (for tokenizers whose post-processor adds none).
+    #[arg(long, value_name = "TOKEN")]
+    add_bos: Option<String>,
+    /// A token put after every document's ids, e.g. '<|endoftext|>' (the usual causal layout).
+    #[arg(long, value_name = "TOKEN")]
+    add_eos: Option<String>,
     /// Blocks shuffled together by a seeded, resumable window; 1 keeps corpus order.
     #[arg(long, default_value_t = 1)]
     shuffle_window: usize,
@@ -109,6 +118,10 @@ pub fn run_serve(args: ServeArgs, runtime: &tokio::runtime::Runtime) -> anyhow::
         input: args.input,
         sources: args.sources,
         tokenizer: args.tokenizer,
+        template: DocumentTemplate {
+            add_bos: args.add_bos,
+            add_eos: args.add_eos,
+        },
         valid_fraction: args.valid_fraction,
         valid_input: args.valid_input,
         seed: args.seed,

@@ -17,11 +17,11 @@ use std::sync::{Arc, RwLock};
 
 use flightlm_shared::hashing::stable_hash;
 use flightlm_shared::{Split, TokenizerInfo};
-use tokenizers::Tokenizer;
 
 use crate::error::{PipelineError, Result};
 use crate::read::bad_records::BadRecordPolicy;
 use crate::read::sources::CorpusFile;
+use crate::tokenizer::file::DocumentEncoder;
 
 /// One named corpus of the mixture.
 pub struct Source {
@@ -105,7 +105,7 @@ pub struct Corpus {
     /// The held-out corpus of `--valid-input`: the valid split reads it whole, and the train split
     /// reads every document of `sources` (no hash-chosen split).
     held_out: Option<Arc<Source>>,
-    pub tokenizer: Arc<Tokenizer>,
+    pub tokenizer: Arc<DocumentEncoder>,
     pub tokenizer_path: PathBuf,
     pub tokenizer_info: TokenizerInfo,
     pub valid_fraction: f64,
@@ -127,7 +127,7 @@ pub struct Corpus {
 
 /// What a pipeline is started with, besides its sources.
 pub struct CorpusSettings {
-    pub tokenizer: Tokenizer,
+    pub tokenizer: DocumentEncoder,
     pub tokenizer_path: PathBuf,
     pub tokenizer_info: TokenizerInfo,
     pub valid_fraction: f64,
@@ -155,6 +155,15 @@ impl Corpus {
             settings.shuffle_window,
             settings.sql
         );
+        // Only a template changes the blocks a tokenizer gives: without one the description
+        // (and every cursor taken before templates existed) stays as it was.
+        let info = &settings.tokenizer_info;
+        if info.add_bos_id.is_some() || info.add_eos_id.is_some() {
+            description.push_str(&format!(
+                ";add_bos={:?};add_eos={:?}",
+                info.add_bos_id, info.add_eos_id
+            ));
+        }
         for source in &sources {
             description.push_str(&format!(";source={}:{:?}", source.name, source.inputs));
         }

@@ -13,6 +13,7 @@ use crate::read::bad_records::{BadRecordPolicy, BadRecords};
 use crate::read::reader::CorpusReader;
 use crate::read::sources::resolve_inputs;
 use crate::tokenizer::file::load_tokenizer;
+use flightlm_shared::tokenizer_file::DocumentTemplate;
 
 /// The name of the source that `--input` feeds.
 pub const DEFAULT_SOURCE: &str = "main";
@@ -24,6 +25,8 @@ pub struct ServeInputs {
     pub input: Vec<PathBuf>,
     pub sources: Vec<String>,
     pub tokenizer: PathBuf,
+    /// Tokens added around every document (`--add-bos`, `--add-eos`).
+    pub template: DocumentTemplate,
     /// `None`: the default, 0.01 without a held-out corpus and 0 with one.
     pub valid_fraction: Option<f64>,
     /// A held-out corpus for the valid split (`--valid-input`); empty for none.
@@ -163,7 +166,7 @@ pub async fn build_corpus(inputs: ServeInputs) -> Result<Corpus> {
         reader.check(&files).await?;
         Some(Source::new(HELD_OUT_SOURCE, held_out_inputs, files, 1.0))
     };
-    let (tokenizer, tokenizer_info) = load_tokenizer(&inputs.tokenizer)?;
+    let (tokenizer, tokenizer_info) = load_tokenizer(&inputs.tokenizer, &inputs.template)?;
     let workers = inputs
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

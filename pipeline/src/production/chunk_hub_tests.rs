@@ -29,6 +29,7 @@ impl ChunkSource for Counting {
             blocks: (0..2)
                 .map(|_| ChunkBlock {
                     tokens: vec![index as u32; 4],
+                    document_starts: Vec::new(),
                     pass: 0,
                     source: 0,
                 })

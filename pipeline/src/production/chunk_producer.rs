@@ -37,6 +37,8 @@ pub struct Chunk {
 
 pub struct ChunkBlock {
     pub tokens: Vec<u32>,
+    /// Offsets in `tokens` where a document begins.
+    pub document_starts: Vec<u32>,
     /// The pass over its source the block comes from (the epoch).
     pub pass: u32,
     pub source: usize,
@@ -146,6 +148,7 @@ impl ChunkSource for ChunkProducer {
             let block = producer.next.take().expect("peeked");
             drawn.push(Some(ChunkBlock {
                 tokens: block.tokens,
+                document_starts: block.document_starts,
                 pass: block.start.pass as u32,
                 source: index,
             }));

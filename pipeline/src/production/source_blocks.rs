@@ -15,7 +15,7 @@ use flightlm_shared::SourcePosition;
 
 use crate::corpus::{Corpus, Source};
 use crate::error::PipelineError;
-use crate::production::packing::Packer;
+use crate::production::packing::{PackedBlocks, Packer};
 use crate::production::tokenize::{spawn_workers, EncodeRules, Encoded, Job, Reorder};
 use crate::read::bad_records::{BadRecordKind, BadRecords};
 use crate::read::reader::{reader_runtime, CorpusReader};
@@ -26,6 +26,8 @@ const BLOCKS_AHEAD: usize = 64;
 
 pub struct SourceBlock {
     pub tokens: Vec<u32>,
+    /// Offsets in `tokens` where a document begins.
+    pub document_starts: Vec<u32>,
     pub start: SourcePosition,
 }
 
@@ -89,11 +91,10 @@ pub fn start_source(
             )
         })
         .expect("spawning a reader thread");
-    let info = corpus.tokenizer_info.clone();
     std::thread::Builder::new()
         .name(format!("pack-{}", source.name))
         .spawn(move || {
-            let packer = Packer::new(request.seq_len, info.bos_id, info.eos_id);
+            let packer = Packer::new(request.seq_len);
             if let Err(error) =
                 pack_source(packer, &source.name, &request, result_receiver, &blocks)
             {
@@ -250,7 +251,7 @@ fn pack_source(
     let seq_len = request.seq_len;
     let counters = &request.counters;
     let mut reorder = Reorder::default();
-    let mut packed = Vec::new();
+    let mut packed = PackedBlocks::default();
     let mut starts = VecDeque::new();
     let mut pass = request.start.pass;
     let mut blocks_this_pass = 0u64;
@@ -283,7 +284,7 @@ fn pack_source(
                                 )));
                             }
                             skip = request.start.token as usize;
-                            if skip >= ids.len() + 2 {
+                            if skip >= ids.len() {
                                 return Err(PipelineError::Cursor(format!(
                                     "source `{source_name}`: token {skip} is past the end of row \
                                      {row} of {file}"
@@ -299,10 +300,14 @@ fn pack_source(
                                 token: offset as u64,
                             })
                         });
-                        for tokens in packed.chunks(seq_len) {
+                        let document_starts = packed.document_starts.drain(..);
+                        for (tokens, document_starts) in
+                            packed.tokens.chunks(seq_len).zip(document_starts)
+                        {
                             let start = starts.pop_front().expect("every block has a start");
                             let block = SourceBlock {
                                 tokens: tokens.to_vec(),
+                                document_starts,
                                 start,
                             };
                             if blocks.send(SourceItem::Block(block)).is_err() {

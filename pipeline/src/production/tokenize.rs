@@ -13,10 +13,10 @@ use arrow::array::{Array, StringArray};
 use crossbeam_channel::{Receiver, Sender};
 use flightlm_shared::hashing::is_valid_document;
 use flightlm_shared::Split;
-use tokenizers::Tokenizer;
 
 use crate::error::PipelineError;
 use crate::read::bad_records::{BadRecordKind, BadRecords};
+use crate::tokenizer::file::DocumentEncoder;
 
 /// Which documents of the corpus a stream keeps.
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +71,7 @@ impl Job {
 pub enum Encoded {
     Documents {
         file: Arc<str>,
-        /// Row in `file` and token ids (without special tokens) of each kept document.
+        /// Row in `file` and token ids (special tokens included) of each kept document.
         documents: Vec<(u64, Vec<u32>)>,
         /// Null or blank rows, which are not documents.
         skipped: u64,
@@ -92,7 +92,7 @@ pub struct EncodeRules {
 /// Starts `workers` threads; they exit when `jobs` closes or the packer goes away.
 pub fn spawn_workers(
     workers: usize,
-    tokenizer: Arc<Tokenizer>,
+    tokenizer: Arc<DocumentEncoder>,
     rules: EncodeRules,
     jobs: Receiver<Job>,
     results: Sender<(u64, Encoded)>,
@@ -127,10 +127,9 @@ pub fn spawn_workers(
 }
 
 /// Encodes one batch of texts exactly as a pool worker does (blank rows skipped, oversized and
-/// other-split documents filtered, special tokens left to the packer); public so the stage can be
-/// benchmarked on its own.
+/// other-split documents filtered); public so the stage can be benchmarked on its own.
 pub fn encode(
-    tokenizer: &Tokenizer,
+    tokenizer: &DocumentEncoder,
     rules: &EncodeRules,
     file: Arc<str>,
     first_row: u64,
@@ -162,8 +161,8 @@ pub fn encode(
         if !rules.filter.keeps(text) {
             continue;
         }
-        match tokenizer.encode_fast(text, false) {
-            Ok(encoding) => documents.push((row, encoding.get_ids().to_vec())),
+        match tokenizer.encode(text) {
+            Ok(ids) => documents.push((row, ids)),
             Err(error) => return Encoded::Failed(PipelineError::Encode(error.to_string())),
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use flightlm_shared::schema::block_schema;
+use flightlm_shared::schema::stream_schema;
 use flightlm_shared::{StreamRequest, StreamState, TokenBlocks};
 
 use crate::corpus::Corpus;
@@ -106,7 +106,7 @@ pub fn open_stream(
     Ok(OpenStream {
         reader,
         request: request.clone(),
-        schema: block_schema(request.seq_len, &corpus.tokenizer_info),
+        schema: stream_schema(request, &corpus.tokenizer_info),
         skip,
     })
 }
@@ -189,8 +189,13 @@ impl Sender {
         request: &StreamRequest,
         mut skip: u64,
     ) -> Result<(), PipelineError> {
+        let blocks = TokenBlocks::new(request.seq_len);
         let mut pending = Pending {
-            blocks: TokenBlocks::new(request.seq_len),
+            blocks: if request.document_starts {
+                blocks.with_document_starts()
+            } else {
+                blocks
+            },
             sources: Vec::new(),
         };
         while let Some(chunk) = reader.next_chunk()? {
@@ -208,6 +213,7 @@ impl Sender {
                     &chunk.state,
                     sent as u32 + 1,
                 );
+                pending.blocks.push_starts(&block.document_starts);
                 pending
                     .sources
                     .push(chunk.source_names[block.source].clone());

@@ -17,7 +17,7 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
-use flightlm_shared::schema::block_schema;
+use flightlm_shared::schema::stream_schema;
 use flightlm_shared::{Split, StreamRequest, CONTRACT_VERSION};
 use futures::stream;
 use futures::StreamExt;
@@ -152,7 +152,7 @@ impl FlightService for PipelineService {
             )));
         }
         tracing::info!(?stream_request, "stream opened");
-        let schema = block_schema(stream_request.seq_len, &self.corpus.tokenizer_info);
+        let schema = stream_schema(&stream_request, &self.corpus.tokenizer_info);
         let stream =
             open_stream(&self.corpus, &self.hubs, &stream_request).map_err(
                 |error| match error {
@@ -182,7 +182,7 @@ impl FlightService for PipelineService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
         let stream_request = self.parse_request(&request.into_inner().cmd)?;
-        let schema = block_schema(stream_request.seq_len, &self.corpus.tokenizer_info);
+        let schema = stream_schema(&stream_request, &self.corpus.tokenizer_info);
         let options = ipc_options();
         let result = SchemaResult::try_from(SchemaAsIpc::new(&schema, &options))
             .map_err(|error| Status::internal(error.to_string()))?;
@@ -308,7 +308,7 @@ impl FlightService for PipelineService {
     ) -> Result<Response<FlightInfo>, Status> {
         let descriptor = request.into_inner();
         let stream_request = self.parse_request(&descriptor.cmd)?;
-        let schema = block_schema(stream_request.seq_len, &self.corpus.tokenizer_info);
+        let schema = stream_schema(&stream_request, &self.corpus.tokenizer_info);
         let description = serde_json::json!({
             "contract_version": CONTRACT_VERSION,
             "fingerprint": self.corpus.fingerprint(stream_request.split, stream_request.seq_len),
