@@ -29,7 +29,8 @@ mod cli;
 use cli::process_setup::keep_freed_memory;
 use cli::run_args::{Resolved, RunArgs, ShapeArgs};
 use cli::training::{
-    local_ranks, pipeline_sources, run_metrics, save_pipeline_tokenizer, train_on, RankSource,
+    local_ranks, pipeline_sources, run_metrics, save_pipeline_tokenizer, save_tokenizer_roles,
+    train_on, RankSource,
 };
 
 type CpuTrainBackend = Autodiff<flightlm_trainer::CpuBackend>;
@@ -149,6 +150,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cursor = resume.as_ref().and_then(|(_, state)| state.cursor.clone());
             let retry_for = std::time::Duration::from_secs(pipeline_retry_s);
             let sources = pipeline_sources(&config, &pipeline, cursor, retry_for)?;
+            if let (0, Some(source)) = (config.node_rank, sources.first()) {
+                save_tokenizer_roles(&out, source.tokenizer(), config.seq_len);
+            }
             let mut metrics = run_metrics(&config, &out, &resume)?;
             let checkpoints = Some(CheckpointStore::in_run(&out));
             train_on(&config, sources, &mut metrics, checkpoints, resume)

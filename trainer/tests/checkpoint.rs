@@ -105,21 +105,13 @@ fn a_restored_checkpoint_continues_exactly() {
     let dir = scratch("checkpoint-round-trip");
     let config = TrainConfig::new("memory", &dir, Preset::Tiny);
     let settings = AdamWSettings::from_train_config(&config);
-    let shape = RobertaConfig::new(64, 16, 1, 2, 32, 18, 1);
+    let shape = RobertaConfig::new(64, 16, 1, 2, 32, 18).with_pad_id(Some(1));
     TestBackend::seed(&device, 1);
     let (model, optimizer) = step(shape.init(&device), TestOptimizer::new(settings));
 
     let store = CheckpointStore::in_run(&dir);
     let saved = state(1);
-    let tokenizer = flightlm_shared::TokenizerInfo {
-        hash: "test".into(),
-        vocab_size: 64,
-        bos_id: 0,
-        pad_id: 1,
-        eos_id: 2,
-        unk_id: 3,
-        mask_id: 4,
-    };
+    let tokenizer = flightlm_shared::TokenizerInfo::roberta("test", 64);
     let hf_config = flightlm_trainer::hf::HfRobertaConfig::from_model(&shape, &tokenizer);
     let path = store
         .save(&model, &optimizer, &saved, &config, &hf_config)

@@ -104,6 +104,11 @@ pub(crate) struct RunArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     precision: Option<Precision>,
+    /// Keep attention inside each document of a block, with positions restarting at each
+    /// document (`--document-attention` alone turns it on) [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    document_attention: Option<bool>,
     /// Tokens per block [default: 128].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

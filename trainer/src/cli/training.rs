@@ -14,10 +14,12 @@ use burn::backend::{Autodiff, Cuda};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use flightlm_shared::client::PipelineEndpoint;
-use flightlm_shared::Cursor;
+use flightlm_shared::{Cursor, Split, StreamRequest};
 use flightlm_trainer::config::AutodiffCheckpointing;
 use flightlm_trainer::data::pipeline::PipelineSource;
-use flightlm_trainer::hf::{export_hf, HfRobertaConfig, TOKENIZER_FILE};
+use flightlm_trainer::hf::{
+    export_hf, write_tokenizer_config, HfRobertaConfig, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
+};
 use flightlm_trainer::model::{Roberta, RobertaConfig};
 use flightlm_trainer::run::block_log::BlockLog;
 use flightlm_trainer::run::checkpoint::{CheckpointStore, TrainingState};
@@ -54,20 +56,19 @@ pub(crate) fn pipeline_sources(
     let world = config.world_size();
     local_ranks(config)
         .map(|rank| {
-            let source = PipelineSource::connect_shard(
-                pipeline,
-                config.seq_len,
-                config.batch_size,
-                cursor.clone(),
-                retry_for,
-                Some((rank, world)),
-            )
-            .with_context(|| {
-                format!(
-                    "rank {rank}: connecting to the pipeline at {}",
-                    pipeline.url
-                )
-            })?;
+            let mut request = StreamRequest::new(Split::Train, config.seq_len, config.batch_size)
+                .with_cursor(cursor.clone())
+                .with_document_starts(config.document_attention);
+            if world > 1 {
+                request = request.with_shard(rank as u64, world as u64);
+            }
+            let source = PipelineSource::connect_request(pipeline, request, retry_for)
+                .with_context(|| {
+                    format!(
+                        "rank {rank}: connecting to the pipeline at {}",
+                        pipeline.url
+                    )
+                })?;
             Ok(Box::new(source) as RankSource)
         })
         .collect()
@@ -245,6 +246,29 @@ pub(crate) fn save_pipeline_tokenizer(pipeline: &PipelineEndpoint, out: &Path) {
         });
     if let Err(error) = fetched {
         tracing::warn!("the pipeline's tokenizer.json is not saved with the run: {error:#}");
+    }
+}
+
+/// Writes `OUT/tokenizer_config.json` beside the pipeline's tokenizer.json with the roles the
+/// stream described (the pipeline may have read them from a tokenizer_config.json of its own),
+/// so every export names the same special tokens the model was trained with.
+pub(crate) fn save_tokenizer_roles(
+    out: &Path,
+    info: &flightlm_shared::TokenizerInfo,
+    seq_len: usize,
+) {
+    let path = out.join(TOKENIZER_FILE);
+    if !path.is_file() {
+        return;
+    }
+    let written = tokenizers::Tokenizer::from_file(&path)
+        .map_err(|error| anyhow::anyhow!("{error}"))
+        .and_then(|tokenizer| {
+            write_tokenizer_config(&tokenizer, info, seq_len, &out.join(TOKENIZER_CONFIG_FILE))
+                .map_err(anyhow::Error::from)
+        });
+    if let Err(error) = written {
+        tracing::warn!("the tokenizer's roles are not saved with the run: {error:#}");
     }
 }
 

@@ -194,6 +194,11 @@ pub struct TrainConfig {
     /// Configurations saved before mixed precision existed read as f32, which they ran in.
     #[serde(default)]
     pub precision: Precision,
+    /// Attention stays inside each document of a packed block and positions restart at each
+    /// document (the stream then carries its document starts). Off by default, and for
+    /// configurations saved before it existed.
+    #[serde(default)]
+    pub document_attention: bool,
     pub out_dir: PathBuf,
     pub pipeline: String,
     /// An HF model directory (`config.json` + `model.safetensors`) whose weights the run starts
@@ -243,6 +248,7 @@ impl TrainConfig {
             masking_key: MaskingKey::Block,
             loss_average: LossAverage::Tokens,
             precision: Precision::F32,
+            document_attention: false,
             out_dir: out_dir.into(),
             pipeline: pipeline.into(),
             init_from: None,

@@ -3,7 +3,9 @@
 //! Both objectives reduce to the same shape of work: corrupted (or plain) input ids, plus a list
 //! of flat positions whose hidden states the head must map to a target id. MLM picks ~15 % of the
 //! positions (see [`crate::data::masking`]); causal LM predicts token `t + 1` from position `t`, which is
-//! HF's in-model label shift written out on the host.
+//! HF's in-model label shift written out on the host. With document attention the batch also
+//! carries where each row's documents lie, and causal LM does not predict a document's first
+//! token from the one before it (as transformers' `DataCollatorWithFlattening` labels it).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -11,12 +13,16 @@ use flightlm_shared::{TokenBlocks, TokenizerInfo};
 
 use crate::config::{DeviceKind, MaskingKey, Objective, TrainConfig};
 use crate::data::masking::MlmMasking;
+use crate::error::TrainError;
+use crate::model::{DocumentLayout, DocumentTensors};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Collator {
     labels: Labels,
     head_rows: usize,
     masking_key: MaskingKey,
+    /// Keep attention inside documents (the blocks then carry their document starts).
+    document_attention: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +43,8 @@ pub struct LmBatch {
     pub targets: Vec<u32>,
     /// The least number of head rows [`LmBatch::to_tensors`] pads the targets to.
     pub head_rows: usize,
+    /// Where each row's documents lie, under document attention.
+    pub documents: Option<DocumentLayout>,
 }
 
 /// Predicted positions are padded up to a multiple of this. MLM picks a different number of
@@ -66,34 +74,53 @@ pub struct BatchTensors<B: Backend> {
     pub weights: Tensor<B, 1>, // [padded targets]
     /// Real (unpadded) targets.
     pub count: usize,
+    pub documents: Option<DocumentTensors<B>>,
 }
 
 impl Collator {
-    pub fn new(objective: Objective, tokenizer: &TokenizerInfo, mlm_probability: f64) -> Self {
+    /// The collator for `objective`; MLM on a tokenizer without a mask token is refused.
+    pub fn new(
+        objective: Objective,
+        tokenizer: &TokenizerInfo,
+        mlm_probability: f64,
+    ) -> Result<Self, TrainError> {
         let labels = match objective {
-            Objective::Mlm => Labels::Mlm(MlmMasking::new(tokenizer, mlm_probability)),
+            Objective::Mlm => Labels::Mlm(
+                MlmMasking::new(tokenizer, mlm_probability).map_err(TrainError::InvalidConfig)?,
+            ),
             Objective::Causal => Labels::Causal,
         };
-        Collator {
+        Ok(Collator {
             labels,
             head_rows: 0,
             masking_key: MaskingKey::MicroBatch,
-        }
+            document_attention: false,
+        })
     }
 
     /// The collator a training run asks for. MLM on a GPU pads to [`steady_head_rows`], so the
     /// head keeps one shape (a GPU compiles and autotunes each new one); on the CPU padding rows
     /// would only cost time.
-    pub fn from_train_config(config: &TrainConfig, tokenizer: &TokenizerInfo) -> Self {
-        let collator = Collator::new(config.objective, tokenizer, config.mlm_probability)
-            .with_masking_key(config.masking_key);
-        match (config.device, config.objective) {
+    pub fn from_train_config(
+        config: &TrainConfig,
+        tokenizer: &TokenizerInfo,
+    ) -> Result<Self, TrainError> {
+        let collator = Collator::new(config.objective, tokenizer, config.mlm_probability)?
+            .with_masking_key(config.masking_key)
+            .with_document_attention(config.document_attention);
+        Ok(match (config.device, config.objective) {
             (DeviceKind::Cuda, Objective::Mlm) => collator.with_head_rows(steady_head_rows(
                 config.batch_size * config.seq_len,
                 config.mlm_probability,
             )),
             _ => collator,
-        }
+        })
+    }
+
+    /// Keeps attention inside documents; the blocks must carry their document starts.
+    pub fn with_document_attention(mut self, document_attention: bool) -> Self {
+        self.document_attention = document_attention;
+        self
     }
 
     /// Keys MLM masks by `key` (by `(seed, stream)`, the micro-batch, unless told otherwise).
@@ -113,6 +140,11 @@ impl Collator {
     pub fn collate(&self, blocks: &TokenBlocks, seed: u64, stream: u64) -> LmBatch {
         let rows = blocks.rows();
         let seq_len = blocks.seq_len;
+        let documents = self
+            .document_attention
+            .then(|| blocks.document_starts.as_ref())
+            .flatten()
+            .map(|starts| DocumentLayout::from_starts(seq_len, starts));
         match &self.labels {
             Labels::Mlm(masking) => {
                 let masked = match self.masking_key {
@@ -128,6 +160,7 @@ impl Collator {
                     positions: masked.positions,
                     targets: masked.targets,
                     head_rows: self.head_rows,
+                    documents,
                 }
             }
             Labels::Causal => {
@@ -137,6 +170,12 @@ impl Collator {
                 for row in 0..rows {
                     for column in 0..seq_len.saturating_sub(1) {
                         let index = row * seq_len + column;
+                        let next_begins_a_document = documents
+                            .as_ref()
+                            .is_some_and(|layout| layout.begins_document(index + 1));
+                        if next_begins_a_document {
+                            continue;
+                        }
                         positions.push(index as u32);
                         targets.push(blocks.ids[index + 1]);
                     }
@@ -148,6 +187,7 @@ impl Collator {
                     positions,
                     targets,
                     head_rows: self.head_rows,
+                    documents,
                 }
             }
         }
@@ -188,6 +228,10 @@ impl LmBatch {
             ),
             weights: Tensor::from_data(TensorData::new(weights, [padded]), device),
             count,
+            documents: self
+                .documents
+                .as_ref()
+                .map(|layout| layout.to_tensors(device)),
         }
     }
 }
@@ -197,15 +241,7 @@ mod tests {
     use super::*;
 
     fn tokenizer() -> TokenizerInfo {
-        TokenizerInfo {
-            hash: "test".into(),
-            vocab_size: 100,
-            bos_id: 0,
-            pad_id: 1,
-            eos_id: 2,
-            unk_id: 3,
-            mask_id: 4,
-        }
+        TokenizerInfo::roberta("test", 100)
     }
 
     fn blocks() -> TokenBlocks {
@@ -217,7 +253,9 @@ mod tests {
 
     #[test]
     fn causal_predicts_the_next_token_within_each_row() {
-        let batch = Collator::new(Objective::Causal, &tokenizer(), 0.15).collate(&blocks(), 0, 0);
+        let batch = Collator::new(Objective::Causal, &tokenizer(), 0.15)
+            .unwrap()
+            .collate(&blocks(), 0, 0);
         assert_eq!(batch.inputs, blocks().ids);
         assert_eq!(batch.positions, vec![0, 1, 2, 4, 5, 6]);
         assert_eq!(batch.targets, vec![10, 11, 2, 20, 21, 22]);
@@ -225,7 +263,7 @@ mod tests {
 
     #[test]
     fn mlm_targets_are_the_original_ids() {
-        let collator = Collator::new(Objective::Mlm, &tokenizer(), 0.5);
+        let collator = Collator::new(Objective::Mlm, &tokenizer(), 0.5).unwrap();
         let batch = collator.collate(&blocks(), 3, 1);
         assert_eq!(batch.input_tokens(), 8);
         for (position, target) in batch.positions.iter().zip(&batch.targets) {
@@ -241,7 +279,9 @@ mod tests {
             rows, 768,
             "614 expected + 6 x 22.9, rounded up to the bucket"
         );
-        let collator = Collator::new(Objective::Mlm, &tokenizer(), 0.15).with_head_rows(rows);
+        let collator = Collator::new(Objective::Mlm, &tokenizer(), 0.15)
+            .unwrap()
+            .with_head_rows(rows);
         let mut blocks = TokenBlocks::new(128);
         for row in 0..32u32 {
             let ids: Vec<u32> = (0..128).map(|column| 5 + (row * 7 + column) % 90).collect();
@@ -268,6 +308,7 @@ mod tests {
         let steady = steady_head_rows(config.batch_size * config.seq_len, config.mlm_probability);
         let head_rows = |config: &TrainConfig| {
             Collator::from_train_config(config, &tokenizer())
+                .unwrap()
                 .collate(&blocks(), 0, 0)
                 .head_rows
         };
@@ -279,8 +320,42 @@ mod tests {
     }
 
     #[test]
+    fn document_attention_keeps_causal_targets_inside_documents() {
+        let mut blocks = TokenBlocks::new(4).with_document_starts();
+        blocks.push(&[0, 10, 2, 0], 0, 0);
+        blocks.push_starts(&[0, 3]);
+        blocks.push(&[20, 21, 2, 0], 1, 0);
+        blocks.push_starts(&[3]);
+        let collator = Collator::new(Objective::Causal, &tokenizer(), 0.15)
+            .unwrap()
+            .with_document_attention(true);
+        let batch = collator.collate(&blocks, 0, 0);
+        // `</s>` → `<s>` of the next document is not predicted; a row's first token never is.
+        assert_eq!(batch.positions, vec![0, 1, 4, 5]);
+        assert_eq!(batch.targets, vec![10, 2, 21, 2]);
+        let layout = batch.documents.expect("a layout");
+        assert_eq!(layout.positions, vec![0, 1, 2, 0, 0, 1, 2, 0]);
+        let off = Collator::new(Objective::Causal, &tokenizer(), 0.15)
+            .unwrap()
+            .collate(&blocks, 0, 0);
+        assert_eq!(off.positions.len(), 6);
+        assert_eq!(off.documents, None);
+    }
+
+    #[test]
+    fn mlm_needs_a_mask_token() {
+        let mut tokenizer = tokenizer();
+        tokenizer.mask_id = None;
+        let error = Collator::new(Objective::Mlm, &tokenizer, 0.15).unwrap_err();
+        assert!(error.to_string().contains("needs a mask token"), "{error}");
+        assert!(Collator::new(Objective::Causal, &tokenizer, 0.15).is_ok());
+    }
+
+    #[test]
     fn targets_are_padded_to_the_bucket_with_zero_weights() {
-        let batch = Collator::new(Objective::Causal, &tokenizer(), 0.15).collate(&blocks(), 0, 0);
+        let batch = Collator::new(Objective::Causal, &tokenizer(), 0.15)
+            .unwrap()
+            .collate(&blocks(), 0, 0);
         let tensors = batch.to_tensors::<crate::CpuBackend>(&Default::default());
         assert_eq!(tensors.count, 6);
         assert_eq!(tensors.positions.dims(), [TARGET_BUCKET]);
@@ -292,8 +367,9 @@ mod tests {
     /// A block keyed by its `block_seq` is masked the same in any batch, at any position.
     #[test]
     fn block_keyed_masks_do_not_depend_on_the_batch() {
-        let collator =
-            Collator::new(Objective::Mlm, &tokenizer(), 0.3).with_masking_key(MaskingKey::Block);
+        let collator = Collator::new(Objective::Mlm, &tokenizer(), 0.3)
+            .unwrap()
+            .with_masking_key(MaskingKey::Block);
         let block = |sequence: u64| -> Vec<u32> {
             (0..64)
                 .map(|column| 5 + (sequence as u32 * 13 + column) % 90)
@@ -326,7 +402,7 @@ mod tests {
         assert_eq!(masked_row(&together, 2), masked_row(&first, 0), "block 12");
         assert_eq!(masked_row(&together, 3), masked_row(&second, 0), "block 13");
         assert_ne!(masked_row(&together, 0), masked_row(&together, 1));
-        let micro = Collator::new(Objective::Mlm, &tokenizer(), 0.3);
+        let micro = Collator::new(Objective::Mlm, &tokenizer(), 0.3).unwrap();
         assert_ne!(
             micro.collate(&batch_of(&[12, 10]), 5, 7).inputs[..64],
             first.inputs[..64],

@@ -1,7 +1,8 @@
 //! Dynamic masked-language-model corruption with HuggingFace's `DataCollatorForLanguageModeling`
 //! semantics.
 //!
-//! Each token that is not special is chosen with probability `probability`. A chosen token is
+//! Each token that is not special (any of the tokenizer's special ids, as the collator's
+//! `all_special_ids`) is chosen with probability `probability`. A chosen token is
 //! replaced by `<mask>` 80 % of the time, by a token drawn uniformly from the whole vocabulary
 //! 10 % of the time (HF draws from `[0, vocab)`, special ids included), and left unchanged
 //! otherwise. The loss is taken only at chosen positions. Masking is a pure function of the ids
@@ -22,7 +23,9 @@ pub struct MlmMasking {
     pub probability: f64,
     pub mask_id: u32,
     pub vocab_size: u32,
-    pub special_ids: Vec<u32>,
+    /// Indexed by id: whether it is special (never chosen). A table, not a list: tokenizers
+    /// with hundreds of special tokens (T5's sentinels, Llama 3's reserved ids) cost the same.
+    special: Vec<bool>,
 }
 
 /// Corrupted inputs plus what the model must predict where.
@@ -37,13 +40,32 @@ pub struct MaskedTokens {
 }
 
 impl MlmMasking {
-    pub fn new(tokenizer: &TokenizerInfo, probability: f64) -> Self {
-        MlmMasking {
-            probability,
-            mask_id: tokenizer.mask_id,
-            vocab_size: tokenizer.vocab_size,
-            special_ids: tokenizer.special_ids().to_vec(),
+    /// The rule for `tokenizer`; refused, naming the tokenizer, when it has no mask token.
+    pub fn new(tokenizer: &TokenizerInfo, probability: f64) -> Result<Self, String> {
+        let mask_id = tokenizer.mask_id.ok_or_else(|| {
+            format!(
+                "masked-LM needs a mask token and tokenizer {} has none (special ids {:?}): \
+                 train with --objective causal, or use a tokenizer with `<mask>`/`[MASK]` (or \
+                 one a tokenizer_config.json beside it names as mask_token)",
+                tokenizer.hash, tokenizer.special_ids
+            )
+        })?;
+        let mut special = vec![false; tokenizer.vocab_size as usize];
+        for id in &tokenizer.special_ids {
+            if let Some(slot) = special.get_mut(*id as usize) {
+                *slot = true;
+            }
         }
+        Ok(MlmMasking {
+            probability,
+            mask_id,
+            vocab_size: tokenizer.vocab_size,
+            special,
+        })
+    }
+
+    fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
     }
 
     /// Masks `ids` with the generator for `(seed, stream)`.
@@ -89,7 +111,7 @@ impl MlmMasking {
         for (index, &id) in ids.iter().enumerate() {
             // Specials consume no draws, so the choice of the other tokens does not depend on
             // where the document boundaries fall.
-            if self.special_ids.contains(&id) || rng.next_f64() >= self.probability {
+            if self.is_special(id) || rng.next_f64() >= self.probability {
                 masked.inputs.push(id);
                 continue;
             }
@@ -113,15 +135,7 @@ mod tests {
     use super::*;
 
     fn tokenizer(vocab_size: u32) -> TokenizerInfo {
-        TokenizerInfo {
-            hash: "test".into(),
-            vocab_size,
-            bos_id: 0,
-            pad_id: 1,
-            eos_id: 2,
-            unk_id: 3,
-            mask_id: 4,
-        }
+        TokenizerInfo::roberta("test", vocab_size)
     }
 
     /// 200k ids in `[5, vocab)` with a `<s>`/`</s>` pair every 50 tokens and some `<unk>`s.
@@ -140,7 +154,7 @@ mod tests {
     #[test]
     fn rates_match_the_collator() {
         let info = tokenizer(8192);
-        let masking = MlmMasking::new(&info, 0.15);
+        let masking = MlmMasking::new(&info, 0.15).unwrap();
         let ids = corpus(info.vocab_size);
         let masked = masking.apply_seeded(&ids, 1, 0);
 
@@ -181,7 +195,7 @@ mod tests {
     #[test]
     fn special_tokens_are_never_chosen_or_changed() {
         let info = tokenizer(8192);
-        let masking = MlmMasking::new(&info, 0.15);
+        let masking = MlmMasking::new(&info, 0.15).unwrap();
         let ids = corpus(info.vocab_size);
         let masked = masking.apply_seeded(&ids, 5, 7);
         assert_eq!(masked.inputs.len(), ids.len());
@@ -203,7 +217,7 @@ mod tests {
     #[test]
     fn random_replacements_cover_the_whole_vocabulary() {
         let info = tokenizer(16);
-        let masking = MlmMasking::new(&info, 0.5);
+        let masking = MlmMasking::new(&info, 0.5).unwrap();
         let ids: Vec<u32> = (0..100_000).map(|index| 5 + (index % 11)).collect();
         let masked = masking.apply_seeded(&ids, 3, 0);
         let mut seen = [false; 16];
@@ -216,7 +230,7 @@ mod tests {
     #[test]
     fn deterministic_for_a_seed_and_different_across_seeds_and_streams() {
         let info = tokenizer(8192);
-        let masking = MlmMasking::new(&info, 0.15);
+        let masking = MlmMasking::new(&info, 0.15).unwrap();
         let ids = corpus(info.vocab_size);
         let first = masking.apply_seeded(&ids[..4096], 11, 2);
         assert_eq!(first, masking.apply_seeded(&ids[..4096], 11, 2));

@@ -24,6 +24,8 @@ pub struct PipelineSource {
     endpoint: PipelineEndpoint,
     seq_len: usize,
     batch_size: usize,
+    /// Whether the streams carry their blocks' document starts.
+    document_starts: bool,
     tokenizer: TokenizerInfo,
     train: Receiver<anyhow::Result<TokenBlocks>>,
     waited: Duration,
@@ -44,27 +46,25 @@ impl PipelineSource {
         resume: Option<Cursor>,
         retry_for: Duration,
     ) -> anyhow::Result<Self> {
-        Self::connect_shard(endpoint, seq_len, batch_size, resume, retry_for, None)
+        let request =
+            StreamRequest::new(Split::Train, seq_len, batch_size).with_cursor(resume.clone());
+        Self::connect_request(endpoint, request, retry_for)
     }
 
-    /// [`Self::connect`] to shard `(index, count)` of the train stream (a data-parallel rank's:
-    /// the blocks whose `block_seq` is `index` mod `count`). `resume` may come from any shard or
-    /// from the unsharded stream: the shard continues with its first block after that position.
-    pub fn connect_shard(
+    /// [`Self::connect`] with the train stream `request` asks for: a shard `(index, count)` (a
+    /// data-parallel rank's: the blocks whose `block_seq` is `index` mod `count`), document
+    /// starts. Its cursor may come from any shard or from the unsharded stream: the shard
+    /// continues with its first block after that position. The valid split is read with the
+    /// same columns.
+    pub fn connect_request(
         endpoint: &PipelineEndpoint,
-        seq_len: usize,
-        batch_size: usize,
-        resume: Option<Cursor>,
+        request: StreamRequest,
         retry_for: Duration,
-        shard: Option<(usize, usize)>,
     ) -> anyhow::Result<Self> {
         let (sender, train) = bounded(PREFETCH_BATCHES);
         let (tokenizer_sender, tokenizer_receiver) = bounded(1);
-        let mut request =
-            StreamRequest::new(Split::Train, seq_len, batch_size).with_cursor(resume.clone());
-        if let Some((index, count)) = shard.filter(|(_, count)| *count > 1) {
-            request = request.with_shard(index as u64, count as u64);
-        }
+        let (seq_len, batch_size) = (request.seq_len, request.batch_size);
+        let (resume, document_starts) = (request.cursor.clone(), request.document_starts);
         let prefetch = Prefetch {
             endpoint: endpoint.clone(),
             request,
@@ -84,6 +84,7 @@ impl PipelineSource {
             endpoint: endpoint.clone(),
             seq_len,
             batch_size,
+            document_starts,
             tokenizer,
             train,
             waited: Duration::ZERO,
@@ -244,7 +245,8 @@ impl BlockSource for PipelineSource {
     /// Reads the valid split (up to `max_blocks`), retrying like the train stream while the
     /// pipeline is away; at the limit the stream is dropped, which ends it on the pipeline.
     fn valid_batches(&mut self, max_blocks: Option<usize>) -> anyhow::Result<Vec<TokenBlocks>> {
-        let request = StreamRequest::new(Split::Valid, self.seq_len, self.batch_size);
+        let request = StreamRequest::new(Split::Valid, self.seq_len, self.batch_size)
+            .with_document_starts(self.document_starts);
         let endpoint = self.endpoint.clone();
         let mut backoff = Backoff::new(self.retry_for);
         // A runtime of its own, dropped with its connection as soon as the read ends: a stream

@@ -77,16 +77,55 @@ pub(crate) fn check_blocks(
             "sent token id {id}, outside the tokenizer's vocabulary of {vocab_size}"
         )));
     }
+    if config.document_attention {
+        check_document_starts(blocks)?;
+    }
     Ok(())
 }
 
-pub(crate) fn check_tokenizer(tokenizer: &TokenizerInfo) -> Result<(), TrainError> {
-    let largest_special = tokenizer.special_ids().into_iter().max().unwrap_or(0);
-    if tokenizer.vocab_size <= largest_special {
+/// Document attention needs every row's document starts, ascending and inside the block.
+fn check_document_starts(blocks: &TokenBlocks) -> Result<(), TrainError> {
+    let Some(starts) = &blocks.document_starts else {
+        return Err(TrainError::BadBatch(
+            "sent blocks without document starts, which --document-attention needs (a \
+             pipeline older than contract version 2, or a source that cannot tell)"
+                .into(),
+        ));
+    };
+    let ordered = |row: &Vec<u32>| {
+        row.windows(2).all(|pair| pair[0] < pair[1])
+            && row
+                .last()
+                .is_none_or(|last| (*last as usize) < blocks.seq_len)
+    };
+    if starts.len() != blocks.rows() || !starts.iter().all(ordered) {
         return Err(TrainError::BadBatch(format!(
-            "describes a tokenizer of {} ids whose special ids go up to {largest_special}",
+            "sent document starts that do not fit its {} blocks of {} tokens",
+            blocks.rows(),
+            blocks.seq_len
+        )));
+    }
+    Ok(())
+}
+
+/// Checks, before the first step, that the stream's tokenizer can train this objective.
+pub(crate) fn check_tokenizer(
+    tokenizer: &TokenizerInfo,
+    objective: crate::config::Objective,
+) -> Result<(), TrainError> {
+    let largest = (tokenizer.special_ids.iter().copied())
+        .chain(tokenizer.role_ids())
+        .max()
+        .unwrap_or(0);
+    if tokenizer.vocab_size <= largest {
+        return Err(TrainError::BadBatch(format!(
+            "describes a tokenizer of {} ids whose special ids go up to {largest}",
             tokenizer.vocab_size
         )));
+    }
+    if objective == crate::config::Objective::Mlm {
+        crate::data::masking::MlmMasking::new(tokenizer, 0.15)
+            .map_err(TrainError::InvalidConfig)?;
     }
     Ok(())
 }

@@ -85,15 +85,8 @@ impl SyntheticSource {
                     .collect()
             })
             .collect();
-        let tokenizer = TokenizerInfo {
-            hash: format!("synthetic-{}", config.seed),
-            vocab_size: config.vocab_size,
-            bos_id: 0,
-            pad_id: 1,
-            eos_id: 2,
-            unk_id: 3,
-            mask_id: 4,
-        };
+        let tokenizer =
+            TokenizerInfo::roberta(&format!("synthetic-{}", config.seed), config.vocab_size);
         let mut source = SyntheticSource {
             shard: (0, 1),
             train: Stream::new(SplitMix64::for_stream(config.seed, 1)),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::HfError;
 use crate::config::Objective;
-use crate::model::RobertaConfig;
+use crate::model::{position_offset, RobertaConfig};
 
 /// The `architectures` entry for each objective.
 pub const MASKED_LM_ARCHITECTURE: &str = "RobertaForMaskedLM";
@@ -43,12 +43,14 @@ pub struct HfRobertaConfig {
     /// `transformers`' default is BERT's 1e-12; RoBERTa checkpoints (and flightlm) use 1e-5.
     #[serde(default = "defaults::layer_norm_eps")]
     pub layer_norm_eps: f64,
+    /// Position ids start at `pad_token_id + 1`; -1 (a tokenizer without a pad token) makes them
+    /// start at 0, and no token id is read as padding.
     #[serde(default = "defaults::pad_token_id")]
-    pub pad_token_id: usize,
-    #[serde(default)]
-    pub bos_token_id: usize,
+    pub pad_token_id: i64,
+    #[serde(default = "defaults::bos_token_id")]
+    pub bos_token_id: Option<usize>,
     #[serde(default = "defaults::eos_token_id")]
-    pub eos_token_id: usize,
+    pub eos_token_id: Option<usize>,
     #[serde(default)]
     pub is_decoder: bool,
     #[serde(default = "defaults::tie_word_embeddings")]
@@ -79,11 +81,14 @@ mod defaults {
     pub fn layer_norm_eps() -> f64 {
         1e-12
     }
-    pub fn pad_token_id() -> usize {
+    pub fn pad_token_id() -> i64 {
         1
     }
-    pub fn eos_token_id() -> usize {
-        2
+    pub fn bos_token_id() -> Option<usize> {
+        Some(0)
+    }
+    pub fn eos_token_id() -> Option<usize> {
+        Some(2)
     }
     pub fn tie_word_embeddings() -> bool {
         true
@@ -119,9 +124,9 @@ impl HfRobertaConfig {
             type_vocab_size: 1,
             initializer_range: model.initializer_range,
             layer_norm_eps: model.layer_norm_eps,
-            pad_token_id: model.pad_id,
-            bos_token_id: tokenizer.bos_id as usize,
-            eos_token_id: tokenizer.eos_id as usize,
+            pad_token_id: model.pad_id.map_or(-1, |pad| pad as i64),
+            bos_token_id: tokenizer.bos_id.map(|id| id as usize),
+            eos_token_id: tokenizer.eos_id.map(|id| id as usize),
             is_decoder: model.causal,
             tie_word_embeddings: true,
             position_embedding_type: None,
@@ -197,17 +202,16 @@ impl HfRobertaConfig {
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        // Position ids start at pad_token_id + 1; flightlm's embeddings assume that is 2.
-        if self.pad_token_id + 1 != crate::model::FIRST_POSITION_ID {
+        let pad_id = match self.pad_id() {
+            Ok(pad_id) => pad_id,
+            Err(message) => return unsupported(message),
+        };
+        if self.max_position_embeddings <= position_offset(pad_id) {
             return unsupported(format!(
-                "pad_token_id is {}, flightlm numbers positions from 2 and needs it to be 1",
-                self.pad_token_id
-            ));
-        }
-        if self.max_position_embeddings <= crate::model::FIRST_POSITION_ID {
-            return unsupported(format!(
-                "max_position_embeddings is {}, leaving no room for a token",
-                self.max_position_embeddings
+                "max_position_embeddings is {}, leaving no room for a token after the first \
+                 position id {}",
+                self.max_position_embeddings,
+                position_offset(pad_id)
             ));
         }
         Ok(RobertaConfig::new(
@@ -217,8 +221,8 @@ impl HfRobertaConfig {
             self.num_attention_heads,
             self.intermediate_size,
             self.max_position_embeddings,
-            self.pad_token_id,
         )
+        .with_pad_id(pad_id)
         .with_causal(self.objective() == Objective::Causal)
         .with_layer_norm_eps(self.layer_norm_eps)
         .with_dropout(self.hidden_dropout_prob)
@@ -228,8 +232,20 @@ impl HfRobertaConfig {
 
     /// Longest input (special tokens included) the position table covers.
     pub fn max_tokens(&self) -> usize {
-        self.max_position_embeddings
-            .saturating_sub(crate::model::FIRST_POSITION_ID)
+        let offset = position_offset(self.pad_id().ok().flatten());
+        self.max_position_embeddings.saturating_sub(offset)
+    }
+
+    /// The pad id positions are counted after (`None` for -1: no pad token).
+    fn pad_id(&self) -> Result<Option<usize>, String> {
+        match self.pad_token_id {
+            -1 => Ok(None),
+            pad if pad >= 0 && (pad as usize) < self.vocab_size => Ok(Some(pad as usize)),
+            pad => Err(format!(
+                "pad_token_id is {pad}: neither -1 (no pad token) nor an id below vocab_size {}",
+                self.vocab_size
+            )),
+        }
     }
 
     pub fn read(path: &Path) -> Result<Self, HfError> {
@@ -254,20 +270,14 @@ mod tests {
     use super::*;
 
     fn tokenizer() -> TokenizerInfo {
-        TokenizerInfo {
-            hash: "test".into(),
-            vocab_size: 800,
-            bos_id: 0,
-            pad_id: 1,
-            eos_id: 2,
-            unk_id: 3,
-            mask_id: 4,
-        }
+        TokenizerInfo::roberta("test", 800)
     }
 
     #[test]
     fn round_trips_a_causal_model() {
-        let model = RobertaConfig::new(800, 48, 2, 2, 96, 66, 1).with_causal(true);
+        let model = RobertaConfig::new(800, 48, 2, 2, 96, 66)
+            .with_pad_id(Some(1))
+            .with_causal(true);
         let hf = HfRobertaConfig::from_model(&model, &tokenizer());
         assert_eq!(hf.architectures, vec![CAUSAL_LM_ARCHITECTURE.to_string()]);
         assert!(hf.is_decoder);
@@ -295,7 +305,7 @@ mod tests {
 
     #[test]
     fn names_what_flightlm_cannot_compute() {
-        let model = RobertaConfig::new(800, 48, 2, 2, 96, 66, 1);
+        let model = RobertaConfig::new(800, 48, 2, 2, 96, 66).with_pad_id(Some(1));
         let mut hf = HfRobertaConfig::from_model(&model, &tokenizer());
         hf.hidden_act = "relu".into();
         let error = hf.to_model(Path::new("c")).expect_err("relu");
@@ -304,5 +314,29 @@ mod tests {
         hf.type_vocab_size = 2;
         let error = hf.to_model(Path::new("c")).expect_err("two segments");
         assert!(error.to_string().contains("type_vocab_size"), "{error}");
+        let mut hf = HfRobertaConfig::from_model(&model, &tokenizer());
+        hf.pad_token_id = -2;
+        let error = hf.to_model(Path::new("c")).expect_err("negative pad");
+        assert!(error.to_string().contains("pad_token_id is -2"), "{error}");
+    }
+
+    #[test]
+    fn positions_follow_the_pad_id_of_any_tokenizer() {
+        // BERT's `[PAD]` = 0: positions from 1; no pad token: -1 and positions from 0.
+        for (pad_id, hf_pad, offset) in [(Some(0), 0, 1), (None, -1, 0), (Some(1), 1, 2)] {
+            let model = RobertaConfig::new(800, 48, 2, 2, 96, 64 + offset).with_pad_id(pad_id);
+            let mut tokenizer = tokenizer();
+            (tokenizer.bos_id, tokenizer.eos_id) = (None, Some(7));
+            let hf = HfRobertaConfig::from_model(&model, &tokenizer);
+            assert_eq!(hf.pad_token_id, hf_pad);
+            assert_eq!((hf.bos_token_id, hf.eos_token_id), (None, Some(7)));
+            assert_eq!(hf.max_tokens(), 64);
+            let text = serde_json::to_string(&hf).expect("encodes");
+            assert!(text.contains(r#""bos_token_id":null"#), "{text}");
+            let back: HfRobertaConfig = serde_json::from_str(&text).expect("parses");
+            let back = back.to_model(Path::new("c")).expect("supported");
+            assert_eq!(back.pad_id, pad_id);
+            assert_eq!(position_offset(back.pad_id), offset);
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Writes a model as a HuggingFace directory: `config.json`, `model.safetensors` and, when given,
-//! `tokenizer.json`, loadable with `RobertaForMaskedLM.from_pretrained` /
-//! `RobertaForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`.
+//! `tokenizer.json` with the `tokenizer_config.json` that names its special tokens, loadable with
+//! `AutoModelForMaskedLM` / `AutoModelForCausalLM` (`RobertaForMaskedLM` / `RobertaForCausalLM`)
+//! and `AutoTokenizer.from_pretrained`, whatever the tokenizer (RoBERTa's, BERT's WordPiece,
+//! GPT-2's byte-level BPE, a Unigram).
 //!
 //! The safetensors file holds f32 tensors under HF's keys, linear weights transposed to torch's
 //! `[out, in]`, and the metadata `{"format": "pt"}` that `transformers` checks. The tied decoder
@@ -19,6 +21,8 @@ use safetensors::{Dtype, View};
 use super::config::HfRobertaConfig;
 use super::error::HfError;
 use super::names::ParamPath;
+use super::tokenizer::HfTokenizer;
+use super::tokenizer_config::{write_tokenizer_config, TOKENIZER_CONFIG_FILE};
 use crate::model::Roberta;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -29,7 +33,9 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const HF_DIR: &str = "hf";
 
 /// Writes `model` with its `config` into `out` (created if missing), copying `tokenizer_json`
-/// beside them when given. Returns the directory.
+/// beside them when given, with a `tokenizer_config.json` whose roles are those of the file (a
+/// `tokenizer_config.json` beside it names them, as a run directory's does). Returns the
+/// directory.
 pub fn export_hf<B: Backend>(
     model: &Roberta<B>,
     config: &HfRobertaConfig,
@@ -41,8 +47,15 @@ pub fn export_hf<B: Backend>(
     config.write(&out.join(CONFIG_FILE))?;
     write_weights(model, &out.join(WEIGHTS_FILE))?;
     if let Some(tokenizer) = tokenizer_json {
+        let described = HfTokenizer::load(tokenizer)?;
         let target = out.join(TOKENIZER_FILE);
         std::fs::copy(tokenizer, &target).map_err(|source| HfError::read(tokenizer, source))?;
+        write_tokenizer_config(
+            described.inner(),
+            &described.info()?,
+            config.max_tokens(),
+            &out.join(TOKENIZER_CONFIG_FILE),
+        )?;
     }
     Ok(out.to_path_buf())
 }

@@ -38,13 +38,17 @@ pub fn fill_mask<B: Backend>(
     device: &B::Device,
 ) -> Result<FillMaskOutput, HfError> {
     let special = tokenizer.info()?;
+    let mask_id = special
+        .mask_id
+        .ok_or_else(|| HfError::Input("the model's tokenizer has no mask token to fill".into()))?;
     let ids = tokenizer.encode(text)?;
     let masks: Vec<u32> = (0..ids.len() as u32)
-        .filter(|index| ids[*index as usize] == special.mask_id)
+        .filter(|index| ids[*index as usize] == mask_id)
         .collect();
     if masks.is_empty() {
+        let mask = tokenizer.decode(&[mask_id], false)?;
         return Err(HfError::Input(format!(
-            "no mask token (<mask>) found in the input {text:?}"
+            "no mask token ({mask}) found in the input {text:?}"
         )));
     }
     let logits = logits_at(model, &ids, &masks, device)?;
@@ -56,7 +60,7 @@ pub fn fill_mask<B: Backend>(
         for (token, score) in top_probabilities(row, top_k) {
             let mut filled: Vec<u32> = ids.clone();
             filled[*mask as usize] = token;
-            filled.retain(|id| *id != special.pad_id);
+            filled.retain(|id| Some(*id) != special.pad_id);
             predictions.push(MaskPrediction {
                 score,
                 token,

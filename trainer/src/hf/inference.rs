@@ -16,7 +16,7 @@ pub fn logits_at<B: Backend>(
     device: &B::Device,
 ) -> Result<Vec<f32>, HfError> {
     let max_tokens = model.embeddings.position_embeddings.weight.dims()[0]
-        .saturating_sub(crate::model::FIRST_POSITION_ID);
+        .saturating_sub(model.embeddings.position_offset);
     if ids.is_empty() || ids.len() > max_tokens {
         return Err(HfError::Input(format!(
             "the input has {} tokens; the model reads 1 to {max_tokens}",

@@ -16,6 +16,7 @@ mod names;
 mod score;
 mod shape;
 mod tokenizer;
+mod tokenizer_config;
 
 pub use config::{HfRobertaConfig, CAUSAL_LM_ARCHITECTURE, MASKED_LM_ARCHITECTURE};
 pub use error::HfError;
@@ -28,6 +29,7 @@ pub use import::{load_hf_dir, load_weights, warm_start};
 pub use inference::{logits_at, sequence_logits};
 pub use score::{score_text, LineScore, ScoreSettings, ScoreTotal};
 pub use tokenizer::HfTokenizer;
+pub use tokenizer_config::{tokenizer_config, write_tokenizer_config, TOKENIZER_CONFIG_FILE};
 
 #[cfg(test)]
 mod tests;

@@ -91,7 +91,8 @@ pub fn score_line<B: Backend>(
             )
         }
         Objective::Mlm => {
-            let masking = MlmMasking::new(special, settings.mlm_probability);
+            let masking =
+                MlmMasking::new(special, settings.mlm_probability).map_err(HfError::Input)?;
             let masked = masking.apply_seeded(&ids, settings.seed, index as u64);
             (masked.inputs, masked.positions, masked.targets)
         }

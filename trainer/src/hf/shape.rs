@@ -128,8 +128,10 @@ mod tests {
 
     #[test]
     fn names_every_differing_field() {
-        let run = Dimensions::of_config(&RobertaConfig::new(800, 48, 2, 2, 96, 66, 1));
-        let file = Dimensions::of_config(&RobertaConfig::new(800, 48, 4, 2, 96, 130, 1));
+        let run =
+            Dimensions::of_config(&RobertaConfig::new(800, 48, 2, 2, 96, 66).with_pad_id(Some(1)));
+        let file =
+            Dimensions::of_config(&RobertaConfig::new(800, 48, 4, 2, 96, 130).with_pad_id(Some(1)));
         let error = Dimensions::check(&run, &file, "the run", Path::new("x/config.json"))
             .expect_err("differs");
         let message = error.to_string();

@@ -12,19 +12,13 @@ use crate::CpuBackend;
 type TestBackend = CpuBackend;
 
 fn tokenizer() -> TokenizerInfo {
-    TokenizerInfo {
-        hash: "test".into(),
-        vocab_size: 60,
-        bos_id: 0,
-        pad_id: 1,
-        eos_id: 2,
-        unk_id: 3,
-        mask_id: 4,
-    }
+    TokenizerInfo::roberta("test", 60)
 }
 
 fn model_config(causal: bool) -> RobertaConfig {
-    RobertaConfig::new(60, 16, 2, 2, 24, 12, 1).with_causal(causal)
+    RobertaConfig::new(60, 16, 2, 2, 24, 12)
+        .with_pad_id(Some(1))
+        .with_causal(causal)
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -65,7 +59,7 @@ fn export_then_import_gives_the_same_model() {
 #[test]
 fn linear_weights_are_stored_as_out_by_in() {
     let _rng = crate::backend_rng_lock();
-    let config = RobertaConfig::new(60, 16, 1, 2, 24, 12, 1);
+    let config = RobertaConfig::new(60, 16, 1, 2, 24, 12).with_pad_id(Some(1));
     let model = config.init::<TestBackend>(&Default::default());
     let tensors = hf_tensors(&model).expect("tensors");
     let shape = |name: &str| {
@@ -123,7 +117,7 @@ fn init_from_rejects_another_network_by_name() {
         hf_tensors(&model).expect("tensors")
     );
 
-    let wider = RobertaConfig::new(60, 16, 3, 2, 24, 12, 1);
+    let wider = RobertaConfig::new(60, 16, 3, 2, 24, 12).with_pad_id(Some(1));
     let error = warm_start(wider.init::<TestBackend>(&device), &wider, &dir)
         .expect_err("three layers do not fit two");
     assert!(

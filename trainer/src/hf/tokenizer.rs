@@ -1,36 +1,40 @@
-//! The `tokenizer.json` of an HF model directory, used as `transformers`' `RobertaTokenizer`
-//! uses it: `<s> … </s>` around every text, and plain `tokenizers` decoding (`transformers`
-//! skips its WordPiece space clean-up for BPE tokenizers).
+//! The `tokenizer.json` of an HF model directory, used as transformers' `AutoTokenizer` uses
+//! it: the post-processor's special tokens around every text (`<s> … </s>`, `[CLS] … [SEP]`, …),
+//! the roles named by a `tokenizer_config.json` beside it, and plain `tokenizers` decoding.
 
 use std::path::{Path, PathBuf};
 
+use flightlm_shared::tokenizer_file::{load_tokenizer_file, DocumentTemplate};
 use flightlm_shared::TokenizerInfo;
 use tokenizers::Tokenizer;
 
 use super::error::HfError;
 
-/// RoBERTa's special tokens, by the names a RoBERTa tokenizer gives them.
-const BOS: &str = "<s>";
-const PAD: &str = "<pad>";
-const EOS: &str = "</s>";
-const UNK: &str = "<unk>";
-const MASK: &str = "<mask>";
-
 pub struct HfTokenizer {
     path: PathBuf,
     inner: Tokenizer,
+    info: TokenizerInfo,
 }
 
 impl HfTokenizer {
     pub fn load(path: &Path) -> Result<Self, HfError> {
-        let inner = Tokenizer::from_file(path).map_err(|error| HfError::Tokenizer {
-            path: path.to_path_buf(),
-            message: error.to_string(),
-        })?;
+        let (inner, info) =
+            load_tokenizer_file(path, &DocumentTemplate::default()).map_err(|error| {
+                HfError::Tokenizer {
+                    path: error.path,
+                    message: error.message,
+                }
+            })?;
         Ok(HfTokenizer {
             path: path.to_path_buf(),
             inner,
+            info,
         })
+    }
+
+    /// The tokenizer underneath (its vocabulary, added tokens and decoder).
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
     }
 
     /// The ids of `text` with the special tokens the post-processor adds.
@@ -48,22 +52,9 @@ impl HfTokenizer {
             .map_err(|error| self.error(format!("cannot decode {ids:?}: {error}")))
     }
 
-    /// Vocabulary size and special ids, as the trainer's collators need them.
+    /// Vocabulary size and special ids, described as a pipeline describes its tokenizer.
     pub fn info(&self) -> Result<TokenizerInfo, HfError> {
-        let id = |token: &str| {
-            self.inner
-                .token_to_id(token)
-                .ok_or_else(|| self.error(format!("has no `{token}` token")))
-        };
-        Ok(TokenizerInfo {
-            hash: String::new(),
-            vocab_size: self.inner.get_vocab_size(true) as u32,
-            bos_id: id(BOS)?,
-            pad_id: id(PAD)?,
-            eos_id: id(EOS)?,
-            unk_id: id(UNK)?,
-            mask_id: id(MASK)?,
-        })
+        Ok(self.info.clone())
     }
 
     fn error(&self, message: String) -> HfError {

@@ -18,6 +18,7 @@
 //! `precision = "bf16"` runs the matrix products in bf16 over f32 parameters: see [`precision`].
 
 mod activation;
+pub mod documents;
 pub mod dropout;
 mod embeddings;
 mod head;
@@ -26,7 +27,10 @@ mod layer;
 pub mod precision;
 
 pub use activation::gelu;
-pub use embeddings::{RobertaEmbeddings, RobertaEmbeddingsConfig, FIRST_POSITION_ID};
+pub use documents::{DocumentLayout, DocumentTensors};
+pub use embeddings::{
+    position_offset, RobertaEmbeddings, RobertaEmbeddingsConfig, FIRST_POSITION_ID,
+};
 pub use head::{LmHead, LmHeadConfig};
 pub use layer::{ResidualOutput, RobertaLayer, RobertaLayerConfig, SelfAttention};
 
@@ -40,7 +44,7 @@ use crate::config::{Objective, Precision, TrainConfig};
 
 /// What is added to masked-out attention scores; finite so a fully masked row cannot turn into
 /// NaN, and far below any real score.
-const MASKED_SCORE: f64 = -1e9;
+pub(crate) const MASKED_SCORE: f64 = -1e9;
 
 #[derive(Config, Debug)]
 pub struct RobertaConfig {
@@ -49,9 +53,10 @@ pub struct RobertaConfig {
     pub layers: usize,
     pub heads: usize,
     pub intermediate: usize,
-    /// HF `max_position_embeddings`: the longest sequence plus `FIRST_POSITION_ID`.
+    /// HF `max_position_embeddings`: the longest sequence plus [`position_offset`]`(pad_id)`.
     pub max_positions: usize,
-    pub pad_id: usize,
+    /// The tokenizer's pad id, if it has one (HF's `pad_token_id`; see [`position_offset`]).
+    pub pad_id: Option<usize>,
     /// Causal attention (HF `is_decoder=True`) instead of bidirectional.
     #[config(default = false)]
     pub causal: bool,
@@ -83,15 +88,16 @@ impl RobertaConfig {
     /// The model a training run asks for, sized by the tokenizer it reads.
     pub fn from_train_config(config: &TrainConfig, tokenizer: &TokenizerInfo) -> Self {
         let shape = config.model;
+        let pad_id = tokenizer.pad_id.map(|pad| pad as usize);
         RobertaConfig::new(
             tokenizer.vocab_size as usize,
             shape.hidden,
             shape.layers,
             shape.heads,
             shape.intermediate,
-            config.seq_len + FIRST_POSITION_ID,
-            tokenizer.pad_id as usize,
+            config.seq_len + position_offset(pad_id),
         )
+        .with_pad_id(pad_id)
         .with_causal(config.objective == Objective::Causal)
         .with_dropout(config.dropout)
         .with_attention_dropout(config.dropout)
@@ -99,16 +105,13 @@ impl RobertaConfig {
     }
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> Roberta<B> {
-        let embeddings = RobertaEmbeddingsConfig::new(
-            self.vocab_size,
-            self.hidden,
-            self.max_positions,
-            self.pad_id,
-        )
-        .with_layer_norm_eps(self.layer_norm_eps)
-        .with_dropout(self.dropout)
-        .with_initializer_range(self.initializer_range)
-        .init(device);
+        let embeddings =
+            RobertaEmbeddingsConfig::new(self.vocab_size, self.hidden, self.max_positions)
+                .with_pad_id(self.pad_id)
+                .with_layer_norm_eps(self.layer_norm_eps)
+                .with_dropout(self.dropout)
+                .with_initializer_range(self.initializer_range)
+                .init(device);
         let layer = RobertaLayerConfig::new(self.hidden, self.heads, self.intermediate)
             .with_layer_norm_eps(self.layer_norm_eps)
             .with_dropout(self.dropout)
@@ -132,10 +135,27 @@ impl RobertaConfig {
 impl<B: Backend> Roberta<B> {
     /// The encoder's output for `input_ids` `[batch, seq]`: `[batch, seq, hidden]`.
     pub fn encode(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.encode_documents(input_ids, None)
+    }
+
+    /// [`Roberta::encode`], with attention kept inside each document and positions restarted at
+    /// each one when `documents` is given.
+    pub fn encode_documents(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        documents: Option<DocumentTensors<B>>,
+    ) -> Tensor<B, 3> {
         let [_, seq_len] = input_ids.dims();
         let device = input_ids.device();
-        let attention_bias = self.causal.then(|| causal_bias::<B>(seq_len, &device));
-        let mut hidden = self.embeddings.forward(input_ids);
+        let causal = self.causal.then(|| causal_bias::<B>(seq_len, &device));
+        let (mut hidden, attention_bias) = match documents {
+            None => (self.embeddings.forward(input_ids), causal),
+            Some(documents) => (
+                self.embeddings
+                    .forward_at(input_ids, documents.positions.clone()),
+                Some(documents.attention_bias(causal)),
+            ),
+        };
         for layer in &self.layers {
             hidden = layer.forward(hidden, attention_bias.clone(), self.compute_dtype);
         }
@@ -148,8 +168,18 @@ impl<B: Backend> Roberta<B> {
         input_ids: Tensor<B, 2, Int>,
         positions: Tensor<B, 1, Int>,
     ) -> Tensor<B, 2> {
+        self.forward_documents(input_ids, positions, None)
+    }
+
+    /// [`Roberta::forward`] with [`Roberta::encode_documents`]' document attention.
+    pub fn forward_documents(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 1, Int>,
+        documents: Option<DocumentTensors<B>>,
+    ) -> Tensor<B, 2> {
         let [batch, seq_len] = input_ids.dims();
-        let hidden = self.encode(input_ids);
+        let hidden = self.encode_documents(input_ids, documents);
         let [_, _, width] = hidden.dims();
         let selected = hidden
             .reshape([batch * seq_len, width])
@@ -178,7 +208,8 @@ mod tests {
     type TestBackend = CpuBackend;
 
     fn config(causal: bool) -> RobertaConfig {
-        RobertaConfig::new(50, 16, 2, 2, 32, 10, 1)
+        RobertaConfig::new(50, 16, 2, 2, 32, 10)
+            .with_pad_id(Some(1))
             .with_causal(causal)
             .with_dropout(0.0)
             .with_attention_dropout(0.0)

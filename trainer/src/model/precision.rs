@@ -200,7 +200,8 @@ mod tests {
         let device = Default::default();
         TestBackend::seed(&device, 7);
         for causal in [false, true] {
-            let f32_model: Roberta<TestBackend> = RobertaConfig::new(50, 16, 2, 2, 32, 10, 1)
+            let f32_model: Roberta<TestBackend> = RobertaConfig::new(50, 16, 2, 2, 32, 10)
+                .with_pad_id(Some(1))
                 .with_causal(causal)
                 .with_dropout(0.0)
                 .with_attention_dropout(0.0)

@@ -50,7 +50,7 @@ pub fn train_data_parallel<B: AutodiffBackend>(
         )));
     }
     let tokenizer = sources[0].tokenizer().clone();
-    check_tokenizer(&tokenizer)?;
+    check_tokenizer(&tokenizer, config.objective)?;
     if let Some(other) = sources
         .iter()
         .find(|s| s.tokenizer().hash != tokenizer.hash)

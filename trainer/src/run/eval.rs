@@ -53,7 +53,8 @@ pub fn evaluate<B: Backend>(
     let mut tokens = 0;
     for batch in batches.iter().filter(|batch| !batch.targets.is_empty()) {
         let tensors = batch.to_tensors::<B>(device);
-        let logits = model.forward(tensors.input_ids, tensors.positions);
+        let logits =
+            model.forward_documents(tensors.input_ids, tensors.positions, tensors.documents);
         let summed = cross_entropy_sum(logits, tensors.targets, tensors.weights);
         total = Some(match total {
             Some(total) => total + summed,

@@ -154,7 +154,8 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
             }
             predicted += batch.targets.len() as u64;
             let tensors = batch.to_tensors::<B>(self.device);
-            let logits = model.forward(tensors.input_ids, tensors.positions);
+            let logits =
+                model.forward_documents(tensors.input_ids, tensors.positions, tensors.documents);
             let loss = if sums {
                 cross_entropy_sum(logits, tensors.targets, tensors.weights)
             } else {

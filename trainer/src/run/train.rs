@@ -94,7 +94,7 @@ pub fn train_with<B: AutodiffBackend>(
 ) -> Result<TrainSummary<B>, TrainError> {
     config.validate()?;
     let tokenizer = source.tokenizer().clone();
-    check_tokenizer(&tokenizer)?;
+    check_tokenizer(&tokenizer, config.objective)?;
     let model = initial_model::<B>(config, &tokenizer, device)?;
     let role = RankRole::alone(control.checkpoints.is_some());
     train_rank(config, source, device, model, &role, metrics, control)
@@ -140,7 +140,7 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
         config.warmup_steps,
         config.max_steps,
     );
-    let collator = Collator::from_train_config(config, &tokenizer);
+    let collator = Collator::from_train_config(config, &tokenizer)?;
     let (valid, valid_blocks_read) = if role.leads() {
         read_valid(config, source, &collator, tokenizer.vocab_size)?
     } else {
