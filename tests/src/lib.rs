@@ -283,6 +283,24 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
+/// Reads a `consume --dump --document-starts` file: per line, a block's ids and where its
+/// documents begin.
+pub fn read_dump_with_starts(path: &Path) -> Vec<(Vec<u32>, Vec<u32>)> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        input_ids: Vec<u32>,
+        document_starts: Vec<u32>,
+    }
+    std::fs::read_to_string(path)
+        .expect("dump file")
+        .lines()
+        .map(|line| {
+            let line: Line = serde_json::from_str(line).expect("JSON block with starts");
+            (line.input_ids, line.document_starts)
+        })
+        .collect()
+}
+
 /// Reads a `consume --dump` file: one block of ids per line.
 pub fn read_dump(path: &Path) -> Vec<Vec<u32>> {
     std::fs::read_to_string(path)

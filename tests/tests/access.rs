@@ -41,7 +41,7 @@ except flight.FlightUnauthenticatedError:
     print("unauthenticated")
     sys.exit(0)
 options = flight.FlightCallOptions(headers=[header])
-request = {"version": 1, "split": "train", "seq_len": 32, "batch_size": 8}
+request = {"version": 2, "split": "train", "seq_len": 32, "batch_size": 8}
 reader = client.do_get(flight.Ticket(json.dumps(request)), options)
 print(reader.read_chunk().data.num_rows)
 "#;
@@ -135,7 +135,7 @@ fn streams_are_capped() {
             "-c",
             "import json,sys,time\nimport pyarrow.flight as f\n\
              c=f.connect(sys.argv[1].replace('http://','grpc://',1))\n\
-             r=c.do_get(f.Ticket(json.dumps({'version':1,'split':'train','seq_len':32,'batch_size':4})))\n\
+             r=c.do_get(f.Ticket(json.dumps({'version':2,'split':'train','seq_len':32,'batch_size':4})))\n\
              r.read_chunk()\nprint('holding',flush=True)\ntime.sleep(60)",
             &pipeline.url,
         ])
@@ -172,7 +172,7 @@ try:
     print("accepted")
 except Exception as error:
     print("refused:", str(error).splitlines()[0])
-request = {"version": 1, "split": "train", "seq_len": 512, "batch_size": 10 ** 9}
+request = {"version": 2, "split": "train", "seq_len": 512, "batch_size": 10 ** 9}
 try:
     client.do_get(flight.Ticket(json.dumps(request))).read_chunk()
     print("accepted")

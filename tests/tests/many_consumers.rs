@@ -13,7 +13,7 @@ const STALLED_READER: &str = r#"
 import json, sys, time
 import pyarrow.flight as flight
 client = flight.connect(sys.argv[1].replace("http://", "grpc://", 1))
-request = {"version": 1, "split": "train", "seq_len": 32, "batch_size": 4}
+request = {"version": 2, "split": "train", "seq_len": 32, "batch_size": 4}
 reader = client.do_get(flight.Ticket(json.dumps(request)))
 reader.read_chunk()
 print("reading stopped", flush=True)
