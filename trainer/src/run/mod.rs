@@ -6,17 +6,20 @@
 //! device, each on its shard. [`checkpoint`] writes and reads everything a run needs to continue
 //! exactly (weights, optimizer, schedule position, stream cursor); [`resume`] finds the checkpoint
 //! a `--resume` names and decides which settings may change. As it goes the run appends
-//! [`metrics`] (JSON lines, summarized for people by [`progress`] and drawn by [`plot`]) and
+//! [`metrics`] (JSON lines, summarized for people by [`progress`], drawn by [`plot`], written for
+//! TensorBoard by [`tensorboard`], served to Prometheus by [`live_metrics`]) and
 //! [`block_log`] (which blocks each step trained on, for `audit-blocks`).
 
 pub mod block_log;
 pub mod checkpoint;
 pub mod data_parallel;
 pub mod eval;
+pub mod live_metrics;
 pub mod metrics;
 pub mod plot;
 pub mod progress;
 pub mod resume;
 pub(crate) mod stages;
 pub mod step;
+pub mod tensorboard;
 pub mod train;

@@ -198,6 +198,7 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
             best_checkpoint: None,
             tokenizer_hash: self.tokenizer.hash.clone(),
             cursor: source.cursor(),
+            source_tokens: Default::default(),
         })
     }
 
@@ -243,6 +244,13 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
         )?;
         progress.waited = outcome.waited_s;
         progress.state.train_tokens += progress.window.tokens - tokens_before;
+        for (source, tokens) in std::mem::take(&mut progress.window.source_tokens) {
+            *progress
+                .state
+                .source_tokens
+                .entry(source.to_string())
+                .or_default() += tokens;
+        }
         Ok(outcome)
     }
 
@@ -286,6 +294,7 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
                 .group
                 .map(|_| (window.collective_s / seconds).clamp(0.0, 1.0)),
             grad_norm: GradientNorm::read_pending(unread_norm)?,
+            tokens_by_source: progress.state.source_tokens.clone(),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             eta_s: eta_seconds(progress.loop_started, first_step, completed, config.max_steps),
         })?;
@@ -313,8 +322,11 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
         Ok(())
     }
 
-    /// Every `save_every` steps, after the last and when stopping: every rank checks that the
-    /// ranks agree, and rank 0 writes the checkpoint.
+    /// Every `save_every` steps, after the last, when stopping, and at every evaluation that
+    /// beats the best checkpoint (so the best evaluation always has a checkpoint to restore, as
+    /// transformers' `load_best_model_at_end` requires of its save steps): every rank checks that
+    /// the ranks agree, and rank 0 writes the checkpoint. Only rank 0 knows an evaluation's
+    /// result, so in a data-parallel run every rank joins the check at every evaluation.
     pub(crate) fn checkpoint_if_due(
         &self,
         model: &Roberta<B>,
@@ -326,20 +338,28 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
     ) -> Result<(), TrainError> {
         let (config, completed) = (self.config, due.completed);
         let last = completed == config.max_steps;
-        if !(self.role.checkpointing && (completed % config.save_every == 0 || last || due.stopped))
-        {
+        let save_due = completed % config.save_every == 0 || last || due.stopped;
+        let evaluated_step = completed % config.eval_every == 0 || last;
+        let state = &progress.state;
+        let new_best = state.eval_at_step.is_some_and(|evaluation| {
+            state
+                .best_checkpoint
+                .is_none_or(|best| evaluation.perplexity < best.eval_perplexity)
+        });
+        let checks = save_due || new_best || (evaluated_step && self.role.group.is_some());
+        if !(self.role.checkpointing && checks) {
             return Ok(());
         }
         GradientNorm::read_pending(unread_norm)?;
-        let evaluated =
-            progress.state.eval_at_step.is_some() || completed % config.eval_every == 0;
+        let evaluated = state.eval_at_step.is_some() || evaluated_step;
         let patience = if evaluated || last {
             Patience::Long
         } else {
             Patience::Normal
         };
         let agreed = check_ranks_agree(self.role, model, completed - 1, patience)?;
-        if let (Some(store), true) = (&control.checkpoints, self.role.leads()) {
+        let saves = save_due || new_best;
+        if let (Some(store), true, true) = (&control.checkpoints, self.role.leads(), saves) {
             let saving = Saving {
                 store,
                 config,
@@ -380,7 +400,12 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
                 first_eval_perplexity: state.first_eval.perplexity,
                 last_eval_loss: state.last_eval.loss,
                 last_eval_perplexity: state.last_eval.perplexity,
-                best_eval_perplexity: state.best_eval_perplexity,
+                // With checkpoints, the best is the best checkpoint: every evaluation that
+                // improved on it was saved (the evaluation before step 1 has none).
+                best_eval_perplexity: state
+                    .best_checkpoint
+                    .map_or(state.best_eval_perplexity, |best| best.eval_perplexity),
+                best_step: state.best_checkpoint.map(|best| best.step),
                 train_tokens: state.train_tokens,
                 elapsed_s: self.started.elapsed().as_secs_f64(),
             })?;
