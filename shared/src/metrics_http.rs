@@ -195,7 +195,11 @@ fn read_request(stream: TcpStream) -> Result<Request, String> {
     }
 }
 
-fn write_response(stream: &mut TcpStream, response: &Response, head_only: bool) -> std::io::Result<()> {
+fn write_response(
+    stream: &mut TcpStream,
+    response: &Response,
+    head_only: bool,
+) -> std::io::Result<()> {
     let reason = match response.status {
         200 => "OK",
         400 => "Bad Request",

@@ -415,7 +415,8 @@ mod tests {
     #[test]
     fn sources_travel_per_row_and_may_be_absent() {
         let schema = block_schema(2, &tokenizer());
-        let state: Arc<str> = Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
+        let state: Arc<str> =
+            Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
         let mut blocks = TokenBlocks::new(2);
         for (row, source) in ["books", "wiki", "books"].into_iter().enumerate() {
             blocks.push_resumable(&[0, 2], row as u64, 0, &state, row as u32 + 1);
@@ -428,7 +429,10 @@ mod tests {
         assert_eq!(names, ["wiki", "books"]);
         blocks.sources.clear();
         let unknown = blocks.to_record_batch(schema).unwrap();
-        assert!(TokenBlocks::from_record_batch(&unknown).unwrap().sources.is_empty());
+        assert!(TokenBlocks::from_record_batch(&unknown)
+            .unwrap()
+            .sources
+            .is_empty());
         let without = unknown.project(&[0, 1, 2, 3, 4]).unwrap();
         assert_eq!(TokenBlocks::from_record_batch(&without).unwrap(), blocks);
     }

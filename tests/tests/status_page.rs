@@ -28,7 +28,11 @@ fn http_get(base: &str, path: &str, authorization: Option<&str>) -> (u16, String
     let auth = authorization
         .map(|value| format!("Authorization: {value}\r\n"))
         .unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n{auth}\r\n").expect("writes");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{auth}\r\n"
+    )
+    .expect("writes");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("reads");
     let status = answer[9..12].parse().expect("status code");
@@ -48,7 +52,12 @@ fn chromium(dir: &Path, action: &[&str], url: &str) -> String {
     let _ = std::fs::remove_dir_all(&profile);
     let output = run_ok(
         Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+            ])
             .args(["--no-first-run", "--disable-background-networking"])
             .args(["--disable-component-update", "--disable-sync"])
             .arg(format!("--user-data-dir={}", profile.display()))
@@ -138,11 +147,21 @@ fn the_status_page_and_metrics_follow_a_two_source_stream() {
             "127.0.0.1:0".into(),
         ],
     );
-    let base = pipeline.metrics.clone().expect("the metrics address is announced");
+    let base = pipeline
+        .metrics
+        .clone()
+        .expect("the metrics address is announced");
     let consumer = KillOnDrop(
         Command::new(binary("flightlm-pipeline"))
             .args(["consume", "--pipeline", &pipeline.url, "--seq-len", "64"])
-            .args(["--batch-size", "16", "--epochs", "1000000", "--max-blocks", "1000000000"])
+            .args([
+                "--batch-size",
+                "16",
+                "--epochs",
+                "1000000",
+                "--max-blocks",
+                "1000000000",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -201,7 +220,10 @@ fn the_status_page_and_metrics_follow_a_two_source_stream() {
         &page,
     );
     let png = std::fs::read(&screenshot).expect("a screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a rendered PNG");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a rendered PNG"
+    );
     eprintln!("status page screenshot: {}", screenshot.display());
 
     // Stopped streams stop counting: stats and /metrics then agree exactly.
@@ -243,7 +265,10 @@ fn assert_counters_monotone(before: &serde_json::Value, after: &serde_json::Valu
         for (labels, value) in series.as_object().expect("series") {
             let later = &after[name][labels];
             if !later.is_null() {
-                assert!(later.as_f64() >= value.as_f64(), "{name}{{{labels}}} went down");
+                assert!(
+                    later.as_f64() >= value.as_f64(),
+                    "{name}{{{labels}}} went down"
+                );
             }
         }
     }
@@ -271,7 +296,10 @@ fn with_a_token_the_metrics_listener_answers_only_callers_that_send_it() {
         |_| {},
     );
     let base = pipeline.metrics.clone().expect("metrics address");
-    assert!(base.starts_with("http://127.0.0.1:"), "loopback by default: {base}");
+    assert!(
+        base.starts_with("http://127.0.0.1:"),
+        "loopback by default: {base}"
+    );
     for path in ["/metrics", "/", "/status.json"] {
         let (code, body) = http_get(&base, path, None);
         assert_eq!(code, 401, "{path} without the token: {body}");

@@ -55,7 +55,9 @@ pub fn assert_counters_monotone(before: &serde_json::Value, after: &serde_json::
 }
 
 fn value(families: &serde_json::Value, name: &str) -> f64 {
-    families[name][""].as_f64().unwrap_or_else(|| panic!("no {name} in {families}"))
+    families[name][""]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {name} in {families}"))
 }
 
 fn last_logged_step(out: &Path) -> u64 {
@@ -103,13 +105,19 @@ fn tensorboard_reads_a_killed_and_resumed_run_and_prometheus_its_progress() {
     }
     let second = scrape(&url);
     assert_counters_monotone(&first, &second);
-    assert!(value(&second, "gauge:flightlm_trainer_step") >= 8.0, "{second}");
+    assert!(
+        value(&second, "gauge:flightlm_trainer_step") >= 8.0,
+        "{second}"
+    );
     assert!(value(&second, "counter:flightlm_trainer_checkpoints_total") >= 1.0);
     assert!(value(&second, "counter:flightlm_trainer_evaluations_total") >= 2.0);
     assert!(value(&second, "gauge:flightlm_trainer_tokens_per_second") > 0.0);
     assert!(value(&second, "gauge:flightlm_trainer_loss").is_finite());
     assert_eq!(
-        value(&second, "counter:flightlm_trainer_pipeline_reconnects_total"),
+        value(
+            &second,
+            "counter:flightlm_trainer_pipeline_reconnects_total"
+        ),
         0.0
     );
     let killed = Command::new("kill")
@@ -145,9 +153,17 @@ fn tensorboard_reads_a_killed_and_resumed_run_and_prometheus_its_progress() {
         serde_json::from_str(report.lines().last().expect("a report")).expect("JSON report");
     eprintln!("tensorboard: {report}");
     assert_eq!(report["event_files"].as_array().map(Vec::len), Some(2));
-    for tag in ["train/loss", "train/lr", "train/grad_norm", "eval/perplexity"] {
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "eval/perplexity",
+    ] {
         assert!(
-            report["tags"].as_array().expect("tags").contains(&tag.into()),
+            report["tags"]
+                .as_array()
+                .expect("tags")
+                .contains(&tag.into()),
             "{tag}: {report}"
         );
     }
@@ -193,10 +209,16 @@ fn a_run_on_two_sources_counts_its_tokens_per_source() {
         .filter(|line| line["kind"] == "train")
         .last()
         .expect("train lines");
-    let by_source = last["tokens_by_source"].as_object().expect("tokens per source");
+    let by_source = last["tokens_by_source"]
+        .as_object()
+        .expect("tokens per source");
     let alpha = by_source["alpha"].as_u64().expect("alpha");
     let beta = by_source["beta"].as_u64().expect("beta");
-    assert_eq!(alpha + beta, 12 * 8 * 32, "every trained token has its source: {last}");
+    assert_eq!(
+        alpha + beta,
+        12 * 8 * 32,
+        "every trained token has its source: {last}"
+    );
     assert!(alpha > beta, "alpha weighs 3, beta 1: {last}");
     let report = run_ok(
         Command::new(python())
@@ -208,7 +230,10 @@ fn a_run_on_two_sources_counts_its_tokens_per_source() {
     let report: serde_json::Value =
         serde_json::from_str(report.lines().last().expect("a report")).expect("JSON report");
     let tags = report["tags"].as_array().expect("tags");
-    for tag in ["train/tokens_by_source/alpha", "train/tokens_by_source/beta"] {
+    for tag in [
+        "train/tokens_by_source/alpha",
+        "train/tokens_by_source/beta",
+    ] {
         assert!(tags.contains(&tag.into()), "{tag}: {report}");
     }
 }

@@ -159,7 +159,10 @@ fn a_run_resumed_from_a_checkpoint_logs_the_same_losses() {
     }
     let (best_step, best_perplexity) = best_eval.expect("evaluations after step 0");
     let best = summary.best.expect("a best checkpoint");
-    assert_eq!((best.step, best.eval_perplexity), (best_step, best_perplexity));
+    assert_eq!(
+        (best.step, best.eval_perplexity),
+        (best_step, best_perplexity)
+    );
     assert_eq!(summary.restored_best, best.step != 12);
     let best_line = records.iter().find_map(|metric| match metric {
         Metric::Best {

@@ -79,7 +79,10 @@ fn stream_labels(stream: &Value) -> Labels {
     };
     vec![
         ("stream", stream["id"].to_string()),
-        ("split", stream["split"].as_str().unwrap_or_default().to_string()),
+        (
+            "split",
+            stream["split"].as_str().unwrap_or_default().to_string(),
+        ),
         ("shard", shard),
     ]
 }
@@ -97,9 +100,24 @@ impl Collector for StatusCollector {
                 .collect::<Vec<_>>()
         };
         let e = &mut encoder;
-        counters(e, "tokens", "Tokens served per source", by_source(|s| s.tokens))?;
-        counters(e, "blocks", "Blocks served per source", by_source(|s| s.blocks))?;
-        counters(e, "documents", "Documents read per source", by_source(|s| s.documents))?;
+        counters(
+            e,
+            "tokens",
+            "Tokens served per source",
+            by_source(|s| s.tokens),
+        )?;
+        counters(
+            e,
+            "blocks",
+            "Blocks served per source",
+            by_source(|s| s.blocks),
+        )?;
+        counters(
+            e,
+            "documents",
+            "Documents read per source",
+            by_source(|s| s.documents),
+        )?;
         counters(
             e,
             "skipped_rows",
@@ -116,10 +134,17 @@ impl Collector for StatusCollector {
         let kinds = kinds.map(|(kind, count)| (vec![("kind", kind.clone())], *count));
         counters(e, "bad_records", "Bad records skipped, by kind", kinds)?;
         let weights = status.corpus.describe_sources();
-        let weights = weights.as_array().into_iter().flatten().filter_map(|source| {
-            let weight = source.get("weight")?.as_f64()?;
-            Some((vec![("source", source["source"].as_str()?.to_string())], weight))
-        });
+        let weights = weights
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|source| {
+                let weight = source.get("weight")?.as_f64()?;
+                Some((
+                    vec![("source", source["source"].as_str()?.to_string())],
+                    weight,
+                ))
+            });
         gauges(e, "source_weight", "Mixture weight per source", weights)?;
         gauges(
             e,
@@ -128,7 +153,12 @@ impl Collector for StatusCollector {
             [(Labels::new(), status.tokens_per_s())],
         )?;
         let open = stats["active_streams"].as_u64().unwrap_or(0) as f64;
-        gauges(e, "open_streams", "Streams being served", [(Labels::new(), open)])?;
+        gauges(
+            e,
+            "open_streams",
+            "Streams being served",
+            [(Labels::new(), open)],
+        )?;
 
         let streams: Vec<Value> = stats["streams"].as_array().cloned().unwrap_or_default();
         let per_stream = |key: &str| -> Vec<(Labels, u64)> {
@@ -138,8 +168,18 @@ impl Collector for StatusCollector {
                 .map(|s| (stream_labels(s), s[&key].as_u64().unwrap_or(0)))
                 .collect()
         };
-        counters(e, "stream_tokens", "Tokens sent per stream", per_stream("tokens"))?;
-        counters(e, "stream_blocks", "Blocks sent per stream", per_stream("blocks"))?;
+        counters(
+            e,
+            "stream_tokens",
+            "Tokens sent per stream",
+            per_stream("tokens"),
+        )?;
+        counters(
+            e,
+            "stream_blocks",
+            "Blocks sent per stream",
+            per_stream("blocks"),
+        )?;
         counters(
             e,
             "stream_documents",
@@ -149,20 +189,34 @@ impl Collector for StatusCollector {
         let queued = per_stream("queued_batches")
             .into_iter()
             .map(|(labels, count)| (labels, count as f64));
-        gauges(e, "stream_queued_batches", "Encoded batches waiting for the network", queued)?;
+        gauges(
+            e,
+            "stream_queued_batches",
+            "Encoded batches waiting for the network",
+            queued,
+        )?;
 
         let remote = crate::read::remote::stats().unwrap_or(Value::Null);
         for (key, help) in [
             ("requests", "Requests to remote stores"),
-            ("retries", "Remote requests retried after a transient failure"),
+            (
+                "retries",
+                "Remote requests retried after a transient failure",
+            ),
             ("bytes", "Bytes read from remote stores"),
         ] {
             let value = remote[key].as_u64().unwrap_or(0);
             counters(e, &format!("remote_{key}"), help, [(Labels::new(), value)])?;
         }
-        let actions = status.actions().into_iter().map(|((action, outcome), count)| {
-            (vec![("action", action), ("outcome", outcome.to_string())], count)
-        });
+        let actions = status
+            .actions()
+            .into_iter()
+            .map(|((action, outcome), count)| {
+                (
+                    vec![("action", action), ("outcome", outcome.to_string())],
+                    count,
+                )
+            });
         counters(e, "control_actions", "Control actions called", actions)?;
         Ok(())
     }

@@ -242,7 +242,11 @@ impl PipelineStatus {
                 };
                 SourceView {
                     weight,
-                    weight_share: if weight_sum > 0.0 { weight / weight_sum } else { 0.0 },
+                    weight_share: if weight_sum > 0.0 {
+                        weight / weight_sum
+                    } else {
+                        0.0
+                    },
                     tokens,
                     blocks: counts.map_or(0, |s| s.blocks),
                     documents: counts.map_or(0, |s| s.documents),

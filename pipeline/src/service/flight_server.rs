@@ -30,8 +30,8 @@ use crate::access::{AuthToken, AUTHORIZATION};
 use crate::corpus::control::{add_source, set_weight};
 use crate::corpus::Corpus;
 use crate::error::PipelineError;
-use crate::production::chunk_hub::HubRegistry;
 use crate::observe::status::PipelineStatus;
+use crate::production::chunk_hub::HubRegistry;
 use crate::production::stats::StreamRegistry;
 use crate::service::block_stream::open_stream;
 use crate::service::listener::{flight_data_encoder, ipc_options};
@@ -169,7 +169,8 @@ impl FlightService for PipelineService {
                     other => Status::internal(other.to_string()),
                 },
             )?;
-        let stats = self.streams
+        let stats = self
+            .streams
             .register(&stream_request, stream.reading(), client);
         let receiver = stream.start(stats);
         let batches = ReceiverStream::new(receiver)

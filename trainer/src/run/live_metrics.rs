@@ -73,9 +73,21 @@ impl RunMetrics {
             reconnects_counted: Arc::default(),
         };
         let gauges: [(&str, &str, &FloatGauge); 8] = [
-            ("loss", "Mean training loss of the last train line", &metrics.loss),
-            ("perplexity", "exp(loss) of the last train line", &metrics.perplexity),
-            ("learning_rate", "Learning rate of the last logged step", &metrics.lr),
+            (
+                "loss",
+                "Mean training loss of the last train line",
+                &metrics.loss,
+            ),
+            (
+                "perplexity",
+                "exp(loss) of the last train line",
+                &metrics.perplexity,
+            ),
+            (
+                "learning_rate",
+                "Learning rate of the last logged step",
+                &metrics.lr,
+            ),
             (
                 "tokens_per_second",
                 "Input tokens per second of training over the last train line's window",
@@ -91,7 +103,11 @@ impl RunMetrics {
                 "Global gradient norm before clipping at the last logged step",
                 &metrics.grad_norm,
             ),
-            ("eval_loss", "Loss of the last evaluation", &metrics.eval_loss),
+            (
+                "eval_loss",
+                "Loss of the last evaluation",
+                &metrics.eval_loss,
+            ),
             (
                 "eval_perplexity",
                 "Perplexity of the last evaluation",
@@ -161,7 +177,9 @@ impl MetricObserver for RunMetrics {
                 ..
             } => {
                 for (source, tokens) in tokens_by_source {
-                    let counter = self.source_tokens.get_or_create(&vec![("source", source.clone())]);
+                    let counter = self
+                        .source_tokens
+                        .get_or_create(&vec![("source", source.clone())]);
                     counter.inc_by(tokens.saturating_sub(counter.get()));
                 }
                 self.step.set(*step as i64);
@@ -205,7 +223,9 @@ struct Endpoint(RunMetrics);
 impl metrics_http::Handler for Endpoint {
     fn handle(&self, request: &metrics_http::Request) -> metrics_http::Response {
         match request.path.as_str() {
-            "/metrics" => metrics_http::Response::ok(metrics_http::PROMETHEUS_TEXT, self.0.encode()),
+            "/metrics" => {
+                metrics_http::Response::ok(metrics_http::PROMETHEUS_TEXT, self.0.encode())
+            }
             "/" => metrics_http::Response::text(200, "flightlm-trainer: metrics at /metrics"),
             _ => metrics_http::Response::not_found(),
         }
@@ -238,9 +258,18 @@ mod tests {
             metrics.observe(metric).expect("observes");
         }
         let text = metrics.encode();
-        assert!(text.contains("# TYPE flightlm_trainer_checkpoints_total counter"), "{text}");
-        assert!(text.contains("flightlm_trainer_checkpoints_total 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE flightlm_trainer_checkpoints_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flightlm_trainer_checkpoints_total 1\n"),
+            "{text}"
+        );
         assert!(text.contains("flightlm_trainer_eval_loss 3.0\n"), "{text}");
-        assert!(text.contains("flightlm_trainer_evaluations_total 1\n"), "{text}");
+        assert!(
+            text.contains("flightlm_trainer_evaluations_total 1\n"),
+            "{text}"
+        );
     }
 }

@@ -296,7 +296,12 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
             grad_norm: GradientNorm::read_pending(unread_norm)?,
             tokens_by_source: progress.state.source_tokens.clone(),
             elapsed_s: self.started.elapsed().as_secs_f64(),
-            eta_s: eta_seconds(progress.loop_started, first_step, completed, config.max_steps),
+            eta_s: eta_seconds(
+                progress.loop_started,
+                first_step,
+                completed,
+                config.max_steps,
+            ),
         })?;
         progress.window = Window::open(progress.waited);
         Ok(())
@@ -314,7 +319,8 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
         state.eval_at_step = None;
         let last = completed == self.config.max_steps;
         if self.role.leads() && (completed % self.config.eval_every == 0 || last) {
-            let evaluation = evaluate_and_record(model, &self.valid, self.device, completed, metrics)?;
+            let evaluation =
+                evaluate_and_record(model, &self.valid, self.device, completed, metrics)?;
             state.last_eval = evaluation;
             state.eval_at_step = Some(evaluation);
             state.best_eval_perplexity = state.best_eval_perplexity.min(evaluation.perplexity);
@@ -424,11 +430,7 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
 }
 
 /// A checkpoint's model, optimizer and state.
-type Resumed<B> = (
-    Roberta<B>,
-    TrainingOptimizer<B, Roberta<B>>,
-    TrainingState,
-);
+type Resumed<B> = (Roberta<B>, TrainingOptimizer<B, Roberta<B>>, TrainingState);
 
 impl<B: AutodiffBackend> Progress<B> {
     /// Moves the state past step `completed` and logs the blocks it trained on (rank 0).

@@ -109,7 +109,10 @@ impl EventWriter {
             Some(latest) if latest >= now => latest + 1,
             _ => now,
         };
-        let path = dir.join(format!("events.out.{EVENT_FILE_MARK}.{seconds:010}.{}", host()));
+        let path = dir.join(format!(
+            "events.out.{EVENT_FILE_MARK}.{seconds:010}.{}",
+            host()
+        ));
         let file = File::create(&path).map_err(|source| TrainError::io(&path, source))?;
         let mut writer = EventWriter {
             path,
@@ -337,7 +340,12 @@ mod tests {
         let (step, scalars) = scalars_of(&metric).expect("an eval line has scalars");
         assert_eq!(step, 20);
         let tags: Vec<&str> = scalars.iter().map(|(tag, _)| tag.as_str()).collect();
-        for tag in ["eval/loss", "eval/perplexity", "eval/tokens", "eval/seconds"] {
+        for tag in [
+            "eval/loss",
+            "eval/perplexity",
+            "eval/tokens",
+            "eval/seconds",
+        ] {
             assert!(tags.contains(&tag), "{tag} in {tags:?}");
         }
         assert!(scalars_of(&Metric::Stop { step: 3 }).is_none());
@@ -352,7 +360,11 @@ mod tests {
         assert!(second.path() > first.path(), "name order is session order");
         assert_eq!(event_files(&dir).expect("lists").len(), 2);
         TensorBoardLog::create(&dir).expect("a fresh run");
-        assert_eq!(event_files(&dir).expect("lists").len(), 1, "earlier runs removed");
+        assert_eq!(
+            event_files(&dir).expect("lists").len(),
+            1,
+            "earlier runs removed"
+        );
         fs::remove_dir_all(&dir).ok();
     }
 }

@@ -127,7 +127,13 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
         // Read back only where it is logged or a checkpoint may follow: see `clipping`.
         let mut unread_norm = outcome.update.grad_norm;
         let completed = step + 1;
-        progress.record_step(completed, outcome.cursor, &outcome.blocks, &mut control, role)?;
+        progress.record_step(
+            completed,
+            outcome.cursor,
+            &outcome.blocks,
+            &mut control,
+            role,
+        )?;
         run.log_if_due(completed, &mut progress, &mut unread_norm, metrics)?;
         let paused = Instant::now();
         run.evaluate_if_due(&model, completed, &mut progress, metrics)?;
@@ -136,7 +142,14 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
             None => stop_requested(&control),
         };
         let due = CheckpointDue { completed, stopped };
-        run.checkpoint_if_due(&model, due, &mut progress, &mut unread_norm, &control, metrics)?;
+        run.checkpoint_if_due(
+            &model,
+            due,
+            &mut progress,
+            &mut unread_norm,
+            &control,
+            metrics,
+        )?;
         progress.window.excluded += paused.elapsed().as_secs_f64();
         if stopped && completed != config.max_steps {
             metrics.record(Metric::Stop { step: completed })?;
@@ -146,4 +159,3 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
     }
     run.finish(model, progress.state, stopped, &control, metrics)
 }
-
