@@ -150,7 +150,7 @@ fn tensorboard_reads_a_killed_and_resumed_run_and_prometheus_its_progress() {
         Duration::from_secs(240),
     );
     let report: serde_json::Value =
-        serde_json::from_str(report.lines().last().expect("a report")).expect("JSON report");
+        serde_json::from_str(report.lines().next_back().expect("a report")).expect("JSON report");
     eprintln!("tensorboard: {report}");
     assert_eq!(report["event_files"].as_array().map(Vec::len), Some(2));
     for tag in [
@@ -206,8 +206,8 @@ fn a_run_on_two_sources_counts_its_tokens_per_source() {
     );
     let last = metrics(&out)
         .into_iter()
-        .filter(|line| line["kind"] == "train")
-        .last()
+        .rev()
+        .find(|line| line["kind"] == "train")
         .expect("train lines");
     let by_source = last["tokens_by_source"]
         .as_object()
@@ -228,7 +228,7 @@ fn a_run_on_two_sources_counts_its_tokens_per_source() {
         Duration::from_secs(240),
     );
     let report: serde_json::Value =
-        serde_json::from_str(report.lines().last().expect("a report")).expect("JSON report");
+        serde_json::from_str(report.lines().next_back().expect("a report")).expect("JSON report");
     let tags = report["tags"].as_array().expect("tags");
     for tag in [
         "train/tokens_by_source/alpha",
