@@ -2,8 +2,12 @@
 # Pipeline throughput, side by side on the same corpus and cores, in one run:
 #   (a) the HF path: datasets.map(batched, num_proc=cores) + group_texts, and the tokenizer alone;
 #   (b) flightlm-pipeline serve -> Flight -> flightlm-pipeline consume (every batch decoded);
-#   (c) the same, with the corpus read from an S3 API on loopback (moto) instead of a local file.
+#   (c) the same, with the corpus read from an S3 API on loopback (moto) instead of a local file;
+#   (d) (b) with --metrics-listen on, /metrics and the status page's /status.json polled every
+#       second while it streams, as Prometheus and an open page would.
 # Usage: bash scripts/bench-pipeline.sh [CORPUS]   (default: the sample corpus repeated to >= 100 MB)
+#        OBSERVE_ONLY=1 [PAIRS=3] bash scripts/bench-pipeline.sh [CORPUS]: only (b) and (d),
+#        alternated PAIRS times, with the on/off ratio of each pair.
 set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
@@ -36,28 +40,56 @@ TOKENIZER="$WORK/tokenizer/tokenizer.json"
 [ -s "$TOKENIZER" ] || "$FLIGHTLM_BIN/flightlm-pipeline" train-tokenizer --input data/kjv.txt.zst \
     --vocab-size 8192 --out "$WORK/tokenizer" > /dev/null
 
-echo "== (a) HF datasets.map + group_texts (num_proc=$CORES)"
-"$FLIGHTLM_PYTHON" scripts/bench_hf_pipeline.py --corpus "$CORPUS" --tokenizer "$TOKENIZER" \
-    --seq-len $SEQ_LEN --num-proc "$CORES" 2> "$WORK/hf.log" > "$WORK/hf.json"
-
-# Serves INPUT, consumes one pass into OUT.json and prints the server's peak RSS (KiB).
+# Serves INPUT, consumes one pass into OUT.json and prints the server's peak RSS (KiB). With
+# OBSERVE=1 the metrics listener is on and polled once a second (metrics and page data).
 run_flightlm() {
-    local input=$1 out=$2
+    local input=$1 out=$2 observe_flags=() poll_pid=""
+    [ "${OBSERVE:-0}" = 1 ] && observe_flags=(--metrics-listen 127.0.0.1:0)
     "$FLIGHTLM_BIN/flightlm-pipeline" serve --input "$input" --tokenizer "$TOKENIZER" \
-        --listen 127.0.0.1:0 --valid-fraction 0 --workers "$CORES" > "$WORK/$out.serve" \
-        2> "$WORK/$out.log" &
+        --listen 127.0.0.1:0 --valid-fraction 0 --workers "$CORES" "${observe_flags[@]}" \
+        > "$WORK/$out.serve" 2> "$WORK/$out.log" &
     local serve_pid=$!
     local url
     url=$(wait_for_url "$WORK/$out.serve" $serve_pid)
+    if [ "${OBSERVE:-0}" = 1 ]; then
+        local metrics
+        metrics=$(sed -n 's/.*"metrics":"\([^"]*\)".*/\1/p' "$WORK/$out.serve")
+        "$FLIGHTLM_PYTHON" -c 'import sys, time, urllib.request
+for _ in range(36000):
+    for path in ("/metrics", "/status.json"):
+        urllib.request.urlopen(sys.argv[1] + path, timeout=10).read()
+    time.sleep(1)' "$metrics" > /dev/null 2>&1 &
+        poll_pid=$!
+    fi
     "$FLIGHTLM_BIN/flightlm-pipeline" consume --pipeline "$url" --seq-len $SEQ_LEN \
         --batch-size 32 --epochs 1 > "$WORK/$out.json"
+    [ -n "$poll_pid" ] && { kill $poll_pid; wait $poll_pid 2> /dev/null || true; }
     awk '/VmHWM/ {print $2}' /proc/$serve_pid/status
     kill $serve_pid
     wait $serve_pid 2> /dev/null || true
 }
 
+if [ "${OBSERVE_ONLY:-0}" = 1 ]; then
+    for pair in $(seq 1 "${PAIRS:-3}"); do
+        run_flightlm "$CORPUS" "off-$pair" > /dev/null
+        OBSERVE=1 run_flightlm "$CORPUS" "on-$pair" > /dev/null
+        "$FLIGHTLM_PYTHON" - "$WORK/off-$pair.json" "$WORK/on-$pair.json" "$pair" <<'PY'
+import json, sys
+off, on = (json.load(open(path))["tokens_per_s"] for path in sys.argv[1:3])
+print(f"pair {sys.argv[3]}: metrics+page off {off:,.0f} tokens/s, on {on:,.0f} tokens/s, on/off {on / off:.3f}")
+PY
+    done
+    exit 0
+fi
+
+echo "== (a) HF datasets.map + group_texts (num_proc=$CORES)"
+"$FLIGHTLM_PYTHON" scripts/bench_hf_pipeline.py --corpus "$CORPUS" --tokenizer "$TOKENIZER" \
+    --seq-len $SEQ_LEN --num-proc "$CORES" 2> "$WORK/hf.log" > "$WORK/hf.json"
+
 echo "== (b) flightlm serve -> Flight -> consume"
 SERVE_RSS_KIB=$(run_flightlm "$CORPUS" flightlm)
+echo "== (d) the same, metrics and status page on and polled every second"
+OBSERVE_RSS_KIB=$(OBSERVE=1 run_flightlm "$CORPUS" flightlm-observed)
 
 echo "== (c) the same, the corpus in a bucket of a loopback S3 server (moto)"
 mkdir -p "$WORK/bucket"
@@ -75,8 +107,10 @@ S3_RSS_KIB=$(AWS_ENDPOINT_URL=$(s3_field endpoint) AWS_ALLOW_HTTP=true AWS_REGIO
 kill $S3_PID
 
 "$FLIGHTLM_PYTHON" - "$WORK/hf.json" "$WORK/flightlm.json" "$SERVE_RSS_KIB" \
-    "$WORK/flightlm-s3.json" "$S3_RSS_KIB" <<'PY'
+    "$WORK/flightlm-s3.json" "$S3_RSS_KIB" "$WORK/flightlm-observed.json" "$OBSERVE_RSS_KIB" <<'PY'
 import json, sys
+observed = json.load(open(sys.argv[6]))
+observed_rss = int(sys.argv[7]) / 1024
 hf = json.load(open(sys.argv[1]))
 fl = json.load(open(sys.argv[2]))
 rss = int(sys.argv[3]) / 1024
@@ -89,6 +123,9 @@ rows = [
      f'{fl["wire_bytes_per_token"]:.3f}', f'{fl["uncompressed_bytes_per_token"]:.3f}', rss),
     ("  the corpus from S3 (loopback moto)", s3["tokens_per_s"], s3["first_batch_ms"],
      f'{s3["wire_bytes_per_token"]:.3f}', f'{s3["uncompressed_bytes_per_token"]:.3f}', s3_rss),
+    ("  metrics + status page on, polled", observed["tokens_per_s"], observed["first_batch_ms"],
+     f'{observed["wire_bytes_per_token"]:.3f}', f'{observed["uncompressed_bytes_per_token"]:.3f}',
+     observed_rss),
 ]
 print(f'{"path":38} {"tokens/s":>12} {"first batch":>12} {"wire B/tok":>10} {"raw B/tok":>10} {"peak RSS":>10}')
 for name, rate, first, wire, raw, peak in rows:
@@ -98,5 +135,6 @@ for name, rate, first, wire, raw, peak in rows:
 print(f'flightlm / HF path: {fl["tokens_per_s"] / hf["hf_tokens_per_s"]:.2f}x;'
       f' flightlm / tokenizer alone: {fl["tokens_per_s"] / hf["tokenizer_tokens_per_s"]:.2f}x')
 print(f'from S3 / from a local file: {s3["tokens_per_s"] / fl["tokens_per_s"]:.2f}x')
+print(f'metrics + status page on / off: {observed["tokens_per_s"] / fl["tokens_per_s"]:.3f}x')
 print(f'tokens: HF {hf["hf_tokens"]:,}, flightlm {fl["tokens"]:,}, from S3 {s3["tokens"]:,}')
 PY

@@ -45,12 +45,14 @@ impl AuthToken {
     /// password (what Flight clients send to `Handshake`, e.g. pyarrow's
     /// `authenticate_basic_token`).
     pub fn admits(&self, metadata: &MetadataMap) -> bool {
-        let Some(value) = metadata
+        metadata
             .get(AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-        else {
-            return false;
-        };
+            .is_some_and(|value| self.admits_header(value))
+    }
+
+    /// Whether an `authorization` header value carries this token (as [`AuthToken::admits`]).
+    pub fn admits_header(&self, value: &str) -> bool {
         if let Some(token) = value.strip_prefix("Bearer ") {
             return constant_time_eq(token.as_bytes(), self.0.as_bytes());
         }

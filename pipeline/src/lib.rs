@@ -8,7 +8,8 @@
 //!    policy says;
 //! 3. [`production`]: tokenizer pool → packer per source → seeded mixture and chunk shuffle, one
 //!    production shared by the shards of a job, with live counters;
-//! 4. [`service`]: each consumer's block stream (resume cursor, shard) over Arrow Flight.
+//! 4. [`service`]: each consumer's block stream (resume cursor, shard) over Arrow Flight;
+//! 5. [`observe`]: Prometheus metrics and a live status page of all of the above.
 //!
 //! Beside them: [`tokenizer`] (the served tokenizer file, and training new ones), [`access`]
 //! (tokens, TLS, where added sources may live), [`consume`] (the command-line client) and
@@ -18,6 +19,7 @@ pub mod access;
 pub mod consume;
 pub mod corpus;
 pub mod error;
+pub mod observe;
 pub mod production;
 pub mod read;
 pub mod service;

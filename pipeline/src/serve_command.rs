@@ -11,9 +11,13 @@ use anyhow::Context;
 use clap::Args;
 use flightlm_pipeline::access::{check_listen, read_tls_identity, AuthToken};
 use flightlm_pipeline::corpus::setup::{build_corpus, ServeInputs};
+use flightlm_pipeline::observe::serve_observer;
+use flightlm_pipeline::observe::status::PipelineStatus;
+use flightlm_pipeline::production::stats::StreamRegistry;
 use flightlm_pipeline::read::bad_records::BadRecordPolicy;
 use flightlm_pipeline::service::flight_server::Access;
 use flightlm_pipeline::service::listener::{bind, serve};
+use flightlm_shared::metrics_http;
 
 /// How long open streams get to end after a shutdown signal before the process exits anyway
 /// (a reader that stopped reading would otherwise hold it forever).
@@ -100,6 +104,11 @@ pub struct ServeArgs {
     /// Tokenizer threads per stream (default: all cores).
     #[arg(long)]
     workers: Option<usize>,
+    /// Serve Prometheus metrics (/metrics) and a live status page (/) over HTTP/1.1: HOST:PORT,
+    /// or a port on 127.0.0.1 (0 picks one). Behind the token when there is one; a non-loopback
+    /// address needs a token or --insecure, as --listen does.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 pub fn run_serve(args: ServeArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
@@ -147,6 +156,17 @@ pub fn run_serve(args: ServeArgs, runtime: &tokio::runtime::Runtime) -> anyhow::
         return Ok(());
     }
     let listen = args.listen;
+    let status = PipelineStatus::new(corpus.clone(), Arc::new(StreamRegistry::default()));
+    let metrics = match &args.metrics_listen {
+        Some(text) => {
+            let address = metrics_http::parse_listen(text).map_err(anyhow::Error::msg)?;
+            check_listen(address, &token, args.insecure)?;
+            let bound = serve_observer(address, status.clone(), token.clone())
+                .with_context(|| format!("cannot listen on {address} (--metrics-listen)"))?;
+            Some(format!("http://{bound}"))
+        }
+        None => None,
+    };
     runtime.block_on(async move {
         let listener = bind(listen)
             .await
@@ -160,6 +180,7 @@ pub fn run_serve(args: ServeArgs, runtime: &tokio::runtime::Runtime) -> anyhow::
                 "files": corpus.file_count(),
                 "sources": corpus.describe_sources(),
                 "tokenizer": corpus.tokenizer_info,
+                "metrics": metrics,
             })
         );
         let access = Access {
@@ -179,7 +200,7 @@ pub fn run_serve(args: ServeArgs, runtime: &tokio::runtime::Runtime) -> anyhow::
             }
         };
         tokio::select! {
-            served = serve(corpus, listener, access, shutdown) => served.context("serving"),
+            served = serve(status, listener, access, shutdown) => served.context("serving"),
             () = grace_over => {
                 eprintln!(
                     "streams still open {} s after the shutdown signal; exiting",

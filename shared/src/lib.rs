@@ -5,7 +5,9 @@
 //! description carried in its metadata ([`schema`]), stable hashing used for fingerprints and the
 //! train/valid split ([`hashing`]), the resume cursor ([`cursor`]), a reference Rust client
 //! ([`client`]) with its connection settings ([`endpoint`]: URL, TLS CA, token) and reconnection
-//! backoff ([`backoff`]), and how a `tokenizer.json` is described ([`tokenizer_file`]). The same contract is documented for other languages in
+//! backoff ([`backoff`]); how a `tokenizer.json` is described ([`tokenizer_file`]); and the
+//! HTTP/1.1 listener both processes serve their metrics on ([`metrics_http`]). The same contract
+//! is documented for other languages in
 //! `docs/protocol.md`.
 
 pub mod backoff;
@@ -13,6 +15,7 @@ pub mod client;
 pub mod cursor;
 pub mod endpoint;
 pub mod hashing;
+pub mod metrics_http;
 pub mod request;
 pub mod schema;
 pub mod tokenizer_file;

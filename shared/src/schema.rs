@@ -11,6 +11,7 @@
 //! | `epoch`     | `UInt32`                           | the pass over the split the block is from  |
 //! | `resume_state` | `Dictionary<Int32, Utf8>`       | JSON state of the block's chunk (see [`crate::cursor`]) |
 //! | `resume_skip`  | `UInt32`                        | blocks of that chunk sent up to and including this one |
+//! | `source`    | `Dictionary<Int32, Utf8>`, nullable | the source the block was cut from (null where unknown) |
 //! | `document_starts` | `List<Int32>` (on request)   | offsets in the block where a document begins |
 //!
 //! The cursor after a row is `{"state": <resume_state>, "skip": <resume_skip>}`.
@@ -38,6 +39,7 @@ pub const EPOCH: &str = "epoch";
 pub const RESUME_STATE: &str = "resume_state";
 pub const RESUME_SKIP: &str = "resume_skip";
 pub const DOCUMENT_STARTS: &str = "document_starts";
+pub const SOURCE: &str = "source";
 
 /// Schema metadata keys.
 pub const META_CONTRACT_VERSION: &str = "flightlm.contract_version";
@@ -162,6 +164,12 @@ pub fn block_schema(seq_len: usize, tokenizer: &TokenizerInfo) -> SchemaRef {
             false,
         ),
         Field::new(RESUME_SKIP, DataType::UInt32, false),
+        // Last and optional: readers that predate it, and batches without it, still work.
+        Field::new(
+            SOURCE,
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            true,
+        ),
     ];
     let metadata = HashMap::from([
         (
@@ -205,6 +213,9 @@ pub struct TokenBlocks {
     /// Per row, ascending: the offsets where a document's first token lies. `None` when the
     /// stream was not asked for them; a block inside one long document has an empty list.
     pub document_starts: Option<Vec<Vec<u32>>>,
+    /// Per row: the source the block was cut from. Empty where unknown (generated corpora, a
+    /// pipeline that does not send the column).
+    pub sources: Vec<Arc<str>>,
 }
 
 impl TokenBlocks {
@@ -274,6 +285,7 @@ impl TokenBlocks {
             let rest = starts.split_off(count.min(starts.len()));
             std::mem::replace(starts, rest)
         });
+        let rest_sources = self.sources.split_off(count.min(self.sources.len()));
         TokenBlocks {
             seq_len: self.seq_len,
             ids: std::mem::replace(&mut self.ids, rest_ids),
@@ -281,6 +293,7 @@ impl TokenBlocks {
             epoch: std::mem::replace(&mut self.epoch, rest_epoch),
             resume: std::mem::replace(&mut self.resume, rest_resume),
             document_starts: front_starts,
+            sources: std::mem::replace(&mut self.sources, rest_sources),
         }
     }
 
@@ -297,6 +310,7 @@ impl TokenBlocks {
             }
             _ => {}
         }
+        self.sources.extend_from_slice(&other.sources);
     }
 
     pub fn to_record_batch(&self, schema: SchemaRef) -> Result<RecordBatch, SchemaError> {
@@ -327,6 +341,7 @@ impl TokenBlocks {
             Arc::new(UInt32Array::from(self.epoch.clone())),
             Arc::new(resume_state),
             Arc::new(resume_skip),
+            Arc::new(self.source_column()?),
         ];
         if schema.column_with_name(DOCUMENT_STARTS).is_some() {
             columns.push(Arc::new(self.document_starts_array()?));
@@ -344,6 +359,63 @@ impl TokenBlocks {
         let offsets = OffsetBuffer::from_lengths(rows.iter().map(Vec::len));
         let item = Arc::new(Field::new("item", DataType::Int32, false));
         Ok(ListArray::try_new(item, offsets, Arc::new(values), None)?)
+    }
+
+    /// The `source` column: one dictionary entry per source, null rows where it is unknown.
+    fn source_column(&self) -> Result<DictionaryArray<Int32Type>, SchemaError> {
+        let mut names: Vec<&str> = Vec::new();
+        let keys: Int32Array = if self.sources.len() == self.rows() {
+            self.sources
+                .iter()
+                .map(|source| {
+                    let key = match names.iter().position(|name| *name == source.as_ref()) {
+                        Some(key) => key,
+                        None => {
+                            names.push(source);
+                            names.len() - 1
+                        }
+                    };
+                    Some(key as i32)
+                })
+                .collect()
+        } else {
+            (0..self.rows()).map(|_| None).collect()
+        };
+        Ok(DictionaryArray::try_new(
+            keys,
+            Arc::new(StringArray::from(names)),
+        )?)
+    }
+
+    /// Per row, the source of a batch's `source` column; empty when the batch has none.
+    fn sources_of(batch: &RecordBatch) -> Result<Vec<Arc<str>>, SchemaError> {
+        let Some(column) = batch.column_by_name(SOURCE) else {
+            return Ok(Vec::new());
+        };
+        let sources = column
+            .as_any()
+            .downcast_ref::<DictionaryArray<Int32Type>>()
+            .ok_or(SchemaError::BadColumn(SOURCE))?;
+        if sources.null_count() > 0 {
+            return Ok(Vec::new());
+        }
+        let names = sources
+            .values()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or(SchemaError::BadColumn(SOURCE))?;
+        let names: Vec<Arc<str>> = names.iter().map(|v| v.unwrap_or("").into()).collect();
+        sources
+            .keys()
+            .values()
+            .iter()
+            .map(|key| {
+                names
+                    .get(*key as usize)
+                    .cloned()
+                    .ok_or(SchemaError::BadColumn(SOURCE))
+            })
+            .collect()
     }
 
     pub fn from_record_batch(batch: &RecordBatch) -> Result<Self, SchemaError> {
@@ -408,6 +480,7 @@ impl TokenBlocks {
             epoch: epoch.values().to_vec(),
             resume,
             document_starts,
+            sources: Self::sources_of(batch)?,
         })
     }
 }
@@ -461,6 +534,31 @@ mod tests {
     }
 
     #[test]
+    fn sources_travel_per_row_and_may_be_absent() {
+        let schema = block_schema(2, &tokenizer());
+        let state: Arc<str> =
+            Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
+        let mut blocks = TokenBlocks::new(2);
+        for (row, source) in ["books", "wiki", "books"].into_iter().enumerate() {
+            blocks.push_resumable(&[0, 2], row as u64, 0, &state, row as u32 + 1);
+            blocks.sources.push(Arc::from(source));
+        }
+        let batch = blocks.to_record_batch(schema.clone()).unwrap();
+        assert_eq!(TokenBlocks::from_record_batch(&batch).unwrap(), blocks);
+        let tail = TokenBlocks::from_record_batch(&batch.slice(1, 2)).unwrap();
+        let names: Vec<&str> = tail.sources.iter().map(|s| s.as_ref()).collect();
+        assert_eq!(names, ["wiki", "books"]);
+        blocks.sources.clear();
+        let unknown = blocks.to_record_batch(schema).unwrap();
+        assert!(TokenBlocks::from_record_batch(&unknown)
+            .unwrap()
+            .sources
+            .is_empty());
+        let without = unknown.project(&[0, 1, 2, 3, 4]).unwrap();
+        assert_eq!(TokenBlocks::from_record_batch(&without).unwrap(), blocks);
+    }
+
+    #[test]
     fn take_front_splits_rows() {
         let mut blocks = TokenBlocks::new(2);
         for index in 0..5 {
@@ -486,8 +584,8 @@ mod tests {
             .unwrap();
         assert_eq!(
             plain.num_columns(),
-            5,
-            "off by default: the five columns only"
+            6,
+            "off by default: the six columns only"
         );
         assert_eq!(
             TokenBlocks::from_record_batch(&plain)
@@ -499,7 +597,7 @@ mod tests {
         let batch = blocks
             .to_record_batch(stream_schema(&request, &tokenizer()))
             .unwrap();
-        assert_eq!(batch.schema().field(5).name(), DOCUMENT_STARTS);
+        assert_eq!(batch.schema().field(6).name(), DOCUMENT_STARTS);
         let back = TokenBlocks::from_record_batch(&batch.slice(1, 2)).unwrap();
         assert_eq!(back.document_starts, Some(vec![vec![], vec![1, 2, 3]]));
         let front = blocks.take_front(1);

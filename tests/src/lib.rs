@@ -116,6 +116,8 @@ pub fn last_json_line(text: &str) -> serde_json::Value {
 pub struct Pipeline {
     child: Child,
     pub url: String,
+    /// `http://ADDR` of its metrics listener, when started with `--metrics-listen`.
+    pub metrics: Option<String>,
 }
 
 impl Pipeline {
@@ -171,7 +173,12 @@ impl Pipeline {
             .expect("pipeline did not report its address within 60 s");
         let announced: serde_json::Value = serde_json::from_str(&line).expect("JSON address line");
         let url = announced["url"].as_str().expect("url field").to_string();
-        Pipeline { child, url }
+        let metrics = announced["metrics"].as_str().map(String::from);
+        Pipeline {
+            child,
+            url,
+            metrics,
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use flightlm_trainer::model::RobertaConfig;
 use flightlm_trainer::run::block_log;
 use flightlm_trainer::run::checkpoint::CheckpointStore;
 use flightlm_trainer::run::metrics::MetricsLog;
+use flightlm_trainer::run::tensorboard::TensorBoardLog;
 use flightlm_trainer::{train_with, CpuDevice, RunControl};
 
 mod cli;
@@ -29,8 +30,8 @@ mod cli;
 use cli::process_setup::keep_freed_memory;
 use cli::run_args::{Resolved, RunArgs, ShapeArgs};
 use cli::training::{
-    local_ranks, pipeline_sources, run_metrics, save_pipeline_tokenizer, save_tokenizer_roles,
-    train_on, RankSource,
+    local_ranks, observed_live, pipeline_sources, run_metrics, save_pipeline_tokenizer,
+    save_tokenizer_roles, serve_live_metrics, train_on, RankSource,
 };
 
 type CpuTrainBackend = Autodiff<flightlm_trainer::CpuBackend>;
@@ -58,6 +59,10 @@ enum Command {
         /// system's roots].
         #[arg(long)]
         tls_ca: Option<PathBuf>,
+        /// Serve the run's Prometheus metrics at http://ADDR/metrics: HOST:PORT, or a port on
+        /// 127.0.0.1 (0 picks a free one; the address is printed on stderr).
+        #[arg(long)]
+        metrics_listen: Option<String>,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -66,6 +71,9 @@ enum Command {
         /// Vocabulary size of the generated corpus.
         #[arg(long, default_value_t = 8192)]
         vocab_size: u32,
+        /// As for `train`.
+        #[arg(long)]
+        metrics_listen: Option<String>,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -130,6 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train {
             pipeline_retry_s,
             tls_ca,
+            metrics_listen,
             run,
         } => {
             let Resolved { config, resume } = run.resolve()?;
@@ -149,15 +158,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let cursor = resume.as_ref().and_then(|(_, state)| state.cursor.clone());
             let retry_for = std::time::Duration::from_secs(pipeline_retry_s);
+            let live = serve_live_metrics(metrics_listen.as_deref())?;
             let sources = pipeline_sources(&config, &pipeline, cursor, retry_for)?;
             if let (0, Some(source)) = (config.node_rank, sources.first()) {
                 save_tokenizer_roles(&out, source.tokenizer(), config.seq_len);
             }
-            let mut metrics = run_metrics(&config, &out, &resume)?;
+            let mut metrics = run_metrics(&config, &out, &resume, live)?;
             let checkpoints = Some(CheckpointStore::in_run(&out));
             train_on(&config, sources, &mut metrics, checkpoints, resume)
         }
-        Command::Bench { vocab_size, run } => {
+        Command::Bench {
+            vocab_size,
+            metrics_listen,
+            run,
+        } => {
+            let live = serve_live_metrics(metrics_listen.as_deref())?;
             let Resolved { mut config, resume } = run.resolve()?;
             config.pipeline = "synthetic".into();
             let synthetic = SyntheticConfig::new(vocab_size, config.seq_len, config.batch_size);
@@ -174,12 +189,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let out = config.out_dir.clone();
             let (mut metrics, checkpoints) = if out.as_os_str().is_empty() {
-                (MetricsLog::in_memory().with_echo(true), None)
+                let metrics = MetricsLog::in_memory().with_echo(true);
+                (observed_live(metrics, live), None)
             } else {
                 if config.node_rank == 0 {
                     config.save(&out)?;
                 }
-                let metrics = run_metrics(&config, &out, &resume)?;
+                let metrics = run_metrics(&config, &out, &resume, live)?;
                 (metrics, Some(CheckpointStore::in_run(&out)))
             };
             train_on(&config, sources, &mut metrics, checkpoints, resume)
@@ -214,7 +230,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.batch_size,
                 valid_fraction,
             )?;
-            let mut metrics = MetricsLog::create(&out, true)?;
+            let events = TensorBoardLog::create(&out)?;
+            let mut metrics = MetricsLog::create(&out, true)?.observed_by(Box::new(events));
             let control = RunControl::default();
             let summary = train_with::<CpuTrainBackend>(
                 &config,

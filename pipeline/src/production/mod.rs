@@ -5,12 +5,13 @@
 //! [`source_blocks`] runs both per source, labelling every block with the position it starts
 //! at. [`chunk_producer`] interleaves the sources by a seeded [`mixture`] draw and shuffles
 //! chunks of blocks; [`chunk_hub`] shares that one production among the shards of a job.
-//! [`stats`] holds the live counters every stage updates.
+//! [`stats`] holds the live counters every stage updates, [`served`] their totals since start.
 
 pub mod chunk_hub;
 pub mod chunk_producer;
 pub mod mixture;
 pub mod packing;
+pub mod served;
 pub mod source_blocks;
 pub mod stats;
 pub mod tokenize;

@@ -12,6 +12,7 @@ use std::time::Instant;
 use flightlm_shared::StreamRequest;
 use serde_json::{json, Value};
 
+use crate::production::served::Served;
 use crate::production::source_blocks::SourceCounters;
 use crate::read::bad_records::{BadRecordPolicy, BadRecords};
 
@@ -71,6 +72,8 @@ pub struct StreamStats {
     pub active: AtomicBool,
     /// Nanoseconds from `started` to the end of the stream; 0 while it runs.
     ended_after_ns: AtomicU64,
+    /// The consumer's address, as the server saw it.
+    client: Option<String>,
 }
 
 impl StreamStats {
@@ -134,6 +137,7 @@ impl StreamStats {
             "seconds": seconds,
             "epoch": self.epoch.load(Ordering::Relaxed),
             "shard": self.request.shard,
+            "client": self.client,
             "resumed": self.request.cursor.is_some(),
             "reading": self.reading.id,
             "documents": sum("documents"),
@@ -154,6 +158,8 @@ impl StreamStats {
 pub struct StreamRegistry {
     next_id: AtomicU64,
     streams: Mutex<Vec<Arc<StreamStats>>>,
+    /// What the finished streams no longer listed had served.
+    retired: Mutex<Served>,
 }
 
 impl StreamRegistry {
@@ -162,6 +168,7 @@ impl StreamRegistry {
         &self,
         request: &StreamRequest,
         reading: Arc<ReadCounters>,
+        client: Option<std::net::SocketAddr>,
     ) -> Arc<StreamStats> {
         let stats = Arc::new(StreamStats {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -174,6 +181,7 @@ impl StreamRegistry {
             epoch: AtomicU64::new(0),
             active: AtomicBool::new(true),
             ended_after_ns: AtomicU64::new(0),
+            client: client.map(|address| address.to_string()),
         });
         if let Ok(mut streams) = self.streams.lock() {
             let finished = streams
@@ -185,7 +193,8 @@ impl StreamRegistry {
                     .iter()
                     .position(|stream| !stream.active.load(Ordering::Relaxed))
                 {
-                    streams.remove(oldest);
+                    let forgotten = streams.remove(oldest);
+                    self.retire(&forgotten, &streams);
                 }
             }
             streams.push(stats.clone());
@@ -203,13 +212,40 @@ impl StreamRegistry {
         })
     }
 
-    /// JSON of every listed stream and the totals over them.
+    /// Moves what a forgotten stream served into the retired totals; its production's reading
+    /// counters once no listed stream shares them.
+    fn retire(&self, forgotten: &StreamStats, listed: &[Arc<StreamStats>]) {
+        let snapshot = forgotten.snapshot();
+        let Ok(mut retired) = self.retired.lock() else {
+            return;
+        };
+        retired.add_sent(&snapshot);
+        if !listed.iter().any(|s| s.reading.id == forgotten.reading.id) {
+            retired.add_reading(&snapshot);
+        }
+    }
+
+    /// What every stream opened so far has served, per source.
+    pub fn served(&self) -> Served {
+        self.snapshot_and_served().1
+    }
+
+    fn snapshot_and_served(&self) -> (Vec<Value>, Served) {
+        let Ok(streams) = self.streams.lock() else {
+            return Default::default();
+        };
+        let snapshots: Vec<Value> = streams.iter().map(|stream| stream.snapshot()).collect();
+        let served = match self.retired.lock() {
+            Ok(retired) => retired.with_streams(&snapshots),
+            Err(_) => Served::default(),
+        };
+        (snapshots, served)
+    }
+
+    /// JSON of every listed stream and the totals over them; `served` sums every stream
+    /// opened so far, listed or not.
     pub fn snapshot(&self) -> Value {
-        let streams: Vec<Value> = self
-            .streams
-            .lock()
-            .map(|streams| streams.iter().map(|stream| stream.snapshot()).collect())
-            .unwrap_or_default();
+        let (streams, served) = self.snapshot_and_served();
         let total = |key: &str| -> u64 { streams.iter().filter_map(|s| s[key].as_u64()).sum() };
         // Shards reading one production share its reading counters: count each production once.
         let mut readings: Vec<&Value> = Vec::new();
@@ -235,6 +271,7 @@ impl StreamRegistry {
             "documents": reading_total("documents"),
             "skipped_rows": reading_total("skipped_rows"),
             "bad_records": bad_records,
+            "served": served,
             "streams": streams,
         })
     }
@@ -254,10 +291,12 @@ mod tests {
             .source_counters("main")
             .documents
             .store(5, Ordering::Relaxed);
-        let first = registry.register(&request, shared.clone());
+        let first = registry.register(&request, shared.clone(), None);
         first.blocks.store(3, Ordering::Relaxed);
-        let second = registry.register(&request, shared);
+        first.count_sent(&vec![Arc::from("main"); 3]);
+        let second = registry.register(&request, shared, None);
         second.blocks.store(4, Ordering::Relaxed);
+        second.count_sent(&vec![Arc::from("main"); 4]);
         second.finish();
         let snapshot = registry.snapshot();
         assert_eq!(snapshot["blocks"], 7);
@@ -280,7 +319,7 @@ mod tests {
 
         for _ in 0..(FINISHED_STREAMS_KEPT + 10) {
             registry
-                .register(&request, ReadCounters::new(BadRecordPolicy::Error))
+                .register(&request, ReadCounters::new(BadRecordPolicy::Error), None)
                 .finish();
         }
         let listed = registry.snapshot()["streams"].as_array().unwrap().len();
@@ -293,5 +332,11 @@ mod tests {
             0,
             "active streams stay listed"
         );
+        let served = registry.served();
+        assert_eq!(
+            served.sources[0].tokens, 56,
+            "forgotten streams still count"
+        );
+        assert_eq!(served.sources[0].documents, 5);
     }
 }

@@ -237,15 +237,15 @@ impl Sender {
 
     /// Sends the first `rows` pending rows; false when the consumer has gone.
     fn send(&self, pending: &mut Pending, rows: usize) -> Result<bool, PipelineError> {
-        let blocks = pending.blocks.take_front(rows);
-        let sources: Vec<Arc<str>> = pending.sources.drain(..rows).collect();
+        let mut blocks = pending.blocks.take_front(rows);
+        blocks.sources = pending.sources.drain(..rows).collect();
         let batch = blocks.to_record_batch(self.schema.clone())?;
         if self.batches.blocking_send(Ok(batch)).is_err() {
             return Ok(false);
         }
         // Counted once handed to the network stage, so totals match what consumers get.
         self.stats.blocks.fetch_add(rows as u64, Ordering::Relaxed);
-        self.stats.count_sent(&sources);
+        self.stats.count_sent(&blocks.sources);
         if let Some(last) = blocks.epoch.last() {
             self.stats.epoch.store(u64::from(*last), Ordering::Relaxed);
         }

@@ -30,6 +30,7 @@ use crate::access::{AuthToken, AUTHORIZATION};
 use crate::corpus::control::{add_source, set_weight};
 use crate::corpus::Corpus;
 use crate::error::PipelineError;
+use crate::observe::status::PipelineStatus;
 use crate::production::chunk_hub::HubRegistry;
 use crate::production::stats::StreamRegistry;
 use crate::service::block_stream::open_stream;
@@ -46,7 +47,9 @@ type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + S
 
 pub struct PipelineService {
     corpus: Arc<Corpus>,
-    streams: StreamRegistry,
+    streams: Arc<StreamRegistry>,
+    /// What the metrics listener shows; control actions are counted into it.
+    status: Arc<PipelineStatus>,
     /// Productions that the shards of one job share.
     hubs: HubRegistry,
     access: Access,
@@ -76,10 +79,15 @@ impl Default for Access {
 }
 
 impl PipelineService {
-    pub fn new(corpus: Arc<Corpus>, access: Access, draining: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        status: Arc<PipelineStatus>,
+        access: Access,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
         PipelineService {
-            corpus,
-            streams: StreamRegistry::default(),
+            corpus: status.corpus.clone(),
+            streams: status.streams.clone(),
+            status,
             hubs: HubRegistry::default(),
             access,
             draining,
@@ -141,6 +149,7 @@ impl FlightService for PipelineService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
+        let client = request.remote_addr();
         let stream_request = self.parse_request(&request.into_inner().ticket)?;
         if *self.draining.borrow() {
             return Err(shutting_down());
@@ -160,7 +169,9 @@ impl FlightService for PipelineService {
                     other => Status::internal(other.to_string()),
                 },
             )?;
-        let stats = self.streams.register(&stream_request, stream.reading());
+        let stats = self
+            .streams
+            .register(&stream_request, stream.reading(), client);
         let receiver = stream.start(stats);
         let batches = ReceiverStream::new(receiver)
             .map(|batch| batch.map_err(|error| FlightError::ExternalError(Box::new(error))));
@@ -220,11 +231,15 @@ impl FlightService for PipelineService {
                 return Ok(Response::new(Box::pin(stream::iter([Ok(result)]))));
             }
             ADD_SOURCE_ACTION => {
-                add_source(&self.corpus, &action.body).map_err(control_error)?;
+                let added = add_source(&self.corpus, &action.body);
+                self.status.count_action(ADD_SOURCE_ACTION, added.is_ok());
+                added.map_err(control_error)?;
                 self.corpus.describe_sources()
             }
             SET_WEIGHT_ACTION => {
-                set_weight(&self.corpus, &action.body).map_err(control_error)?;
+                let set = set_weight(&self.corpus, &action.body);
+                self.status.count_action(SET_WEIGHT_ACTION, set.is_ok());
+                set.map_err(control_error)?;
                 self.corpus.describe_sources()
             }
             other => {

@@ -19,7 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::ServerTlsConfig;
 
 use crate::access::check_call;
-use crate::corpus::Corpus;
+use crate::observe::status::PipelineStatus;
 use crate::service::flight_server::{Access, PipelineService};
 
 /// IPC settings of every message the service sends: zstd-compressed bodies.
@@ -43,10 +43,11 @@ pub fn flight_data_encoder(schema: SchemaRef) -> FlightDataEncoderBuilder {
 /// Largest request (ticket, descriptor or action body) accepted.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
-/// Serves `corpus` on `listener` until `shutdown` resolves; then stops accepting calls, ends open
-/// streams after the batch each is sending, and returns once they are closed.
+/// Serves `status.corpus` on `listener` until `shutdown` resolves (counting streams and actions
+/// into `status`); then stops accepting calls, ends open streams after the batch each is sending,
+/// and returns once they are closed.
 pub async fn serve(
-    corpus: Arc<Corpus>,
+    status: Arc<PipelineStatus>,
     listener: TcpListener,
     access: Access,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -54,7 +55,7 @@ pub async fn serve(
     let token = access.token.clone();
     let tls = access.tls.clone();
     let (start_draining, draining) = watch::channel(false);
-    let server = FlightServiceServer::new(PipelineService::new(corpus, access, draining))
+    let server = FlightServiceServer::new(PipelineService::new(status, access, draining))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = InterceptedService::new(server, move |request| check_call(&token, request));

@@ -14,6 +14,7 @@ use burn::backend::{Autodiff, Cuda};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use flightlm_shared::client::PipelineEndpoint;
+use flightlm_shared::metrics_http;
 use flightlm_shared::{Cursor, Split, StreamRequest};
 use flightlm_trainer::config::AutodiffCheckpointing;
 use flightlm_trainer::data::pipeline::PipelineSource;
@@ -24,7 +25,9 @@ use flightlm_trainer::model::{Roberta, RobertaConfig};
 use flightlm_trainer::run::block_log::BlockLog;
 use flightlm_trainer::run::checkpoint::{CheckpointStore, TrainingState};
 use flightlm_trainer::run::data_parallel::train_data_parallel;
+use flightlm_trainer::run::live_metrics::{serve_metrics, RunMetrics};
 use flightlm_trainer::run::metrics::MetricsLog;
+use flightlm_trainer::run::tensorboard::TensorBoardLog;
 use flightlm_trainer::{
     train_with, BlockSource, CpuDevice, DeviceKind, RunControl, TrainConfig, TrainSummary,
 };
@@ -75,19 +78,48 @@ pub(crate) fn pipeline_sources(
 }
 
 /// The run's metrics: written to `OUT/metrics.jsonl` (appended after a resumed checkpoint's
-/// step) by node 0, kept in memory on the other nodes of a multi-node run.
+/// step) and TensorBoard event files in `OUT` by node 0, kept in memory on the other nodes of a
+/// multi-node run; handed to `live` (the Prometheus gauges) when it is served.
 pub(crate) fn run_metrics(
     config: &TrainConfig,
     out: &Path,
     resume: &Option<(PathBuf, TrainingState)>,
+    live: Option<RunMetrics>,
 ) -> anyhow::Result<MetricsLog> {
-    if config.node_rank != 0 {
-        return Ok(MetricsLog::in_memory());
+    let metrics = if config.node_rank != 0 {
+        MetricsLog::in_memory()
+    } else {
+        let (metrics, events) = match resume {
+            Some((_, state)) => (
+                MetricsLog::resume(out, state.step, true)?,
+                TensorBoardLog::resume(out, state.step)?,
+            ),
+            None => (MetricsLog::create(out, true)?, TensorBoardLog::create(out)?),
+        };
+        metrics.observed_by(Box::new(events))
+    };
+    Ok(observed_live(metrics, live))
+}
+
+/// `metrics`, also followed by the Prometheus gauges when they are served.
+pub(crate) fn observed_live(metrics: MetricsLog, live: Option<RunMetrics>) -> MetricsLog {
+    match live {
+        Some(live) => metrics.observed_by(Box::new(live)),
+        None => metrics,
     }
-    Ok(match resume {
-        Some((_, state)) => MetricsLog::resume(out, state.step, true)?,
-        None => MetricsLog::create(out, true)?,
-    })
+}
+
+/// Serves the run's Prometheus metrics on `--metrics-listen`, when given.
+pub(crate) fn serve_live_metrics(listen: Option<&str>) -> anyhow::Result<Option<RunMetrics>> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let address = metrics_http::parse_listen(listen).map_err(anyhow::Error::msg)?;
+    let metrics = RunMetrics::new();
+    let bound = serve_metrics(address, metrics.clone())
+        .with_context(|| format!("cannot listen on {address} (--metrics-listen)"))?;
+    eprintln!("metrics at http://{bound}/metrics");
+    Ok(Some(metrics))
 }
 
 /// Trains on `sources` (one per local rank) as `config` says, then exports the final model.

@@ -7,6 +7,7 @@
 //! training sees no gap and no repeat. The valid split is a finite stream read on request; the
 //! training loop reads it once and keeps it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -19,6 +20,14 @@ use crate::data::source::{push_up_to, BlockSource};
 
 /// Train batches decoded ahead of the loop.
 const PREFETCH_BATCHES: usize = 8;
+
+/// Train streams reopened after a failure, by every source of this process.
+static RECONNECTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process's train streams were reopened after a failure so far.
+pub fn reconnects() -> u64 {
+    RECONNECTS.load(Ordering::Relaxed)
+}
 
 pub struct PipelineSource {
     endpoint: PipelineEndpoint,
@@ -161,6 +170,7 @@ impl Prefetch {
                     Some(delay) => {
                         eprintln!("pipeline unavailable, retrying in {delay:?}: {error}");
                         tokio::time::sleep(delay).await;
+                        RECONNECTS.fetch_add(1, Ordering::Relaxed);
                     }
                     None => {
                         self.fail(gave_up(error, &self.endpoint, self.retry_for), announced);

@@ -16,6 +16,7 @@
 //! every file is on disk, so a run killed in the middle of a save leaves nothing that resuming
 //! would pick up.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -73,6 +74,10 @@ pub struct TrainingState {
     pub tokenizer_hash: String,
     /// Where the train stream continues: right after the last block this step consumed.
     pub cursor: Option<Cursor>,
+    /// Input tokens trained on per source, for streams that name each block's source (runs on
+    /// one device; checkpoints written before this existed have none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_tokens: BTreeMap<String, u64>,
 }
 
 /// A complete checkpoint on disk.

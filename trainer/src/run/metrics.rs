@@ -5,6 +5,7 @@
 //! parsed by scripts while it is going. A resumed run keeps the lines up to its checkpoint and
 //! appends to them, so the file reads as one run.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -59,6 +60,9 @@ pub enum Metric {
         /// Global gradient norm of the last step, before clipping.
         #[serde(skip_serializing_if = "Option::is_none")]
         grad_norm: Option<f64>,
+        /// Input tokens trained on so far per source, when the stream names each block's source.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        tokens_by_source: BTreeMap<String, u64>,
         elapsed_s: f64,
         /// Seconds until the last step at the pace of this process so far, evaluations included.
         eta_s: f64,
@@ -90,17 +94,30 @@ pub enum Metric {
         first_eval_perplexity: f64,
         last_eval_loss: f64,
         last_eval_perplexity: f64,
+        /// The best checkpoint's perplexity when checkpoints were written (the `best` line's),
+        /// else the lowest of every evaluation.
         best_eval_perplexity: f64,
+        /// The step of the best checkpoint, when checkpoints were written.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        best_step: Option<usize>,
         train_tokens: usize,
         elapsed_s: f64,
     },
 }
 
-/// Where metrics go: a file (optional), stdout (optional), and memory (always, for callers).
+/// Something else that follows a run's metric lines as they are recorded: TensorBoard event
+/// files, the Prometheus gauges.
+pub trait MetricObserver: Send {
+    fn observe(&mut self, metric: &Metric) -> Result<(), TrainError>;
+}
+
+/// Where metrics go: a file (optional), stdout (optional), observers, and memory (always, for
+/// callers).
 pub struct MetricsLog {
     file: Option<(PathBuf, BufWriter<File>)>,
     echo: bool,
     records: Vec<Metric>,
+    observers: Vec<Box<dyn MetricObserver>>,
 }
 
 impl MetricsLog {
@@ -114,6 +131,7 @@ impl MetricsLog {
             file: Some((path, BufWriter::new(file))),
             echo,
             records: Vec::new(),
+            observers: Vec::new(),
         })
     }
 
@@ -138,6 +156,7 @@ impl MetricsLog {
             file: Some((path, BufWriter::new(file))),
             echo,
             records: Vec::new(),
+            observers: Vec::new(),
         })
     }
 
@@ -147,12 +166,19 @@ impl MetricsLog {
             file: None,
             echo: false,
             records: Vec::new(),
+            observers: Vec::new(),
         }
     }
 
     /// Also prints each line to stdout (or stops doing so).
     pub fn with_echo(mut self, echo: bool) -> Self {
         self.echo = echo;
+        self
+    }
+
+    /// Also hands every record to `observer`.
+    pub fn observed_by(mut self, observer: Box<dyn MetricObserver>) -> Self {
+        self.observers.push(observer);
         self
     }
 
@@ -182,6 +208,9 @@ impl MetricsLog {
             if let Some(summary) = crate::run::progress::describe(&metric) {
                 eprintln!("{summary}");
             }
+        }
+        for observer in &mut self.observers {
+            observer.observe(&metric)?;
         }
         self.records.push(metric);
         Ok(())

@@ -2,10 +2,13 @@
 //! second, the share of time spent waiting for data, the time left), and the one-line summary of
 //! each metric that the trainer prints to stderr for people watching it.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use flightlm_shared::TokenBlocks;
 
 use crate::run::metrics::Metric;
 
@@ -24,6 +27,8 @@ pub struct Window<B: Backend> {
     /// the ranks' reports already carry).
     pub host_loss_sum: f64,
     pub losses: usize,
+    /// Input tokens per source (blocks whose source the stream names), since the last step.
+    pub source_tokens: BTreeMap<Arc<str>, u64>,
 }
 
 impl<B: Backend> Window<B> {
@@ -38,6 +43,14 @@ impl<B: Backend> Window<B> {
             loss_sum: None,
             host_loss_sum: 0.0,
             losses: 0,
+            source_tokens: BTreeMap::new(),
+        }
+    }
+
+    /// Counts the tokens of `blocks` by the source each block was cut from.
+    pub fn count_sources(&mut self, blocks: &TokenBlocks) {
+        for source in &blocks.sources {
+            *self.source_tokens.entry(source.clone()).or_default() += blocks.seq_len as u64;
         }
     }
 
@@ -154,6 +167,7 @@ mod tests {
             data_wait: 0.003,
             collective: None,
             grad_norm: None,
+            tokens_by_source: Default::default(),
             elapsed_s: 60.0,
             eta_s: 3725.0,
         })

@@ -146,6 +146,11 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
                 Err(error) => return Err(error),
             };
             blocks_read.extend_from_slice(&blocks.block_seq);
+            if self.role.group.is_none() {
+                // A data-parallel step's report does not carry sources (yet): rank 0 alone
+                // would count a share of them.
+                window.count_sources(&blocks);
+            }
             let stream = (step * config.grad_accum + micro_batch) as u64;
             let batch = self.collator.collate(&blocks, config.seed, stream);
             input_tokens += batch.input_tokens() as u64;

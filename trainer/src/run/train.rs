@@ -13,32 +13,22 @@
 //! ranks, therefore computes the steps the uninterrupted run computes.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use flightlm_shared::TokenizerInfo;
 
-use crate::config::{DeviceKind, TrainConfig};
-use crate::data::collate::Collator;
+use crate::config::TrainConfig;
 use crate::data::source::{check_tokenizer, BlockSource};
 use crate::error::TrainError;
-use crate::model::dropout::seed_host_masks;
 use crate::model::{Roberta, RobertaConfig};
-use crate::optim::adamw::{AdamWSettings, TrainingOptimizer};
-use crate::optim::clipping::GradientNorm;
-use crate::optim::schedule::LrSchedule;
-use crate::parallel::watchdog::Patience;
-use crate::rng::rank_dropout_seed;
 use crate::run::block_log::BlockLog;
-use crate::run::checkpoint::{
-    self, BestCheckpoint, CheckpointStore, Saving, TrainingState, CHECKPOINT_FORMAT,
-};
-use crate::run::eval::{evaluate_and_record, read_scalar, read_valid, Evaluation};
+use crate::run::checkpoint::{BestCheckpoint, CheckpointStore};
+use crate::run::eval::Evaluation;
 use crate::run::metrics::{Metric, MetricsLog};
-use crate::run::progress::{eta_seconds, Window};
-use crate::run::step::{check_ranks_agree, RankRole, StepInputs, StepPlan};
+use crate::run::stages::{stop_requested, CheckpointDue, RankRun};
+use crate::run::step::RankRole;
 
 /// What a finished (or stopped) run reports.
 #[derive(Clone, Debug)]
@@ -118,7 +108,7 @@ pub(crate) fn initial_model<B: AutodiffBackend>(
 }
 
 /// The loop of one rank (the only one, alone): rank 0 reads the valid split, evaluates, logs and
-/// writes checkpoints; every rank trains.
+/// writes checkpoints; every rank trains. Each step goes through the same stages in order.
 pub(crate) fn train_rank<B: AutodiffBackend>(
     config: &TrainConfig,
     source: &mut dyn BlockSource,
@@ -128,229 +118,44 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
     metrics: &mut MetricsLog,
     mut control: RunControl<'_>,
 ) -> Result<TrainSummary<B>, TrainError> {
-    let tokenizer = source.tokenizer().clone();
-    let run_started = Instant::now();
-    // The CPU backend's generator is slow enough to show in a CPU step; see `model::dropout`.
-    let host_masks = config.device == DeviceKind::Cpu;
-    let optimizer =
-        TrainingOptimizer::<B, Roberta<B>>::new(AdamWSettings::from_train_config(config));
-    let schedule = LrSchedule::new(
-        config.lr_schedule,
-        config.lr,
-        config.warmup_steps,
-        config.max_steps,
-    );
-    let collator = Collator::from_train_config(config, &tokenizer)?;
-    let (valid, valid_blocks_read) = if role.leads() {
-        read_valid(config, source, &collator, tokenizer.vocab_size)?
-    } else {
-        (Vec::new(), 0)
-    };
-
-    if let (Some(store), true) = (&control.checkpoints, role.leads()) {
-        store.remove_partial()?;
-    }
-    let (mut model, mut optimizer, mut state) = match &control.resume {
-        Some(dir) => {
-            let state = checkpoint::read_state(dir)?;
-            if state.tokenizer_hash != tokenizer.hash {
-                return Err(TrainError::Checkpoint {
-                    path: dir.clone(),
-                    message: format!(
-                        "was trained with tokenizer {}, the source serves tokenizer {}",
-                        state.tokenizer_hash, tokenizer.hash
-                    ),
-                });
-            }
-            let model = checkpoint::load_model(dir, model, device)?;
-            let optimizer = checkpoint::load_optimizer(dir, optimizer, device)?;
-            metrics.record(Metric::Resume {
-                step: state.step,
-                checkpoint: dir.clone(),
-            })?;
-            (model, optimizer, state)
-        }
-        None => {
-            metrics.record(Metric::Start {
-                objective: config.objective,
-                preset: config.preset,
-                device: config.device,
-                world_size: config.world_size(),
-                parameters: model.num_params(),
-                vocab_size: tokenizer.vocab_size,
-                seq_len: config.seq_len,
-                batch_size: config.batch_size,
-                grad_accum: config.grad_accum,
-                max_steps: config.max_steps,
-                valid_batches: valid.len(),
-                valid_blocks: valid_blocks_read,
-            })?;
-            let first_eval = match role.leads() {
-                true => evaluate_and_record(&model, &valid, device, 0, metrics)?,
-                false => Evaluation::not_taken(),
-            };
-            let state = TrainingState {
-                format: CHECKPOINT_FORMAT,
-                step: 0,
-                train_tokens: 0,
-                first_eval,
-                last_eval: first_eval,
-                eval_at_step: Some(first_eval),
-                best_eval_perplexity: first_eval.perplexity,
-                best_checkpoint: None,
-                tokenizer_hash: tokenizer.hash.clone(),
-                cursor: source.cursor(),
-            };
-            (model, optimizer, state)
-        }
-    };
-
-    let plan = StepPlan {
-        config,
-        collator: &collator,
-        vocab_size: tokenizer.vocab_size,
-        device,
-        role,
-    };
-    let loop_started = Instant::now();
-    let first_step = state.step;
+    let run = RankRun::prepare(config, source, device, role)?;
+    let (mut model, mut progress) = run.start_or_resume(model, source, &control, metrics)?;
     let mut stopped = false;
-    let mut waited = source.seconds_waited();
-    let mut window = Window::<B::InnerBackend>::open(waited);
-    for step in state.step..config.max_steps {
-        let step_seed = rank_dropout_seed(config.seed, step, role.rank);
-        B::seed(device, step_seed);
-        seed_host_masks(host_masks.then_some(step_seed));
-        let stop_requested = control.stop.is_some_and(|flag| flag.load(Ordering::SeqCst));
-        let lr = schedule.lr(step);
-        let tokens_before = window.tokens;
-        // Rank 0 evaluated after the previous step (or before the first) while the others
-        // waited; the first step of a process compiles.
-        let after_eval = step == first_step || step % config.eval_every == 0;
-        let inputs = StepInputs {
-            step,
-            lr,
-            stop_requested,
-            patience: if after_eval {
-                Patience::Long
-            } else {
-                Patience::Normal
-            },
-        };
-        let outcome = plan.run(inputs, model, &mut optimizer, source, &mut window)?;
+    for step in progress.state.step..config.max_steps {
+        let outcome = run.train_step(step, model, &mut progress, source, &control)?;
         model = outcome.model;
-        waited = outcome.waited_s;
-        state.train_tokens += window.tokens - tokens_before;
         // Read back only where it is logged or a checkpoint may follow: see `clipping`.
         let mut unread_norm = outcome.update.grad_norm;
         let completed = step + 1;
-        state.step = completed;
-        state.cursor = outcome.cursor;
-        if let (Some(log), true) = (&mut control.block_log, role.leads()) {
-            log.record(completed, &outcome.blocks)?;
-        }
-        let last = completed == config.max_steps;
-
-        if role.leads() && (completed % config.log_every == 0 || last) {
-            let seconds = window.training_seconds();
-            let device_loss = window.loss_sum.take().map(read_scalar).transpose()?;
-            let loss = match window.losses {
-                0 => f64::NAN,
-                losses => (device_loss.unwrap_or(0.0) + window.host_loss_sum) / losses as f64,
-            };
-            if !loss.is_finite() && window.losses > 0 {
-                return Err(TrainError::Diverged {
-                    step: completed,
-                    loss,
-                });
-            }
-            metrics.record(Metric::Train {
-                step: completed,
-                loss,
-                perplexity: loss.exp(),
-                lr,
-                tokens_per_s: window.tokens as f64 / seconds,
-                data_wait: ((waited - window.waited_at_start) / seconds).clamp(0.0, 1.0),
-                collective: role
-                    .group
-                    .map(|_| (window.collective_s / seconds).clamp(0.0, 1.0)),
-                grad_norm: GradientNorm::read_pending(&mut unread_norm)?,
-                elapsed_s: run_started.elapsed().as_secs_f64(),
-                eta_s: eta_seconds(loop_started, first_step, completed, config.max_steps),
-            })?;
-            window = Window::open(waited);
-        }
+        progress.record_step(
+            completed,
+            outcome.cursor,
+            &outcome.blocks,
+            &mut control,
+            role,
+        )?;
+        run.log_if_due(completed, &mut progress, &mut unread_norm, metrics)?;
         let paused = Instant::now();
-        state.eval_at_step = None;
-        if role.leads() && (completed % config.eval_every == 0 || last) {
-            let evaluation = evaluate_and_record(&model, &valid, device, completed, metrics)?;
-            state.last_eval = evaluation;
-            state.eval_at_step = Some(evaluation);
-            state.best_eval_perplexity = state.best_eval_perplexity.min(evaluation.perplexity);
-        }
+        run.evaluate_if_due(&model, completed, &mut progress, metrics)?;
         stopped = match role.group {
             Some(_) => outcome.stop_requested,
-            None => control.stop.is_some_and(|flag| flag.load(Ordering::SeqCst)),
+            None => stop_requested(&control),
         };
-        if role.checkpointing && (completed % config.save_every == 0 || last || stopped) {
-            GradientNorm::read_pending(&mut unread_norm)?;
-            let evaluated = state.eval_at_step.is_some() || completed % config.eval_every == 0;
-            let patience = if evaluated || last {
-                Patience::Long
-            } else {
-                Patience::Normal
-            };
-            let agreed = check_ranks_agree(role, &model, step, patience)?;
-            if let (Some(store), true) = (&control.checkpoints, role.leads()) {
-                let saving = Saving {
-                    store,
-                    config,
-                    tokenizer: &tokenizer,
-                    agreed_hash: agreed,
-                };
-                saving.save(&model, &optimizer, &mut state, metrics)?;
-            }
-        }
-        window.excluded += paused.elapsed().as_secs_f64();
-        if stopped && !last {
+        let due = CheckpointDue { completed, stopped };
+        run.checkpoint_if_due(
+            &model,
+            due,
+            &mut progress,
+            &mut unread_norm,
+            &control,
+            metrics,
+        )?;
+        progress.window.excluded += paused.elapsed().as_secs_f64();
+        if stopped && completed != config.max_steps {
             metrics.record(Metric::Stop { step: completed })?;
             break;
         }
         stopped = false;
     }
-
-    let mut restored_best = false;
-    if !stopped && role.leads() {
-        if let (Some(store), Some(best)) = (&control.checkpoints, state.best_checkpoint) {
-            if config.restore_best && best.step != state.step {
-                model = checkpoint::load_model(&store.path_of(best.step), model, device)?;
-                restored_best = true;
-            }
-            metrics.record(Metric::Best {
-                step: best.step,
-                eval_perplexity: best.eval_perplexity,
-                restored: restored_best,
-            })?;
-        }
-        metrics.record(Metric::Done {
-            steps: state.step,
-            first_eval_loss: state.first_eval.loss,
-            first_eval_perplexity: state.first_eval.perplexity,
-            last_eval_loss: state.last_eval.loss,
-            last_eval_perplexity: state.last_eval.perplexity,
-            best_eval_perplexity: state.best_eval_perplexity,
-            train_tokens: state.train_tokens,
-            elapsed_s: run_started.elapsed().as_secs_f64(),
-        })?;
-    }
-    Ok(TrainSummary {
-        model,
-        steps: state.step,
-        first_eval: state.first_eval,
-        last_eval: state.last_eval,
-        train_tokens: state.train_tokens,
-        stopped,
-        best: state.best_checkpoint,
-        restored_best,
-    })
+    run.finish(model, progress.state, stopped, &control, metrics)
 }
