@@ -4,7 +4,9 @@
 #   (b) flightlm-pipeline serve -> Flight -> flightlm-pipeline consume (every batch decoded);
 #   (c) the same, with the corpus read from an S3 API on loopback (moto) instead of a local file;
 #   (d) (b) with --metrics-listen on, /metrics and the status page's /status.json polled every
-#       second while it streams, as Prometheus and an open page would.
+#       second while it streams, as Prometheus and an open page would;
+#   (e) (b) with the stream asked for its document starts (consume --document-starts).
+# FLIGHTLM_BIN=DIR runs another build's binaries (to compare two builds on one machine).
 # Usage: bash scripts/bench-pipeline.sh [CORPUS]   (default: the sample corpus repeated to >= 100 MB)
 #        OBSERVE_ONLY=1 [PAIRS=3] bash scripts/bench-pipeline.sh [CORPUS]: only (b) and (d),
 #        alternated PAIRS times, with the on/off ratio of each pair.
@@ -40,10 +42,11 @@ TOKENIZER="$WORK/tokenizer/tokenizer.json"
 [ -s "$TOKENIZER" ] || "$FLIGHTLM_BIN/flightlm-pipeline" train-tokenizer --input data/kjv.txt.zst \
     --vocab-size 8192 --out "$WORK/tokenizer" > /dev/null
 
-# Serves INPUT, consumes one pass into OUT.json and prints the server's peak RSS (KiB). With
+# Serves INPUT, consumes one pass into OUT.json (with any further consume arguments) and prints the server's peak RSS (KiB). With
 # OBSERVE=1 the metrics listener is on and polled once a second (metrics and page data).
 run_flightlm() {
     local input=$1 out=$2 observe_flags=() poll_pid=""
+    shift 2
     [ "${OBSERVE:-0}" = 1 ] && observe_flags=(--metrics-listen 127.0.0.1:0)
     "$FLIGHTLM_BIN/flightlm-pipeline" serve --input "$input" --tokenizer "$TOKENIZER" \
         --listen 127.0.0.1:0 --valid-fraction 0 --workers "$CORES" "${observe_flags[@]}" \
@@ -62,7 +65,7 @@ for _ in range(36000):
         poll_pid=$!
     fi
     "$FLIGHTLM_BIN/flightlm-pipeline" consume --pipeline "$url" --seq-len $SEQ_LEN \
-        --batch-size 32 --epochs 1 > "$WORK/$out.json"
+        --batch-size 32 --epochs 1 "$@" > "$WORK/$out.json"
     [ -n "$poll_pid" ] && { kill $poll_pid; wait $poll_pid 2> /dev/null || true; }
     awk '/VmHWM/ {print $2}' /proc/$serve_pid/status
     kill $serve_pid
@@ -106,11 +109,17 @@ S3_RSS_KIB=$(AWS_ENDPOINT_URL=$(s3_field endpoint) AWS_ALLOW_HTTP=true AWS_REGIO
     run_flightlm "s3://bench/$(basename "$CORPUS")" flightlm-s3)
 kill $S3_PID
 
+echo "== (e) as (b), with each block's document starts"
+STARTS_RSS_KIB=$(run_flightlm "$CORPUS" flightlm-starts --document-starts)
+
 "$FLIGHTLM_PYTHON" - "$WORK/hf.json" "$WORK/flightlm.json" "$SERVE_RSS_KIB" \
-    "$WORK/flightlm-s3.json" "$S3_RSS_KIB" "$WORK/flightlm-observed.json" "$OBSERVE_RSS_KIB" <<'PY'
+    "$WORK/flightlm-s3.json" "$S3_RSS_KIB" "$WORK/flightlm-observed.json" "$OBSERVE_RSS_KIB" \
+    "$WORK/flightlm-starts.json" "$STARTS_RSS_KIB" <<'PY'
 import json, sys
 observed = json.load(open(sys.argv[6]))
 observed_rss = int(sys.argv[7]) / 1024
+starts = json.load(open(sys.argv[8]))
+starts_rss = int(sys.argv[9]) / 1024
 hf = json.load(open(sys.argv[1]))
 fl = json.load(open(sys.argv[2]))
 rss = int(sys.argv[3]) / 1024
@@ -126,6 +135,9 @@ rows = [
     ("  metrics + status page on, polled", observed["tokens_per_s"], observed["first_batch_ms"],
      f'{observed["wire_bytes_per_token"]:.3f}', f'{observed["uncompressed_bytes_per_token"]:.3f}',
      observed_rss),
+    ("  with document starts", starts["tokens_per_s"], starts["first_batch_ms"],
+     f'{starts["wire_bytes_per_token"]:.3f}', f'{starts["uncompressed_bytes_per_token"]:.3f}',
+     starts_rss),
 ]
 print(f'{"path":38} {"tokens/s":>12} {"first batch":>12} {"wire B/tok":>10} {"raw B/tok":>10} {"peak RSS":>10}')
 for name, rate, first, wire, raw, peak in rows:
@@ -136,5 +148,6 @@ print(f'flightlm / HF path: {fl["tokens_per_s"] / hf["hf_tokens_per_s"]:.2f}x;'
       f' flightlm / tokenizer alone: {fl["tokens_per_s"] / hf["tokenizer_tokens_per_s"]:.2f}x')
 print(f'from S3 / from a local file: {s3["tokens_per_s"] / fl["tokens_per_s"]:.2f}x')
 print(f'metrics + status page on / off: {observed["tokens_per_s"] / fl["tokens_per_s"]:.3f}x')
+print(f'with document starts / without: {starts["tokens_per_s"] / fl["tokens_per_s"]:.3f}x')
 print(f'tokens: HF {hf["hf_tokens"]:,}, flightlm {fl["tokens"]:,}, from S3 {s3["tokens"]:,}')
 PY

@@ -2,7 +2,7 @@
 # repeated runs (and CI runs of later clones) build incrementally.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flightlm-target}"
 FLIGHTLM_VENV="${FLIGHTLM_VENV:-$HOME/.cache/flightlm-venv}"
-FLIGHTLM_BIN="$CARGO_TARGET_DIR/debug"
+FLIGHTLM_BIN="${FLIGHTLM_BIN:-$CARGO_TARGET_DIR/debug}"
 
 # Creates the venv with scripts/requirements.txt unless it already satisfies it.
 ensure_python() {
