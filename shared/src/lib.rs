@@ -16,6 +16,6 @@ pub mod hashing;
 pub mod request;
 pub mod schema;
 
-pub use cursor::{Cursor, SourcePosition, StreamState};
+pub use cursor::{Cursor, FileVersion, SourcePosition, StreamState};
 pub use request::{Shard, Split, StreamRequest, CONTRACT_VERSION};
 pub use schema::{TokenBlocks, TokenizerInfo};

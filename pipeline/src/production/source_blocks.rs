@@ -13,13 +13,15 @@ use arrow::array::Array;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use flightlm_shared::SourcePosition;
 
+use crate::corpus::versions::ReadVersions;
 use crate::corpus::{Corpus, Source};
 use crate::error::PipelineError;
 use crate::production::packing::Packer;
 use crate::production::tokenize::{spawn_workers, EncodeRules, Encoded, Job, Reorder};
 use crate::read::bad_records::{BadRecordKind, BadRecords};
 use crate::read::reader::{reader_runtime, CorpusReader};
-use crate::read::sources::CorpusFile;
+use crate::read::remote;
+use crate::read::sources::{CorpusFile, Format};
 
 /// Blocks a source prepares ahead of the mixer.
 const BLOCKS_AHEAD: usize = 64;
@@ -52,6 +54,8 @@ pub struct SourceRequest {
     pub passes: Option<u64>,
     pub start: SourcePosition,
     pub counters: Arc<SourceCounters>,
+    /// Where the reader records the version of each remote file it opens.
+    pub versions: Arc<ReadVersions>,
 }
 
 /// Starts the threads of one source and returns its blocks in order.
@@ -76,15 +80,16 @@ pub fn start_source(
     let start = request.start.clone();
     let passes = request.passes;
     let bad_records = request.rules.bad_records.clone();
+    let versions = request.versions.clone();
     std::thread::Builder::new()
         .name(format!("read-{}", source.name))
         .spawn(move || {
             read_source(
                 &reader_corpus,
                 &reader_source,
-                &start,
-                passes,
+                (&start, passes),
                 bad_records,
+                &versions,
                 jobs,
             )
         })
@@ -108,9 +113,9 @@ pub fn start_source(
 fn read_source(
     corpus: &Corpus,
     source: &Source,
-    start: &SourcePosition,
-    passes: Option<u64>,
+    (start, passes): (&SourcePosition, Option<u64>),
     bad_records: BadRecords,
+    versions: &ReadVersions,
     jobs: Sender<Job>,
 ) {
     let runtime = match reader_runtime() {
@@ -126,27 +131,34 @@ fn read_source(
             .with_bad_records(bad_records.clone(), corpus.max_document_bytes);
         let mut pass = start.pass;
         let mut first = match &start.file {
-            Some(name) => Some(source.file_named(name).ok_or_else(|| {
+            Some(name) => Some(source.listed_file(name)?.ok_or_else(|| {
                 PipelineError::Cursor(format!(
                     "source `{}` has no file `{name}` any more",
                     source.name
                 ))
             })?),
-            None => source.file_after(None),
+            None => source.next_file(None)?,
         };
         let mut skip_rows = start.row;
         while passes.is_none_or(|limit| pass < limit) {
-            let mut current = first.take().or_else(|| source.file_after(None));
+            let mut current = match first.take() {
+                Some(file) => Some(file),
+                None => source.next_file(None)?,
+            };
             while let Some(file) = current {
                 let name: Arc<str> = file.name().into();
+                versions.record(pass, &file);
+                prefetch_line_file(source.file_after(Some(&name)).as_ref());
                 let open = read_file(&reader, &file, &name, skip_rows, &mut sequence, &jobs);
                 match open.await {
                     Ok(FileOutcome::Stopped) => return Ok(()),
                     Ok(FileOutcome::Read) => {}
+                    // A store that failed is not a bad record: never skipped.
+                    Err((_, error)) if error.is_storage_failure() => return Err(error),
                     Err((kind, error)) => bad_records.handle(kind, error)?,
                 }
                 skip_rows = 0;
-                current = source.file_after(Some(&name));
+                current = source.next_file(Some(&name))?;
             }
             if jobs.send(Job::EndOfPass { sequence }).is_err() {
                 return Ok(());
@@ -158,6 +170,16 @@ fn read_source(
     });
     if let Err(error) = result {
         let _ = jobs.send(Job::Failed { sequence, error });
+    }
+}
+
+/// Starts fetching the first range of the next remote text or JSON-lines object while this one
+/// is read (Parquet and CSV are read by DataFusion, by ranges, when reached).
+fn prefetch_line_file(next: Option<&CorpusFile>) {
+    if let Some(file) = next {
+        if let (Some(object), Format::Text | Format::JsonLines) = (&file.remote, file.format) {
+            remote::prefetch::prefetch(object);
+        }
     }
 }
 
@@ -228,6 +250,7 @@ fn classify_read_error(
         PipelineError::MalformedJson { .. } => (BadRecordKind::MalformedJson, error),
         PipelineError::Oversized { .. } => (BadRecordKind::Oversized, error),
         PipelineError::Truncated { .. } => (BadRecordKind::TruncatedFile, error),
+        storage if storage.is_storage_failure() => (BadRecordKind::TruncatedFile, storage),
         other => (
             BadRecordKind::TruncatedFile,
             PipelineError::Truncated {
@@ -297,6 +320,7 @@ fn pack_source(
                                 file: Some(file.to_string()),
                                 row: *row,
                                 token: offset as u64,
+                                file_version: None,
                             })
                         });
                         for tokens in packed.chunks(seq_len) {
