@@ -6,7 +6,6 @@
 //! written to local disk while streaming.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! that never lost the bucket, with nothing skipped or counted as a bad record.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flightlm_tests::fault_proxy::FaultProxy;
 use flightlm_tests::object_servers::ObjectServer;
@@ -36,7 +36,7 @@ fn a_bucket_that_goes_dark_mid_object_costs_retries_never_data() {
     let dir = scratch_dir("remote-outage");
     let bucket = dir.join("bucket");
     std::fs::create_dir_all(&bucket).unwrap();
-    let lines = sample_lines(6000);
+    let lines = sample_lines(2000);
     std::fs::write(bucket.join("books.txt"), lines.join("\n") + "\n").unwrap();
     let tokenizer = train_tokenizer(&dir, &bucket.join("books.txt"), 600);
     let server = ObjectServer::s3(&bucket, "corpus");
@@ -48,8 +48,6 @@ fn a_bucket_that_goes_dark_mid_object_costs_retries_never_data() {
         "skip",
         "--remote-retry-s",
         &retry_s,
-        "--valid-fraction",
-        "0",
     ];
     // Small ranges, read as the stream needs them: the object is still being read when the
     // bucket goes dark.
@@ -65,9 +63,12 @@ fn a_bucket_that_goes_dark_mid_object_costs_retries_never_data() {
     let reference = dir.join("direct");
     run_ok(&mut trainer(&direct.url, &reference, STEPS, ""), TIMEOUT);
 
-    let (mut proxy, proxied, _events) = FaultProxy::switchable(&server.endpoint, "8");
+    // A slow link (about 60 KB/s): the object (about 200 KB) is still being read a second after
+    // the trainer's stream opened it.
+    let (mut proxy, proxied, events) = FaultProxy::switchable(&server.endpoint, "0.5");
     let pipeline = start(&proxied);
     let out = dir.join("outage");
+    let _ = events.try_iter().count();
     let mut child = KillOnDrop(
         trainer(&pipeline.url, &out, STEPS, "--pipeline-retry-s 120")
             .stdout(Stdio::null())
@@ -75,11 +76,12 @@ fn a_bucket_that_goes_dark_mid_object_costs_retries_never_data() {
             .spawn()
             .expect("starting the trainer"),
     );
-    let deadline = Instant::now() + TIMEOUT;
-    while last_step(&out) < 8 {
-        assert!(Instant::now() < deadline, "no progress before the outage");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let opened = events
+        .iter()
+        .find(|line| line.contains("opened"))
+        .expect("the stream opened the object");
+    eprintln!("reading began: {opened}");
+    std::thread::sleep(Duration::from_secs(1));
     let dark_at = last_step(&out);
     proxy.set_dark(true);
     std::thread::sleep(Duration::from_secs(3 * RETRY_S));
@@ -87,8 +89,8 @@ fn a_bucket_that_goes_dark_mid_object_costs_retries_never_data() {
     let (status, stderr) = wait_with_deadline(&mut child.0, "the trainer");
     assert!(status.success(), "{stderr}");
     assert!(
-        dark_at < STEPS as u64 - 5,
-        "the outage began at step {dark_at}, mid-run"
+        dark_at < STEPS as u64 / 2,
+        "the outage began at step {dark_at}"
     );
     let retry_line = stderr
         .lines()

@@ -148,7 +148,7 @@ fn read_source(
             while let Some(file) = current {
                 let name: Arc<str> = file.name().into();
                 versions.record(pass, &file);
-                prefetch_line_file(source.file_after(Some(&name)).as_ref());
+                prefetch_line_files(source, &name);
                 let open = read_file(&reader, &file, &name, skip_rows, &mut sequence, &jobs);
                 match open.await {
                     Ok(FileOutcome::Stopped) => return Ok(()),
@@ -173,13 +173,30 @@ fn read_source(
     }
 }
 
-/// Starts fetching the first range of the next remote text or JSON-lines object while this one
-/// is read (Parquet and CSV are read by DataFusion, by ranges, when reached).
-fn prefetch_line_file(next: Option<&CorpusFile>) {
-    if let Some(file) = next {
-        if let (Some(object), Format::Text | Format::JsonLines) = (&file.remote, file.format) {
-            remote::prefetch::prefetch(object);
+/// Objects fetched ahead of the reader: up to this many, and only while they are small.
+const PREFETCH_OBJECTS: usize = 4;
+const PREFETCH_BYTES: u64 = 1 << 20;
+
+/// Starts fetching the next remote text or JSON-lines objects while this one is read: the next
+/// one's first range, and the few after it when they are small, so that a corpus of many small
+/// objects does not wait for one request at a time (Parquet and CSV are read by DataFusion, by
+/// ranges, when reached).
+fn prefetch_line_files(source: &Source, current: &str) {
+    let mut previous = current.to_string();
+    let mut bytes = 0;
+    for _ in 0..PREFETCH_OBJECTS {
+        let Some(file) = source.file_after(Some(&previous)) else {
+            return;
+        };
+        let (Some(object), Format::Text | Format::JsonLines) = (&file.remote, file.format) else {
+            return;
+        };
+        remote::prefetch::prefetch(object);
+        bytes += object.size();
+        if bytes > PREFETCH_BYTES {
+            return;
         }
+        previous = file.name();
     }
 }
 

@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 use super::store::range_bytes;
 use super::{io_runtime, store_for, RemoteObject};
 
-/// Ranges held at once, over every stream (each one range).
-const MAX_PREFETCHED: usize = 4;
+/// Ranges held at once, over every stream (each at most one range).
+const MAX_PREFETCHED: usize = 16;
 
 type Fetch = JoinHandle<object_store::Result<Bytes>>;
 
@@ -38,7 +38,7 @@ pub fn prefetch(object: &RemoteObject) {
         return;
     };
     let version = object.version.clone();
-    let end = version.size.min(range_bytes());
+    let end = version.size.min(range_bytes()).min(1 << 20);
     let fetch = io_runtime().spawn(async move { store.fetch(&key, &version, 0..end).await });
     prefetched.push_back((identity, fetch));
     while prefetched.len() > MAX_PREFETCHED {

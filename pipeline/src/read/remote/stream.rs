@@ -11,6 +11,9 @@ use super::store::{range_bytes, RemoteError};
 use super::{io_runtime, prefetch, store_for, RemoteObject};
 use crate::error::{PipelineError, Result};
 
+/// The first range of a read (then 2×, 4×, … up to the full range size).
+const FIRST_RANGE_BYTES: u64 = 1 << 20;
+
 pub struct RemoteRead {
     chunks: Receiver<object_store::Result<Bytes>>,
     current: Bytes,
@@ -41,8 +44,12 @@ pub fn open(object: &RemoteObject) -> Result<RemoteRead> {
                     }
                 }
             }
+            // Ranges start small and double up to the full range size, so a reader that needs
+            // only the first lines (a schema inference, a first batch) does not pull 16 MiB.
+            let mut range = FIRST_RANGE_BYTES.min(range_bytes());
             while start < size {
-                let end = (start + range_bytes()).min(size);
+                let end = (start + range).min(size);
+                range = (range * 2).min(range_bytes());
                 let chunk = io_runtime().block_on(store.fetch(&key, &version, start..end));
                 let failed = chunk.is_err();
                 if sender.send(chunk).is_err() || failed {
