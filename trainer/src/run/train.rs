@@ -35,6 +35,7 @@ use crate::run::block_log::BlockLog;
 use crate::run::checkpoint::{
     self, BestCheckpoint, CheckpointStore, Saving, TrainingState, CHECKPOINT_FORMAT,
 };
+use crate::run::data_parallel::agree_before_first_step;
 use crate::run::eval::{evaluate_and_record, read_scalar, read_valid, Evaluation};
 use crate::run::metrics::{Metric, MetricsLog};
 use crate::run::progress::{eta_seconds, Window};
@@ -204,6 +205,7 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
             (model, optimizer, state)
         }
     };
+    agree_before_first_step(role, config, &tokenizer, &state, &model)?;
 
     let plan = StepPlan {
         config,
@@ -224,18 +226,11 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
         let stop_requested = control.stop.is_some_and(|flag| flag.load(Ordering::SeqCst));
         let lr = schedule.lr(step);
         let tokens_before = window.tokens;
-        // Rank 0 evaluated after the previous step (or before the first) while the others
-        // waited; the first step of a process compiles.
-        let after_eval = step == first_step || step % config.eval_every == 0;
         let inputs = StepInputs {
             step,
             lr,
             stop_requested,
-            patience: if after_eval {
-                Patience::Long
-            } else {
-                Patience::Normal
-            },
+            patience: Patience::at_step(config, step, first_step),
         };
         let outcome = plan.run(inputs, model, &mut optimizer, source, &mut window)?;
         model = outcome.model;
