@@ -40,9 +40,11 @@ fail() {
 check_time() {
     [ $((SECONDS - STARTED)) -lt "$TIME_LIMIT_S" ] || fail "ran past ${TIME_LIMIT_S} s"
 }
-# A random pause between MIN and MAX tenths of a second.
+# A random pause between MIN and MAX tenths of a second (drawn here: $RANDOM inside a command
+# substitution would not advance this shell's sequence).
 pause() {
-    sleep "$(awk -v tenths=$(($1 + RANDOM % ($2 - $1 + 1))) 'BEGIN { print tenths / 10 }')"
+    local tenths=$(($1 + RANDOM % ($2 - $1 + 1)))
+    sleep "$(awk -v tenths=$tenths 'BEGIN { print tenths / 10 }')"
 }
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -67,8 +69,9 @@ launch() {
     [ -d "$WORK/run/checkpoints" ] && resume=(--resume "$WORK/run")
     NODE_PIDS=()
     for rank in $(seq 0 $((nodes - 1))); do
-        # A small HTTP/2 window keeps the stream on the replica's side, so kills cut it mid-flight.
-        FLIGHTLM_STREAM_WINDOW_BYTES=65536 "$BIN/flightlm-trainer" train --pipeline "$PIPELINES" \
+        # A small HTTP/2 window keeps the stream on the replica's side (a few steps ahead), so a
+        # replica's kill reaches the node within seconds.
+        FLIGHTLM_STREAM_WINDOW_BYTES=4096 "$BIN/flightlm-trainer" train --pipeline "$PIPELINES" \
             --objective mlm --preset tiny --max-steps 1000000 --seq-len 32 \
             --batch-size $((6 / nodes)) --grad-accum 1 --warmup-steps 20 --log-every 5 \
             --eval-every 1000000 --save-every 10 --keep-checkpoints 2 --pipeline-retry-s 60 \
@@ -115,7 +118,8 @@ for event in $EVENTS; do
     check_time
     pause 5 25
     if [ "$event" = replica ]; then
-        which=$([ $((RANDOM % 2)) = 0 ] && echo a || echo b)
+        which=b
+        [ $((RANDOM % 2)) = 0 ] && which=a
         kill -9 "${REPLICA_PID[$which]}"
         wait "${REPLICA_PID[$which]}" 2> /dev/null || true
         replica_kills=$((replica_kills + 1))
