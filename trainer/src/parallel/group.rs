@@ -113,12 +113,11 @@ impl<B: Backend> RankGroup<B> {
         &self,
         round: Round,
         contribution: Contribution,
-    ) -> Result<Option<Outcome>, TrainError> {
+    ) -> Result<Option<Arc<Outcome>>, TrainError> {
         let outcome = match &self.transport {
             Transport::Threads => return Ok(None),
-            Transport::Local(rounds) => rounds
-                .round(self.rank, round, contribution)
-                .and_then(|outcome| outcome.as_ref().clone()),
+            // Every rank reads the one outcome; nobody copies it whole.
+            Transport::Local(rounds) => rounds.round(self.rank, round, contribution),
             Transport::Star(client) => {
                 let mut client = client.lock().unwrap_or_else(PoisonError::into_inner);
                 let Some(client) = client.as_mut() else {
@@ -133,6 +132,7 @@ impl<B: Backend> RankGroup<B> {
                         client.gather(round, &bytes).map(Outcome::Gathered)
                     }
                 }
+                .map(Arc::new)
             }
         };
         outcome.map(Some).map_err(|error| self.round_failed(error))
@@ -165,10 +165,14 @@ impl<B: Backend> RankGroup<B> {
     /// Every rank's `payload`, indexed by rank. On burn-collective: two all-reduces, the lengths
     /// then the bytes (one exact f32 per byte), each rank writing only its own row.
     pub fn gather(&self, round: Round, payload: &[u8]) -> Result<Vec<Vec<u8>>, TrainError> {
-        match self.host_round(round, Contribution::Gather(payload.to_vec()))? {
-            Some(Outcome::Gathered(payloads)) => return Ok(payloads),
-            Some(Outcome::Sum(_)) => unreachable!("a gather answers a gather"),
-            None => {}
+        if self.world == 1 {
+            return Ok(vec![payload.to_vec()]);
+        }
+        if let Some(outcome) = self.host_round(round, Contribution::Gather(payload.to_vec()))? {
+            return match outcome.as_ref() {
+                Outcome::Gathered(payloads) => Ok(payloads.clone()),
+                Outcome::Sum(_) => unreachable!("a gather answers a gather"),
+            };
         }
         let mut lengths = vec![0f32; self.world];
         lengths[self.rank] = payload.len() as f32;
@@ -260,11 +264,14 @@ impl<I: Backend> RankGroup<I> {
             _backend: PhantomData,
         };
         model.visit(&mut complete);
+        if self.world == 1 {
+            return Ok(complete.gradients); // the sum of one rank's gradients
+        }
         if !matches!(self.transport, Transport::Threads) {
             // One round for the whole step: every gradient, flattened in the model's order.
             let mut flat = Flatten::<B> {
                 gradients: complete.gradients,
-                values: Vec::new(),
+                values: Vec::with_capacity(gradient_values::<B, M>(model)),
                 error: None,
                 _backend: PhantomData,
             };
@@ -273,9 +280,8 @@ impl<I: Backend> RankGroup<I> {
                 return Err(error);
             }
             let round = Round::new(step, Purpose::Gradients);
-            let Some(Outcome::Sum(summed)) =
-                self.host_round(round, Contribution::Sum(flat.values))?
-            else {
+            let outcome = self.host_round(round, Contribution::Sum(flat.values))?;
+            let Some(Outcome::Sum(summed)) = outcome.as_deref() else {
                 unreachable!("a sum answers a sum")
             };
             let mut restore = Unflatten::<B> {
@@ -331,14 +337,14 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<B> {
 }
 
 /// Replaces every parameter's gradient with its slice of `values`, in the same order.
-struct Unflatten<B: AutodiffBackend> {
+struct Unflatten<'a, B: AutodiffBackend> {
     gradients: GradientsParams,
-    values: Vec<f32>,
+    values: &'a [f32],
     offset: usize,
     _backend: PhantomData<B>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<B> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let Some(gradient) = self.gradients.remove::<B::InnerBackend, D>(param.id) else {
             return;

@@ -25,7 +25,7 @@ struct State {
     completed: u64,
     arrived: Vec<Option<(Round, Contribution)>>,
     /// The latest round's outcome, until every rank has taken it.
-    outcome: Option<Arc<Result<Outcome, RoundError>>>,
+    outcome: Option<Result<Arc<Outcome>, RoundError>>,
     failed: Option<RoundError>,
 }
 
@@ -53,7 +53,7 @@ impl LocalRounds {
         rank: usize,
         round: Round,
         contribution: Contribution,
-    ) -> Result<Arc<Result<Outcome, RoundError>>, RoundError> {
+    ) -> Result<Arc<Outcome>, RoundError> {
         let mut state = self.lock();
         if let Some(error) = &state.failed {
             return Err(error.clone());
@@ -62,7 +62,7 @@ impl LocalRounds {
         state.arrived[rank] = Some((round, contribution));
         if state.arrived.iter().all(Option::is_some) {
             let contributions = state.arrived.iter_mut().flat_map(Option::take).collect();
-            state.outcome = Some(Arc::new(combine(contributions)));
+            state.outcome = Some(combine(contributions).map(Arc::new));
             state.completed += 1;
             self.turned.notify_all();
         } else {
@@ -77,7 +77,7 @@ impl LocalRounds {
             }
         }
         // The next round cannot complete before this rank has contributed to it.
-        Ok(state.outcome.clone().expect("the round's outcome"))
+        state.outcome.clone().expect("the round's outcome")
     }
 
     /// Ends the rounds: every rank waiting now or arriving later gets `error` (the first
@@ -115,7 +115,7 @@ mod tests {
                             .round(rank, round, Contribution::Sum(vec![value]))
                             .expect("no failure");
                         match outcome.as_ref() {
-                            Ok(Outcome::Sum(sum)) => sums.push(sum[0]),
+                            Outcome::Sum(sum) => sums.push(sum[0]),
                             other => panic!("{other:?}"),
                         }
                     }
