@@ -27,7 +27,7 @@ use flightlm_trainer::{train_with, CpuDevice, RunControl};
 
 mod cli;
 
-use cli::process_setup::keep_freed_memory;
+use cli::process_setup::{install_replica_handler, keep_freed_memory};
 use cli::run_args::{Resolved, RunArgs, ShapeArgs};
 use cli::training::{
     local_ranks, observed_live, pipeline_sources, run_metrics, save_pipeline_tokenizer,
@@ -116,6 +116,7 @@ enum Command {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    install_replica_handler();
     // Logs go to stderr: stdout carries only the JSON metric lines.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Raised by SIGINT (Ctrl-C) or SIGTERM; the loop then checkpoints the current step and stops.
+/// SIGUSR1 asks the pipeline streams to continue on the first of `--pipeline`'s replicas.
 pub(crate) static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -17,6 +18,11 @@ extern "C" fn request_stop(signal: libc::c_int) {
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" fn request_first_replica(_signal: libc::c_int) {
+    flightlm_trainer::data::replicas::return_to_first_replica();
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub(crate) fn install_stop_handler() {
     let handler = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: the handler only stores to an atomic and calls `signal`, both async-signal-safe.
@@ -25,6 +31,20 @@ pub(crate) fn install_stop_handler() {
         libc::signal(libc::SIGTERM, handler);
     }
 }
+
+/// SIGUSR1: back to the first pipeline replica. Installed first thing, so that the signal never
+/// ends a process that is still starting (its default action).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn install_replica_handler() {
+    let first = request_first_replica as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only increments an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGUSR1, first);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn install_replica_handler() {}
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn install_stop_handler() {}
