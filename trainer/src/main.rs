@@ -149,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cursor = resume.as_ref().and_then(|(_, state)| state.cursor.clone());
             let retry_for = std::time::Duration::from_secs(pipeline_retry_s);
             let sources = pipeline_sources(&config, &pipeline, cursor, retry_for)?;
-            let mut metrics = run_metrics(&config, &out, &resume)?;
+            let mut metrics = run_metrics(&config, &out, &resume)?.with_json(run.json);
             let checkpoints = Some(CheckpointStore::in_run(&out));
             train_on(&config, sources, &mut metrics, checkpoints, resume)
         }
@@ -169,7 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let out = config.out_dir.clone();
-            let (mut metrics, checkpoints) = if out.as_os_str().is_empty() {
+            let (metrics, checkpoints) = if out.as_os_str().is_empty() {
                 (MetricsLog::in_memory().with_echo(true), None)
             } else {
                 if config.node_rank == 0 {
@@ -178,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let metrics = run_metrics(&config, &out, &resume)?;
                 (metrics, Some(CheckpointStore::in_run(&out)))
             };
+            let mut metrics = metrics.with_json(run.json);
             train_on(&config, sources, &mut metrics, checkpoints, resume)
         }
         Command::TrainText {
@@ -210,7 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.batch_size,
                 valid_fraction,
             )?;
-            let mut metrics = MetricsLog::create(&out, true)?;
+            let mut metrics = MetricsLog::create(&out, true)?.with_json(run.json);
             let control = RunControl::default();
             let summary = train_with::<CpuTrainBackend>(
                 &config,
