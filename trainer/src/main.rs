@@ -2,8 +2,8 @@
 //!
 //! `train` reads blocks from a running pipeline; `bench` trains on a generated in-memory corpus
 //! to measure the training speed of a preset on this machine without any pipeline;
-//! `train-text` trains on one local text file and exports the model. `export`, `fill-mask` and
-//! `score` work on HuggingFace model directories.
+//! `train-text` trains on one local text file and exports the model. `export`, `fill-mask`,
+//! `score` and `generate` work on HuggingFace model directories.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +16,7 @@ use flightlm_shared::client::PipelineEndpoint;
 use flightlm_trainer::data::source::BlockSource;
 use flightlm_trainer::data::synthetic::{SyntheticConfig, SyntheticSource};
 use flightlm_trainer::data::text_file::TextFileSource;
+use flightlm_trainer::generate::GenerateArgs;
 use flightlm_trainer::hf::commands::{ExportArgs, FillMaskArgs, ScoreArgs};
 use flightlm_trainer::hf::{export_hf, HfRobertaConfig, HfTokenizer};
 use flightlm_trainer::model::RobertaConfig;
@@ -103,6 +104,8 @@ enum Command {
     FillMask(FillMaskArgs),
     /// Loss and perplexity of each line of a text file, as JSON lines, then of the whole file.
     Score(ScoreArgs),
+    /// Continue prompts with a causal model (greedy, or sampled with temperature, top-k, top-p).
+    Generate(GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -264,5 +267,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             flightlm_trainer::hf::commands::score_command(&args, &mut std::io::stdout())?;
             Ok(())
         }
+        Command::Generate(args) => cli::generate::generate_on_device(&args),
     }
 }
