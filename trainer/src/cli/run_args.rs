@@ -208,6 +208,11 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     init_from: Option<PathBuf>,
+    /// Print each metric's JSON line on stdout even on a terminal (it always goes to
+    /// OUT/metrics.jsonl, and to stdout when stdout is not a terminal).
+    #[arg(long)]
+    #[serde(skip)]
+    pub(crate) json: bool,
 }
 
 impl RunArgs {
