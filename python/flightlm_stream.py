@@ -12,6 +12,10 @@ one pass), optionally one shard of a data-parallel job (`shard=(rank, world)`: b
 rank+world, ... of the global sequence; the pipeline tokenizes once for all ranks). When the
 pipeline goes away or the link breaks, it reconnects with exponential backoff for up to
 `retry_s` seconds and continues after the last block it yielded, so nothing is lost or repeated.
+`pipeline` may name several replicas serving the same corpus ("URL1,URL2" or a list): when the
+one it reads from is UNAVAILABLE the reader continues at once on the next one that serves the
+same corpus fingerprint (a replica serving another corpus is refused, named, and not asked
+again); `return_to_first()` brings it back to the first replica at its next batch.
 `state_dict()` is what to checkpoint: the stream cursor of docs/protocol.md, *Resuming*.
 
 `reader.tokenizer` describes the ids (contract version 2): `vocab_size`, the `pad_id`, `bos_id`,
@@ -102,6 +106,19 @@ def cursor_after(batch, row):
     }
 
 
+class ReplicaRefused(RuntimeError):
+    """A pipeline replica serves another corpus than the stream reads."""
+
+
+def replica_urls(pipeline):
+    """The replica URLs of `pipeline`: one URL, "URL1,URL2,...", or a list of URLs."""
+    urls = pipeline.split(",") if isinstance(pipeline, str) else list(pipeline)
+    urls = [url.strip() for url in urls if url.strip()]
+    if not urls:
+        raise ValueError(f"no pipeline URL in {pipeline!r}")
+    return urls
+
+
 def location_of(url):
     """pyarrow's spelling of a pipeline URL: http:// and https:// as grpc:// and grpc+tls://."""
     return url.replace("https://", "grpc+tls://", 1).replace("http://", "grpc://", 1)
@@ -116,6 +133,15 @@ class BlockReader:
                  document_starts=False):
         self.pipeline = pipeline
         self.document_starts = document_starts
+        self.replicas = replica_urls(pipeline)
+        # The replica read from, the corpus fingerprint the stream reads (known from a cursor or
+        # the first replica's answer), why replicas were refused, and the stream moves between
+        # replicas so far.
+        self.replica = 0
+        self.fingerprint = None
+        self.refused = {}
+        self.failovers = 0
+        self._back_to_first = False
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.split = split
@@ -167,6 +193,32 @@ class BlockReader:
         self._cursor, self._last = state.get("cursor"), None
         self._rows, self._start_cursor = 0, self._cursor
         self._recent.clear()
+        if self._cursor is not None:
+            self.fingerprint = self._cursor["state"]["fingerprint"]
+
+    def return_to_first(self):
+        """Continue on the first replica from the next batch on (e.g. once it was restarted)."""
+        self._back_to_first = True
+
+    @property
+    def url(self):
+        """The replica the reader reads from now."""
+        return self.replicas[self.replica]
+
+    def _fail_over(self, tried):
+        """Moves to the next replica not refused; False when all were tried since the last batch
+        (time to back off)."""
+        usable = [index for index in range(len(self.replicas)) if index not in self.refused]
+        if not usable:
+            raise RuntimeError("no pipeline replica serves this stream: "
+                               + "; ".join(self.refused.values()))
+        for step in range(1, len(self.replicas) + 1):
+            candidate = (self.replica + step) % len(self.replicas)
+            if candidate not in self.refused:
+                self.replica = candidate
+                break
+        self.failovers += 1
+        return tried < len(usable)
 
     @property
     def cursor(self):
@@ -176,7 +228,7 @@ class BlockReader:
 
     def _connect(self):
         tls_root_certs = open(self.tls_ca, "rb").read() if self.tls_ca else None
-        client = flight.connect(location_of(self.pipeline), tls_root_certs=tls_root_certs)
+        client = flight.connect(location_of(self.url), tls_root_certs=tls_root_certs)
         options = flight.FlightCallOptions()
         if self.token_file:
             # The token as a Basic password; every call then carries the bearer header.
@@ -192,6 +244,16 @@ class BlockReader:
                                self.cursor, self.shard, self.document_starts)
         info = client.get_flight_info(flight.FlightDescriptor.for_command(command), options)
         description = json.loads(info.app_metadata)
+        if len(self.replicas) > 1:
+            served = description["fingerprint"]
+            if self.fingerprint is None:
+                self.fingerprint = served
+            elif served != self.fingerprint:
+                why = (f"pipeline {self.url} serves corpus fingerprint {served}, this stream "
+                       f"reads {self.fingerprint}: refused as a replica")
+                self.refused[self.replica] = why
+                client.close()
+                raise ReplicaRefused(why)
         if description["contract_version"] != CONTRACT_VERSION:
             raise RuntimeError(f"the pipeline speaks contract {description['contract_version']}, "
                                f"this reader {CONTRACT_VERSION}")
@@ -207,7 +269,7 @@ class BlockReader:
     def batches(self):
         """Yields (input_ids [rows, seq_len] int32, block_seq [rows] uint64, record batch); the
         reader's cursor follows the last row of each batch yielded."""
-        delay, failing_since = FIRST_DELAY_S, None
+        delay, failing_since, tried = FIRST_DELAY_S, None, 0
         while True:
             client = None
             try:
@@ -219,10 +281,23 @@ class BlockReader:
                     # flatten() honours slice offsets; .values would not.
                     ids = batch.column("input_ids").flatten().to_numpy()
                     self._last = (batch, batch.num_rows - 1)
-                    delay, failing_since = FIRST_DELAY_S, None
+                    delay, failing_since, tried = FIRST_DELAY_S, None, 0
                     yield ids.reshape(-1, self.seq_len), batch.column("block_seq").to_numpy(), batch
-                return
-            except RETRYABLE as error:
+                    if self._back_to_first:
+                        self._back_to_first = False
+                        if self.replica != 0 and 0 not in self.refused:
+                            self.replica = 0
+                            break
+                else:
+                    return
+            except (ReplicaRefused, *RETRYABLE) as error:
+                if len(self.replicas) > 1:
+                    tried += 1
+                    if self._fail_over(tried):
+                        continue
+                    tried = 0
+                elif isinstance(error, ReplicaRefused):
+                    raise
                 now = time.monotonic()
                 failing_since = failing_since or now
                 if now - failing_since + delay > self.retry_s:

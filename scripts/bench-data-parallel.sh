@@ -7,12 +7,14 @@
 # Ratios are against the plain loop measured in the same call.
 # Usage: bash scripts/bench-data-parallel.sh [STEPS]   (default 45; the first window is warm-up)
 # PRESETS="tiny small" (default) names the presets of the table ("" for none); NODES_PRESET=base
-# (default; "none" skips it) the preset of the two-node measurement at the end.
+# (default; "none" skips it) the preset of the two-node measurement at the end. TRAINER_BIN runs
+# another build of flightlm-trainer (to compare two builds).
 set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
 source scripts/env.sh
 cargo build --workspace --bins
+TRAINER="${TRAINER_BIN:-$FLIGHTLM_BIN/flightlm-trainer}"
 STEPS="${1:-45}"
 PRESETS="${PRESETS-tiny small}"
 WORK="${FLIGHTLM_BENCH_DIR:-runs/bench-data-parallel}"
@@ -33,7 +35,7 @@ for preset in $PRESETS; do
         echo "== $preset $layout"
         devices=()
         [ "$layout" != plain ] && devices=(--devices "$layout")
-        "$FLIGHTLM_BIN/flightlm-trainer" train --pipeline "$URL" --objective mlm --preset "$preset" \
+        "$TRAINER" train --pipeline "$URL" --objective mlm --preset "$preset" \
             --max-steps "$STEPS" --seq-len 128 --batch-size 16 --grad-accum 1 --warmup-steps 10 \
             --log-every $((STEPS / 3)) --eval-every 100000 --save-every 100000 "${devices[@]}" \
             --out "$WORK/$preset-${layout/:/}" > /dev/null
@@ -73,7 +75,7 @@ if [ "${NODES_PRESET:-base}" != none ]; then
     before=$(lo_bytes)
     nodes=()
     for rank in 1 0; do
-        "$FLIGHTLM_BIN/flightlm-trainer" bench --preset "$preset" --vocab-size 50265 \
+        "$TRAINER" bench --preset "$preset" --vocab-size 50265 \
             --max-steps "$NODE_STEPS" --seq-len 32 --batch-size 1 --grad-accum 1 --warmup-steps 1 \
             --log-every 1 --eval-every 100000 --dropout 0 --devices cpu:1 --nodes 2 \
             --node-rank "$rank" --coordinator "127.0.0.1:$PORT" \

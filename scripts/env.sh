@@ -16,6 +16,20 @@ ensure_python() {
     export FLIGHTLM_PYTHON="$FLIGHTLM_VENV/bin/python"
 }
 
+# Installs Azurite (Azure Blob Storage's emulator, from npm, the version in
+# scripts/azurite-version) beside the venv unless it is there, and sets FLIGHTLM_AZURITE to its
+# azurite-blob script for the remote-corpus tests.
+ensure_azurite() {
+    local prefix="$FLIGHTLM_VENV/azurite" version
+    version=$(cat "$FLIGHTLM_REPO/scripts/azurite-version")
+    if ! cmp -s "$FLIGHTLM_REPO/scripts/azurite-version" "$prefix/.version" 2>/dev/null; then
+        mkdir -p "$prefix"
+        npm install --prefix "$prefix" --no-audit --no-fund --silent "azurite@$version"
+        cp "$FLIGHTLM_REPO/scripts/azurite-version" "$prefix/.version"
+    fi
+    export FLIGHTLM_AZURITE="$prefix/node_modules/.bin/azurite-blob"
+}
+
 # Completes the PyTorch venv ($FLIGHTLM_TORCH_VENV, default ~/.cache/flightlm-torch-venv) from
 # scripts/requirements-torch.txt unless it already has it, and sets TORCH_PYTHON.
 ensure_torch_python() {

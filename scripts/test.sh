@@ -6,6 +6,7 @@ FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
 source scripts/env.sh
 ensure_python
+ensure_azurite
 # The end-to-end tests run the binaries, so build them first (same profile as the tests: the
 # dependency tree is built once).
 cargo build --workspace --bins

@@ -229,6 +229,7 @@ fn chunk_state(block_seq: usize) -> Arc<str> {
             file: Some(corpus_path()),
             row: block_seq as u64 * 3,
             token: 17,
+            file_version: None,
         }],
     };
     serde_json::to_string(&state).expect("serializes").into()

@@ -138,32 +138,97 @@ pub fn allowed_roots(roots: &[PathBuf]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// Whether the URL of a remote file lies under a remote root, at a `/` boundary.
-fn under_remote_root(url: &str, root: &Path) -> bool {
-    let root = root.to_string_lossy();
-    let root = root.trim_end_matches('/');
-    remote::is_remote(root)
-        && url
-            .strip_prefix(root)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+/// The remote roots among `roots`, normalized as inputs are (`s3://corpus/books/` → `s3://corpus/books`).
+fn remote_roots(roots: &[PathBuf]) -> Vec<String> {
+    roots
+        .iter()
+        .filter_map(|root| root.to_str())
+        .filter(|root| remote::is_remote(root))
+        .filter_map(|root| remote::RemoteInput::parse(root).ok())
+        .map(|root| root.url())
+        .collect()
 }
 
-/// Refuses any file whose real path (after `..` and symlinks) is outside every allowed root.
-pub fn confine(files: &[CorpusFile], roots: &[PathBuf]) -> Result<()> {
-    if roots.is_empty() {
-        return Err(PipelineError::Control(
-            "adding sources is disabled: start the pipeline with --allow-root DIR".into(),
-        ));
+/// Whether a remote URL (or the literal part of a glob) lies under a remote root, at a `/`
+/// boundary: everything a glob can match must lie under it too.
+fn under_remote_root(url: &str, glob: bool, root: &str) -> bool {
+    let inside = url
+        .strip_prefix(root)
+        .is_some_and(|rest| rest.starts_with('/'));
+    inside || (!glob && url == root)
+}
+
+/// Checks the inputs of an `add-source` by their text alone, before any of them is listed or
+/// read, so a caller cannot make the pipeline send requests outside the allowed roots (nor use
+/// its credentials to probe): a remote input must parse (no credentials, query strings or `..`)
+/// and lie under a remote `--allow-root`, unless `allow_any_url`; local inputs need an
+/// `--allow-root` directory and are checked again once resolved ([`confine`]).
+pub fn confine_inputs(inputs: &[String], roots: &[PathBuf], allow_any_url: bool) -> Result<()> {
+    let remote_roots = remote_roots(roots);
+    for input in inputs {
+        if !remote::is_remote(input) {
+            if roots.is_empty() {
+                return Err(disabled());
+            }
+            continue;
+        }
+        let parsed = remote::RemoteInput::parse(input)?;
+        if allow_any_url {
+            continue;
+        }
+        if remote_roots.is_empty() {
+            return Err(PipelineError::Control(format!(
+                "{} is refused: remote sources may be added only under a remote --allow-root \
+                 (or anywhere with --allow-any-url)",
+                parsed.url()
+            )));
+        }
+        let glob = parsed.key.contains(['*', '?', '[']);
+        let url = parsed.url();
+        let literal = &url[..url.find(['*', '?', '[']).unwrap_or(url.len())];
+        if !remote_roots
+            .iter()
+            .any(|root| under_remote_root(literal, glob, root))
+        {
+            return Err(PipelineError::Control(format!(
+                "{url} is outside the allowed roots"
+            )));
+        }
     }
+    Ok(())
+}
+
+fn disabled() -> PipelineError {
+    PipelineError::Control(
+        "adding sources is disabled: start the pipeline with --allow-root DIR (or a remote \
+         prefix; --allow-any-url for any remote input)"
+            .into(),
+    )
+}
+
+/// Refuses any file whose real path (after `..` and symlinks) is outside every allowed root, and
+/// any remote file outside the remote roots (unless `allow_any_url`).
+pub fn confine(files: &[CorpusFile], roots: &[PathBuf], allow_any_url: bool) -> Result<()> {
+    if roots.is_empty() && !allow_any_url {
+        return Err(disabled());
+    }
+    let remote_roots = remote_roots(roots);
     for file in files {
         if let Some(object) = &file.remote {
             let url = object.url();
-            if !roots.iter().any(|root| under_remote_root(&url, root)) {
+            if !allow_any_url
+                && !remote_roots
+                    .iter()
+                    .any(|root| under_remote_root(&url, false, root))
+            {
                 return Err(PipelineError::Control(format!(
                     "{url} is outside the allowed roots"
                 )));
             }
             continue;
+        }
+        if roots.is_empty() {
+            return Err(disabled());
         }
         let real = std::fs::canonicalize(&file.path)
             .map_err(|_| PipelineError::InputNotFound(file.path.clone()))?;
@@ -182,15 +247,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remote_files_must_lie_under_a_remote_root() {
-        let root = Path::new("s3://corpus/books/");
-        assert!(under_remote_root("s3://corpus/books/a.txt", root));
-        assert!(!under_remote_root("s3://corpus/books-private/a.txt", root));
-        assert!(!under_remote_root("s3://other/books/a.txt", root));
-        assert!(!under_remote_root(
-            "s3://corpus/books/a.txt",
-            Path::new("/srv/corpus")
-        ));
+    fn remote_inputs_are_confined_by_their_text() {
+        let roots = vec![PathBuf::from("s3://corpus/books/")];
+        let confined = |input: &str| confine_inputs(&[input.to_string()], &roots, false);
+        assert!(confined("s3://corpus/books/a.txt").is_ok());
+        assert!(confined("s3://corpus/books").is_ok());
+        assert!(confined("s3://corpus/books/*.txt").is_ok());
+        assert!(
+            confined("s3://corpus/books*").is_err(),
+            "a glob past the root"
+        );
+        assert!(confined("s3://corpus/books-private/a.txt").is_err());
+        assert!(confined("s3://other/books/a.txt").is_err());
+        assert!(confined("s3://corpus/books/../private/a.txt").is_err());
+        assert!(confined("s3://corpus/books/%2e%2e/private/a.txt").is_err());
+        let local_only = vec![PathBuf::from("/srv/corpus")];
+        let error = confine_inputs(&["s3://corpus/a.txt".into()], &local_only, false)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--allow-any-url"), "{error}");
+        assert!(confine_inputs(&["s3://corpus/a.txt".into()], &[], true).is_ok());
+        assert!(confine_inputs(&["s3://corpus/a.txt".into()], &[], false).is_err());
+        assert!(confine_inputs(&["/srv/a.txt".into()], &[], true).is_err());
     }
 
     fn metadata(value: &str) -> MetadataMap {

@@ -54,6 +54,10 @@ pub enum PipelineError {
     },
     #[error("cannot read {url}: {message}")]
     Remote { url: String, message: String },
+    /// A remote store that stayed unreachable (or kept failing transiently) for
+    /// `--remote-retry-s`: a client should reconnect and resume later.
+    #[error("cannot read {url}: {message}")]
+    RemoteUnavailable { url: String, message: String },
     #[error("reading {path}: {message}")]
     Query { path: PathBuf, message: String },
     #[error("tokenizer {path}: {message}")]
@@ -78,6 +82,44 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
+    /// A remote failure as the pipeline reports it: unavailable (retry later) or permanent.
+    pub fn from_remote(error: &crate::read::remote::store::RemoteError) -> PipelineError {
+        let (url, message) = (error.url.clone(), error.message.clone());
+        if error.unavailable {
+            PipelineError::RemoteUnavailable { url, message }
+        } else {
+            PipelineError::Remote { url, message }
+        }
+    }
+
+    /// Whether the failure is one of reading storage (a remote store that failed), as opposed
+    /// to a bad record: `--on-bad-record skip` never skips these.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::Remote { .. } | PipelineError::RemoteUnavailable { .. }
+        )
+    }
+
+    /// A copy that keeps the kind of the errors clients act on (unavailable, cursor refused,
+    /// remote failures) and the message of every other, for the readers of a shared production.
+    pub fn shared_copy(&self) -> PipelineError {
+        match self {
+            PipelineError::Cursor(message) => PipelineError::Cursor(message.clone()),
+            PipelineError::Remote { url, message } => PipelineError::Remote {
+                url: url.clone(),
+                message: message.clone(),
+            },
+            PipelineError::RemoteUnavailable { url, message } => PipelineError::RemoteUnavailable {
+                url: url.clone(),
+                message: message.clone(),
+            },
+            other => other
+                .duplicate()
+                .unwrap_or_else(|| PipelineError::Control(other.to_string())),
+        }
+    }
+
     /// A copy of the errors that line readers send through DataFusion, so they come out with
     /// their file and line intact (and their kind, which decides what `skip` does).
     pub fn duplicate(&self) -> Option<PipelineError> {
@@ -115,6 +157,9 @@ impl PipelineError {
                 rows: *rows,
                 message: message.clone(),
             },
+            PipelineError::Remote { .. } | PipelineError::RemoteUnavailable { .. } => {
+                self.shared_copy()
+            }
             _ => return None,
         })
     }

@@ -14,6 +14,7 @@ use flightlm_pipeline::corpus::setup::{build_corpus, ServeInputs};
 use flightlm_pipeline::observe::serve_observer;
 use flightlm_pipeline::observe::status::PipelineStatus;
 use flightlm_pipeline::production::stats::StreamRegistry;
+use flightlm_pipeline::corpus::versions::ChangedObjectPolicy;
 use flightlm_pipeline::read::bad_records::BadRecordPolicy;
 use flightlm_pipeline::service::flight_server::Access;
 use flightlm_pipeline::service::listener::{bind, serve};
@@ -86,6 +87,19 @@ pub struct ServeArgs {
     /// (`add-source`) must lie in; repeatable. Without one, `add-source` is refused.
     #[arg(long = "allow-root")]
     allow_roots: Vec<PathBuf>,
+    /// Let `add-source` name any remote URL (s3://, gs://, az://, http(s)://, hf://), with this
+    /// pipeline's credentials: only for control clients trusted as much as the pipeline itself.
+    #[arg(long)]
+    allow_any_url: bool,
+    /// How long a remote read or listing retries a transient failure (no connection, reset,
+    /// timeout, 5xx, 429) without progress before the stream ends with UNAVAILABLE, for clients
+    /// to reconnect and resume.
+    #[arg(long, default_value_t = flightlm_pipeline::read::remote::DEFAULT_RETRY_S)]
+    remote_retry_s: u64,
+    /// A cursor whose position lies in a remote object that has changed since it was taken:
+    /// refuse it (naming the object), or read that source again from its start.
+    #[arg(long, value_enum, default_value_t = ChangedObjectPolicy::Refuse)]
+    on_changed_object: ChangedObjectPolicy,
     /// Address to listen on; port 0 picks a free one (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -142,7 +156,10 @@ pub fn run_serve(args: ServeArgs, runtime: &tokio::runtime::Runtime) -> anyhow::
         on_bad_record: args.on_bad_record,
         max_document_bytes: args.max_document_bytes,
         allow_roots: args.allow_roots,
+        allow_any_url: args.allow_any_url,
+        on_changed_object: args.on_changed_object,
     };
+    flightlm_pipeline::read::remote::set_retry_for(args.remote_retry_s);
     let corpus = Arc::new(runtime.block_on(build_corpus(inputs))?);
     if args.check_only {
         println!(

@@ -29,6 +29,55 @@ pub struct SourcePosition {
     /// of its tokenizer and document template included).
     #[serde(default)]
     pub token: u64,
+    /// Which version of `file` the row and token count in, for remote objects (local files:
+    /// `None`). A pipeline refuses to resume a position whose object has changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_version: Option<FileVersion>,
+}
+
+/// What identifies one version of a remote object: its size and the store's ETag or version id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileVersion {
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The store's version id (S3 `VersionId`, GCS generation), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl FileVersion {
+    /// Whether `other` is the same version. ETags compare by their opaque part (a weak `W/"…"`
+    /// and a listing's unquoted form match the quoted one); a side without an ETag or version
+    /// id is judged by size alone.
+    pub fn same_as(&self, other: &FileVersion) -> bool {
+        fn opaque(etag: &str) -> &str {
+            etag.strip_prefix("W/").unwrap_or(etag).trim_matches('"')
+        }
+        let etags = match (&self.etag, &other.etag) {
+            (Some(left), Some(right)) => opaque(left) == opaque(right),
+            _ => true,
+        };
+        let versions = match (&self.version, &other.version) {
+            (Some(left), Some(right)) => left == right,
+            _ => true,
+        };
+        self.size == other.size && etags && versions
+    }
+}
+
+impl std::fmt::Display for FileVersion {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{} bytes", self.size)?;
+        if let Some(etag) = &self.etag {
+            write!(formatter, ", ETag {etag}")?;
+        }
+        if let Some(version) = &self.version {
+            write!(formatter, ", version {version}")?;
+        }
+        Ok(())
+    }
 }
 
 impl SourcePosition {
@@ -40,6 +89,7 @@ impl SourcePosition {
             file: None,
             row: 0,
             token: 0,
+            file_version: None,
         }
     }
 }
@@ -90,6 +140,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn versions_compare_weak_etags_by_their_opaque_part() {
+        let version = |size, etag: &str| FileVersion {
+            size,
+            etag: Some(etag.to_string()),
+            version: None,
+        };
+        assert!(version(10, "W/\"abc\"").same_as(&version(10, "\"abc\"")));
+        assert!(version(10, "abc").same_as(&version(10, "\"abc\"")));
+        assert!(!version(10, "\"abc\"").same_as(&version(10, "\"abd\"")));
+        assert!(!version(10, "\"abc\"").same_as(&version(11, "\"abc\"")));
+        let sized = FileVersion {
+            size: 10,
+            etag: None,
+            version: None,
+        };
+        assert!(sized.same_as(&version(10, "\"x\"")));
+    }
+
+    #[test]
     fn cursor_round_trips_and_refuses_unknown_fields() {
         let cursor = Cursor {
             state: StreamState {
@@ -102,6 +171,11 @@ mod tests {
                     file: Some("data/a.txt".into()),
                     row: 12,
                     token: 7,
+                    file_version: Some(FileVersion {
+                        size: 4096,
+                        etag: Some("\"9b2cf535f27731c974343645a3985328\"".into()),
+                        version: None,
+                    }),
                 }],
             },
             skip: 3,
@@ -116,6 +190,10 @@ mod tests {
         let start = SourcePosition::start("wiki");
         let text = serde_json::to_string(&start).unwrap();
         assert!(!text.contains("file"), "{text}");
+        // Cursors written before versions were recorded still read.
+        let older = r#"{"source":"books","pass":0,"file":"a.txt","row":3,"token":0}"#;
+        let position: SourcePosition = serde_json::from_str(older).unwrap();
+        assert_eq!(position.file_version, None);
         assert_eq!(
             serde_json::from_str::<SourcePosition>(&text).unwrap(),
             start

@@ -20,6 +20,6 @@ pub mod request;
 pub mod schema;
 pub mod tokenizer_file;
 
-pub use cursor::{Cursor, SourcePosition, StreamState};
+pub use cursor::{Cursor, FileVersion, SourcePosition, StreamState};
 pub use request::{Shard, Split, StreamRequest, CONTRACT_VERSION};
 pub use schema::{TokenBlocks, TokenizerInfo};

@@ -1,7 +1,8 @@
 //! `flightlm-fault-proxy` in front of a server, for the fault tests: a throttled link whose
-//! connections are reset at random moments, and a count of the resets it made.
+//! connections are reset at random moments, and a count of the resets it made; or a link that
+//! goes dark (every connection cut, new ones refused) when the test says so.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 
@@ -19,11 +20,38 @@ impl FaultProxy {
         reset_min_s: &str,
         reset_max_s: &str,
     ) -> (FaultProxy, String, Receiver<String>) {
+        Self::spawn(
+            url,
+            &[
+                "--bandwidth-mbit",
+                mbit,
+                "--reset-min-s",
+                reset_min_s,
+                "--reset-max-s",
+                reset_max_s,
+            ],
+        )
+    }
+
+    /// A proxy to `url` capped at `mbit` that never resets on its own: [`Self::set_dark`]
+    /// starts and ends an outage.
+    pub fn switchable(url: &str, mbit: &str) -> (FaultProxy, String, Receiver<String>) {
+        Self::spawn(url, &["--bandwidth-mbit", mbit, "--control-stdin"])
+    }
+
+    /// Cuts every connection and refuses new ones (`true`), or lets them through again.
+    pub fn set_dark(&mut self, dark: bool) {
+        let stdin = self.0.stdin.as_mut().expect("a switchable proxy");
+        writeln!(stdin, "{}", if dark { "dark" } else { "light" }).expect("switching the proxy");
+        stdin.flush().expect("switching the proxy");
+    }
+
+    fn spawn(url: &str, arguments: &[&str]) -> (FaultProxy, String, Receiver<String>) {
         let upstream = url.trim_start_matches("http://").to_string();
         let mut proxy = Command::new(binary("flightlm-fault-proxy"))
             .args(["--upstream", &upstream, "--latency-ms", "2"])
-            .args(["--bandwidth-mbit", mbit])
-            .args(["--reset-min-s", reset_min_s, "--reset-max-s", reset_max_s])
+            .args(arguments)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("starting the proxy");

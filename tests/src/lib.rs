@@ -6,6 +6,7 @@
 
 pub mod fault_proxy;
 pub mod object_servers;
+pub mod remote_corpus;
 pub mod runs;
 
 use std::io::{BufRead, BufReader, Read};

@@ -1,6 +1,7 @@
 //! Object servers for the remote-corpus tests (`tests/python/object_server.py`): an S3 API
-//! (moto, with authentication on) and a plain HTTP server with a small fake HuggingFace hub, each
-//! on 127.0.0.1 with a free port, stopped when dropped.
+//! (moto, with authentication on), GCS (fake-gcs-server), Azure Blob Storage (Azurite) and a
+//! plain HTTP server with a small fake HuggingFace hub, each on 127.0.0.1 with a free port,
+//! stopped when dropped.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -26,6 +27,59 @@ impl ObjectServer {
     /// HTTP with Range and If-Match at `/files/...` and a fake hub over `root/hub/OWNER/NAME`.
     pub fn http(root: &Path) -> ObjectServer {
         Self::start(&["http"], root)
+    }
+
+    /// [`Self::http`] that logs every request (method, path, Authorization) to `log`, and whose
+    /// hub announces its listings' second page on `next_endpoint` when given.
+    pub fn http_logged(root: &Path, log: &Path, next_endpoint: Option<&str>) -> ObjectServer {
+        let log = log.to_str().expect("a UTF-8 log path");
+        let mut arguments = vec!["http", "--log", log];
+        if let Some(endpoint) = next_endpoint {
+            arguments.extend(["--next-endpoint", endpoint]);
+        }
+        Self::start(&arguments, root)
+    }
+
+    /// A GCS API (fake-gcs-server) whose bucket `bucket` holds every file under `root`.
+    pub fn gcs(root: &Path, bucket: &str) -> ObjectServer {
+        Self::start(&["gcs", "--bucket", bucket], root)
+    }
+
+    /// Azure Blob Storage (Azurite, `FLIGHTLM_AZURITE` as `scripts/env.sh` installs it) whose
+    /// container `bucket` holds every file under `root`.
+    pub fn azure(root: &Path, bucket: &str) -> ObjectServer {
+        let azurite = std::env::var("FLIGHTLM_AZURITE").expect(
+            "FLIGHTLM_AZURITE: run the tests through scripts/test.sh, or `source scripts/env.sh \
+             && ensure_azurite` (npm install azurite)",
+        );
+        Self::start(&["azure", "--bucket", bucket, "--azurite", &azurite], root)
+    }
+
+    /// The environment that reads this GCS server through object_store's GCS client.
+    pub fn gcs_environment(&self) -> Vec<(String, String)> {
+        let key = serde_json::json!({
+            "private_key": "",
+            "private_key_id": "",
+            "client_email": "",
+            "disable_oauth": true,
+            "gcs_base_url": self.endpoint,
+        });
+        vec![
+            ("GOOGLE_SERVICE_ACCOUNT_KEY".into(), key.to_string()),
+            ("GOOGLE_ALLOW_HTTP".into(), "true".into()),
+        ]
+    }
+
+    /// The environment that reads this Azurite through object_store's Azure client.
+    pub fn azure_environment(&self) -> Vec<(String, String)> {
+        let field = |name: &str| self.announced[name].as_str().expect(name).to_string();
+        vec![
+            ("AZURE_STORAGE_USE_EMULATOR".into(), "true".into()),
+            ("AZURITE_BLOB_STORAGE_URL".into(), self.endpoint.clone()),
+            ("AZURE_STORAGE_ACCOUNT_NAME".into(), field("account")),
+            ("AZURE_STORAGE_ACCOUNT_KEY".into(), field("key")),
+            ("AZURE_ALLOW_HTTP".into(), "true".into()),
+        ]
     }
 
     fn start(arguments: &[&str], root: &Path) -> ObjectServer {

@@ -47,11 +47,17 @@ pub fn last_checkpoint(out: &Path) -> usize {
         .expect("a checkpoint")
 }
 
-/// `train` of the tiny preset on 32-token blocks, dropout 0, a loss line every step.
+/// `train` of the tiny preset on 32-token blocks, dropout 0 (unless `extra` sets it), a loss
+/// line every step.
 pub fn trainer(pipeline: &str, out: &Path, steps: usize, extra: &str) -> Command {
+    let dropout = if extra.contains("--dropout") {
+        ""
+    } else {
+        "--dropout 0"
+    };
     let flags = format!(
         "train --pipeline {pipeline} --objective mlm --preset tiny --seq-len 32 --grad-accum 1 \
-         --dropout 0 --warmup-steps 2 --max-steps {steps} --log-every 1 --eval-every 1000 \
+         {dropout} --warmup-steps 2 --max-steps {steps} --log-every 1 --eval-every 1000 \
          --save-every 4 {extra}"
     );
     let mut command = Command::new(binary("flightlm-trainer"));
@@ -203,4 +209,50 @@ pub fn resumed_from(out: &Path) -> u64 {
         .collect();
     assert_eq!(resumes.len(), 1, "one resume line");
     resumes[0]
+}
+
+/// A free port on 127.0.0.1 (for a coordinator or a pipeline restarted on the same address).
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    probe.local_addr().expect("address").port()
+}
+
+/// [`trainer`] as node `rank` of a two-node run (one CPU rank each, 4 blocks a step) whose
+/// coordinator listens on 127.0.0.1:`port`, with `extra` flags.
+pub fn node(
+    pipeline: &str,
+    out: &Path,
+    steps: usize,
+    rank: usize,
+    port: u16,
+    extra: &str,
+) -> Command {
+    let extra = format!(
+        "--batch-size 4 --devices cpu:1 --nodes 2 --node-rank {rank} \
+         --coordinator 127.0.0.1:{port} {extra}"
+    );
+    trainer(pipeline, out, steps, &extra)
+}
+
+/// Waits until something listens on 127.0.0.1:`port` (node 0's coordinator), failing if
+/// `child` exits first. The probe connections send nothing: the coordinator drops them.
+pub fn wait_until_listening(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().expect("polling") {
+            panic!("exited ({status}) before listening on {port}");
+        }
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The peak resident memory of process `pid` so far (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
 }

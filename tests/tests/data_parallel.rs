@@ -1,9 +1,11 @@
 //! End to end: data-parallel `flightlm-trainer train` processes on CPU ranks, each rank reading
 //! its shard of a live pipeline on loopback.
 //!
-//! With dropout 0, a step's numbers depend only on its blocks: N ranks of batch b log the losses
-//! one rank of batch N·b logs; a run killed on 2 ranks resumes on 1 or 3 with the same losses
-//! and `audit-blocks` exact. Runs over several processes and failures: `data_parallel_faults.rs`.
+//! A step's numbers depend only on its blocks (MLM and dropout masks are keyed by block): N ranks
+//! of batch b log the losses one rank of batch N·b logs; a run with dropout 0.1 killed on 2 ranks
+//! resumes on 1 or 3 with the uninterrupted run's losses and `audit-blocks` exact. Runs over
+//! several processes and failures: `data_parallel_faults.rs`; refusals before the first step:
+//! `data_parallel_agreement.rs`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -131,7 +133,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn a_run_killed_on_two_ranks_resumes_on_one_and_on_three() {
     const STEPS: usize = 40;
     let Setup { dir, pipeline, .. } = setup("dp_resume_world_size");
-    let two = "--batch-size 3 --devices cpu:2";
+    let two = "--batch-size 3 --devices cpu:2 --dropout 0.1";
     let reference = dir.join("uninterrupted");
     run_ok(&mut trainer(&pipeline.url, &reference, STEPS, two), TIMEOUT);
     let expected = losses(&reference);

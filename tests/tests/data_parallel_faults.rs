@@ -5,14 +5,14 @@
 //! run then resumes from its last checkpoint with `audit-blocks` exact.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flightlm_tests::runs::{
-    assert_exact_audit, last_checkpoint, losses, setup, start_pipeline, step_blocks,
-    the_rank_error, trainer, wait_for_checkpoint, wait_with_deadline, KillOnDrop, Setup, TIMEOUT,
+    self, assert_exact_audit, free_port, last_checkpoint, losses, setup, start_pipeline,
+    step_blocks, the_rank_error, trainer, wait_for_checkpoint, wait_with_deadline, KillOnDrop,
+    Setup, TIMEOUT,
 };
 use flightlm_tests::{binary, run_ok, run_with_timeout};
 
@@ -22,23 +22,17 @@ fn assert_same_losses(got: &BTreeMap<u64, f64>, expected: &BTreeMap<u64, f64>, w
     flightlm_tests::runs::assert_same_losses(got, expected, LOSS_TOLERANCE, what);
 }
 
-/// A free port on 127.0.0.1 for the coordinator.
-fn free_port() -> u16 {
-    let probe = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    probe.local_addr().expect("address").port()
-}
-
-fn node(pipeline: &str, out: &Path, steps: usize, rank: usize, port: u16, extra: &str) -> Child {
-    let extra = format!(
-        "--batch-size 4 --devices cpu:1 --nodes 2 --node-rank {rank} \
-         --coordinator 127.0.0.1:{port} {extra}"
-    );
-    trainer(pipeline, out, steps, &extra)
+fn spawn_node(command: &mut Command) -> Child {
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting a node")
+}
+
+fn node(pipeline: &str, out: &Path, steps: usize, rank: usize, port: u16, extra: &str) -> Child {
+    spawn_node(&mut runs::node(pipeline, out, steps, rank, port, extra))
 }
 
 #[test]
@@ -163,4 +157,40 @@ fn a_pipeline_that_goes_away_ends_every_rank_and_the_run_resumes() {
     );
     let steps = steps.parse().expect("steps");
     assert_exact_audit(&out, steps, "resumed");
+}
+
+/// Only rank 0 watches the loss: when it diverges there, node 1's error says so, naming rank 0,
+/// instead of "rank 0 left".
+#[test]
+fn a_divergence_found_on_rank_0_is_named_on_every_node() {
+    let Setup { dir, pipeline, .. } = setup("dp_divergence_named");
+    let port = free_port();
+    // A learning rate that overflows the weights within a few steps.
+    let explode = "--lr 1e30 --collective-timeout-s 30";
+    let mut first = KillOnDrop(node(
+        &pipeline.url,
+        &dir.join("node-0"),
+        40,
+        0,
+        port,
+        explode,
+    ));
+    let mut second = KillOnDrop(node(
+        &pipeline.url,
+        &dir.join("node-1"),
+        40,
+        1,
+        port,
+        explode,
+    ));
+    for (child, name) in [(&mut first.0, "node 0"), (&mut second.0, "node 1")] {
+        let (status, stderr) = wait_with_deadline(child, name);
+        assert!(!status.success(), "{name} diverged: {stderr}");
+        let error = the_rank_error(&stderr);
+        eprintln!("{name}: {error}");
+        assert!(
+            error.starts_with("error: rank 0: ") && error.contains("training diverged"),
+            "{name}: {error}"
+        );
+    }
 }

@@ -1,7 +1,11 @@
 //! Objects that change while the pipeline serves: one put under a watched prefix is listed at the
 //! next poll and read by the streams that follow, as a file added to a watched directory is; one
-//! replaced while it is read ends the stream with an error naming it, never mixing two versions.
+//! replaced while it is read ends the stream with an error naming it, never mixing two versions;
+//! a cursor taken before an object was replaced is refused after a restart, naming the object
+//! (or, with `--on-changed-object restart-source`, that source starts again), and `--watch`
+//! gives new streams the new version.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -130,4 +134,104 @@ fn an_object_replaced_while_it_is_read_ends_the_stream_with_an_error_naming_it()
         stderr.contains("s3://corpus/books.txt") && stderr.contains("changed while it was read"),
         "{stderr}"
     );
+}
+
+/// `consume` of `blocks` blocks (all of one pass when `None`) from `cursor`: its output.
+fn consume_from(
+    pipeline: &Pipeline,
+    dump: &Path,
+    blocks: Option<u64>,
+    cursor: Option<&serde_json::Value>,
+) -> std::process::Output {
+    let mut command = Command::new(binary("flightlm-pipeline"));
+    command
+        .args(["consume", "--pipeline", &pipeline.url, "--epochs", "1"])
+        .args(["--seq-len", "64", "--batch-size", "8", "--dump"])
+        .arg(dump);
+    if let Some(blocks) = blocks {
+        command.args(["--max-blocks", &blocks.to_string()]);
+    }
+    if let Some(cursor) = cursor {
+        command.args(["--cursor", &cursor.to_string()]);
+    }
+    flightlm_tests::run_with_timeout(&mut command, Duration::from_secs(120))
+}
+
+#[test]
+fn a_cursor_into_a_replaced_object_is_refused_after_a_restart() {
+    let dir = scratch_dir("remote-replaced-resume");
+    let lines = sample_lines(1400);
+    let bucket = dir.join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    std::fs::write(bucket.join("books.txt"), lines[..700].join("\n") + "\n").unwrap();
+    let replacement = dir.join("replacement.txt");
+    std::fs::write(&replacement, lines[700..].join("\n") + "\n").unwrap();
+    let tokenizer = train_tokenizer(&dir, &bucket.join("books.txt"), 1000);
+    let server = ObjectServer::s3(&bucket, "corpus");
+    let start = |extra: &[&str]| {
+        let mut arguments = vec!["--input", "s3://corpus", "--valid-fraction", "0"];
+        arguments.extend(extra);
+        Pipeline::start_configured(&tokenizer, &arguments, |command| {
+            command.envs(server.s3_environment(&server.endpoint));
+        })
+    };
+    let first = start(&[]);
+    let taken = consume_from(&first, &dir.join("first.jsonl"), Some(30), None);
+    assert!(taken.status.success());
+    let cursor = last_json_line(&String::from_utf8_lossy(&taken.stdout))["cursor"].clone();
+    let position = cursor["state"]["sources"][0].clone();
+    assert!(
+        position["file_version"]["etag"].is_string(),
+        "the cursor names the object's version: {position}"
+    );
+    let watching = start(&["--watch", "s3://corpus", "--watch-interval-ms", "100"]);
+    drop(first);
+
+    server.upload(&replacement, "corpus", "books.txt");
+    let restarted = start(&[]);
+    let refused = consume_from(&restarted, &dir.join("refused.jsonl"), None, Some(&cursor));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "resumed on another version");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("rror"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one line: {stderr}");
+    assert!(
+        errors[0].contains("s3://corpus/books.txt") && errors[0].contains("changed since"),
+        "{stderr}"
+    );
+    eprintln!("refused: {}", errors[0]);
+
+    // The new version from its start, as a stream without a cursor reads it.
+    let fresh_output = consume_from(&restarted, &dir.join("fresh.jsonl"), None, None);
+    assert!(fresh_output.status.success());
+    let fresh = read_dump(&dir.join("fresh.jsonl"));
+    let restarting = start(&["--on-changed-object", "restart-source"]);
+    let resumed = consume_from(&restarting, &dir.join("resumed.jsonl"), None, Some(&cursor));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let skip = cursor["skip"].as_u64().unwrap() as usize;
+    assert_eq!(
+        read_dump(&dir.join("resumed.jsonl")),
+        fresh[skip..],
+        "the source starts again on the new version"
+    );
+
+    // The watching pipeline, started on the old version, serves the new one to new streams.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = consume_from(&watching, &dir.join("watched.jsonl"), None, None);
+        if output.status.success() && read_dump(&dir.join("watched.jsonl")) == fresh {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "--watch did not take the new version"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

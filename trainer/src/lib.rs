@@ -13,13 +13,14 @@
 //!    loop per rank, joined by [`parallel`] (the collective group, the per-step exchange).
 //!
 //! [`config`] is the one typed configuration every stage reads; [`hf`] moves models to and from
-//! HuggingFace's layout; [`rng`] is the seeded generator whose sequence we own. The binary is a
-//! thin CLI over [`train`]; everything else is here so tests and other front-ends can drive the
-//! same loop with any [`BlockSource`].
+//! HuggingFace's layout; [`generate`] continues text with a trained causal model; [`rng`] is the
+//! seeded generator whose sequence we own. The binary is a thin CLI over [`train`]; everything else
+//! is here so tests and other front-ends can drive the same loop with any [`BlockSource`].
 
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod generate;
 pub mod hf;
 pub mod model;
 pub mod optim;

@@ -2,8 +2,8 @@
 //!
 //! `train` reads blocks from a running pipeline; `bench` trains on a generated in-memory corpus
 //! to measure the training speed of a preset on this machine without any pipeline;
-//! `train-text` trains on one local text file and exports the model. `export`, `fill-mask` and
-//! `score` work on HuggingFace model directories.
+//! `train-text` trains on one local text file and exports the model. `export`, `fill-mask`,
+//! `score` and `generate` work on HuggingFace model directories.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +16,7 @@ use flightlm_shared::client::PipelineEndpoint;
 use flightlm_trainer::data::source::BlockSource;
 use flightlm_trainer::data::synthetic::{SyntheticConfig, SyntheticSource};
 use flightlm_trainer::data::text_file::TextFileSource;
+use flightlm_trainer::generate::GenerateArgs;
 use flightlm_trainer::hf::commands::{ExportArgs, FillMaskArgs, ScoreArgs};
 use flightlm_trainer::hf::{export_hf, HfRobertaConfig, HfTokenizer};
 use flightlm_trainer::model::RobertaConfig;
@@ -27,7 +28,7 @@ use flightlm_trainer::{train_with, CpuDevice, RunControl};
 
 mod cli;
 
-use cli::process_setup::keep_freed_memory;
+use cli::process_setup::{install_replica_handler, keep_freed_memory};
 use cli::run_args::{Resolved, RunArgs, ShapeArgs};
 use cli::training::{
     local_ranks, observed_live, pipeline_sources, run_metrics, save_pipeline_tokenizer,
@@ -112,10 +113,13 @@ enum Command {
     FillMask(FillMaskArgs),
     /// Loss and perplexity of each line of a text file, as JSON lines, then of the whole file.
     Score(ScoreArgs),
+    /// Continue prompts with a causal model (greedy, or sampled with temperature, top-k, top-p).
+    Generate(GenerateArgs),
 }
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    install_replica_handler();
     // Logs go to stderr: stdout carries only the JSON metric lines.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -163,7 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let (0, Some(source)) = (config.node_rank, sources.first()) {
                 save_tokenizer_roles(&out, source.tokenizer(), config.seq_len);
             }
-            let mut metrics = run_metrics(&config, &out, &resume, live)?;
+            let mut metrics = run_metrics(&config, &out, &resume, live)?.with_json(run.json);
             let checkpoints = Some(CheckpointStore::in_run(&out));
             train_on(&config, sources, &mut metrics, checkpoints, resume)
         }
@@ -188,7 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let out = config.out_dir.clone();
-            let (mut metrics, checkpoints) = if out.as_os_str().is_empty() {
+            let (metrics, checkpoints) = if out.as_os_str().is_empty() {
                 let metrics = MetricsLog::in_memory().with_echo(true);
                 (observed_live(metrics, live), None)
             } else {
@@ -198,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let metrics = run_metrics(&config, &out, &resume, live)?;
                 (metrics, Some(CheckpointStore::in_run(&out)))
             };
+            let mut metrics = metrics.with_json(run.json);
             train_on(&config, sources, &mut metrics, checkpoints, resume)
         }
         Command::TrainText {
@@ -231,7 +236,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 valid_fraction,
             )?;
             let events = TensorBoardLog::create(&out)?;
-            let mut metrics = MetricsLog::create(&out, true)?.observed_by(Box::new(events));
+            let mut metrics = MetricsLog::create(&out, true)?.observed_by(Box::new(events))
+                .with_json(run.json);
             let control = RunControl::default();
             let summary = train_with::<CpuTrainBackend>(
                 &config,
@@ -284,5 +290,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             flightlm_trainer::hf::commands::score_command(&args, &mut std::io::stdout())?;
             Ok(())
         }
+        Command::Generate(args) => cli::generate::generate_on_device(&args),
     }
 }

@@ -31,6 +31,13 @@ pub fn rank_dropout_seed(seed: u64, step: usize, rank: usize) -> u64 {
     }
 }
 
+/// The seed of block `block_seq`'s dropout masks in a run of `seed`: the masks a block gets
+/// then depend on the block alone (and the dropout site), not on the step, rank or micro-batch
+/// that trains it, as the MLM masks of block-keyed runs do.
+pub fn block_dropout_seed(seed: u64, block_seq: u64) -> u64 {
+    SplitMix64::for_stream(seed ^ DROPOUT_DOMAIN, block_seq).next_u64()
+}
+
 /// SplitMix64 (Steele, Lea, Flood 2014).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SplitMix64 {

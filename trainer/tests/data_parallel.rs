@@ -200,3 +200,43 @@ fn a_failing_rank_ends_every_rank_with_its_error() {
     )
     .expect("a later run trains");
 }
+
+/// Four CPU ranks share one device: their gradients are summed in rank order, so two runs give
+/// the same bits, with dropout on (its masks are keyed by block).
+#[test]
+fn four_cpu_ranks_give_the_same_bits_every_time() {
+    let _serial = one_at_a_time();
+    let run = || {
+        let mut parallel = config(4, 2);
+        parallel.dropout = 0.1;
+        let sources: Vec<Box<dyn BlockSource + Send>> = (0..4)
+            .map(|rank| Box::new(SyntheticSource::new(words(2)).sharded(rank, 4)) as _)
+            .collect();
+        let mut metrics = MetricsLog::in_memory();
+        let summary = train_data_parallel::<TestBackend>(
+            &parallel,
+            sources,
+            vec![CpuDevice::default(); 4],
+            &mut metrics,
+            RunControl::default(),
+        )
+        .expect("four ranks train");
+        (metrics.train_losses(), parameters(&summary.model.valid()))
+    };
+    let (first_losses, first_parameters) = run();
+    let (second_losses, second_parameters) = run();
+    assert_eq!(first_losses.len(), 4);
+    let bits = |values: &[f64]| {
+        values
+            .iter()
+            .map(|value| value.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&first_losses), bits(&second_losses), "losses");
+    let differing = first_parameters
+        .iter()
+        .zip(&second_parameters)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(differing, 0, "of {} parameters", first_parameters.len());
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::access::confine;
+use crate::access::{confine, confine_inputs};
 use crate::corpus::{Corpus, Source};
 use crate::error::{PipelineError, Result};
 use crate::read::reader::{reader_runtime, CorpusReader};
@@ -54,7 +54,8 @@ fn check_weight(weight: f64) -> Result<()> {
 }
 
 /// Adds a named source, checked like start-up inputs (every file readable, with a text column)
-/// and confined to the `--allow-root` directories.
+/// and confined to the `--allow-root` directories: by the inputs' text before anything is listed
+/// or read, then by the files they resolve to.
 pub fn add_source(corpus: &Corpus, body: &[u8]) -> Result<()> {
     let request: AddSource = parse(body, "add-source")?;
     check_weight(request.weight)?;
@@ -63,8 +64,9 @@ pub fn add_source(corpus: &Corpus, body: &[u8]) -> Result<()> {
             "add-source needs a name and at least one input".into(),
         ));
     }
+    confine_inputs(&request.inputs, &corpus.allowed_roots, corpus.allow_any_url)?;
     let files = resolve_inputs(&request.inputs)?;
-    confine(&files, &corpus.allowed_roots)?;
+    confine(&files, &corpus.allowed_roots, corpus.allow_any_url)?;
     check_files(corpus, &files)?;
     let source = Source::new(&request.name, request.inputs, files, request.weight);
     corpus.add_source(source)?;
@@ -98,12 +100,13 @@ pub fn set_weight(corpus: &Corpus, body: &[u8]) -> Result<()> {
 /// Polls `directory` (or a remote prefix, listed again at every poll) every `interval` and adds
 /// new corpus files to `source`. A file is taken once its size has stayed the same over one
 /// interval, so one still being written is not read half; hidden files (write to `.name`, then
-/// rename) are never taken.
+/// rename) are never taken. A remote object listed at a new version (replaced in place) takes
+/// the old one's place for the streams that follow, once that version has stayed one interval.
 pub fn watch_directory(source: Arc<Source>, directory: PathBuf, interval: Duration) {
     std::thread::Builder::new()
         .name("watch".into())
         .spawn(move || {
-            let mut sizes: HashMap<PathBuf, u64> = HashMap::new();
+            let mut sizes: HashMap<PathBuf, String> = HashMap::new();
             loop {
                 std::thread::sleep(interval);
                 let mut found = Vec::new();
@@ -123,18 +126,21 @@ pub fn watch_directory(source: Arc<Source>, directory: PathBuf, interval: Durati
                 }
                 let mut ready = Vec::new();
                 for file in found {
-                    let size = match &file.remote {
-                        Some(object) => object.size,
-                        None => file_size(&file.path),
+                    let (size, seen) = match &file.remote {
+                        Some(object) => (object.size(), object.version.to_string()),
+                        None => {
+                            let size = file_size(&file.path);
+                            (size, size.to_string())
+                        }
                     };
-                    let previous = sizes.insert(file.path.clone(), size);
-                    if previous == Some(size) && size > 0 {
+                    let previous = sizes.insert(file.path.clone(), seen.clone());
+                    if previous == Some(seen) && size > 0 {
                         ready.push(file);
                     }
                 }
                 let added = source.add_files(ready);
                 if added > 0 {
-                    tracing::info!(source = %source.name, added, "new files picked up");
+                    tracing::info!(source = %source.name, added, "new or changed files picked up");
                 }
             }
         })

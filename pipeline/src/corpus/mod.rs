@@ -10,7 +10,9 @@
 //! holds it, and [`control`] changes it while streams run (`add-source`, `set-weight`, `--watch`).
 
 pub mod control;
+pub mod listing;
 pub mod setup;
+pub mod versions;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -22,6 +24,8 @@ use crate::error::{PipelineError, Result};
 use crate::read::bad_records::BadRecordPolicy;
 use crate::read::sources::CorpusFile;
 use crate::tokenizer::file::DocumentEncoder;
+use listing::ListingProgress;
+use versions::ChangedObjectPolicy;
 
 /// One named corpus of the mixture.
 pub struct Source {
@@ -30,6 +34,8 @@ pub struct Source {
     pub inputs: Vec<String>,
     files: RwLock<Vec<CorpusFile>>,
     weight: RwLock<f64>,
+    /// Whether the source's bucket is still being listed.
+    pub listing: ListingProgress,
 }
 
 impl Source {
@@ -42,7 +48,32 @@ impl Source {
             inputs,
             files: RwLock::new(files),
             weight: RwLock::new(weight),
+            listing: ListingProgress::default(),
         }
+    }
+
+    /// A source whose listing goes on after `files` (see [`listing`]).
+    pub fn still_listing(
+        name: &str,
+        inputs: Vec<String>,
+        files: Vec<CorpusFile>,
+        weight: f64,
+    ) -> Self {
+        Source {
+            listing: ListingProgress::in_progress(),
+            ..Source::new(name, inputs, files, weight)
+        }
+    }
+
+    /// The file after `previous` (the first when `None`), waiting for the listing when it has
+    /// not got that far yet; `None` at the end of the source.
+    pub fn next_file(&self, previous: Option<&str>) -> Result<Option<CorpusFile>> {
+        self.listing.wait_for(|| self.file_after(previous))
+    }
+
+    /// The file named `name`, waiting for the listing to reach it.
+    pub fn listed_file(&self, name: &str) -> Result<Option<CorpusFile>> {
+        self.listing.wait_for(|| self.file_named(name))
     }
 
     pub fn file_count(&self) -> usize {
@@ -56,33 +87,46 @@ impl Source {
             .unwrap_or_default()
     }
 
-    /// The first file in name order after `previous` (the first file when `None`).
+    /// The first file in name order after `previous` (the first file when `None`); files are
+    /// kept sorted by name, so this is a binary search, whatever the number of objects.
     pub fn file_after(&self, previous: Option<&str>) -> Option<CorpusFile> {
         let files = self.files.read().ok()?;
-        files
-            .iter()
-            .find(|file| previous.is_none_or(|previous| file.name().as_str() > previous))
-            .cloned()
+        let index = match previous {
+            Some(previous) => files.partition_point(|file| file.name().as_str() <= previous),
+            None => 0,
+        };
+        files.get(index).cloned()
     }
 
     pub fn file_named(&self, name: &str) -> Option<CorpusFile> {
         let files = self.files.read().ok()?;
-        files.iter().find(|file| file.name() == name).cloned()
+        let index = files.partition_point(|file| file.name().as_str() < name);
+        files.get(index).filter(|file| file.name() == name).cloned()
     }
 
-    /// Adds files not yet listed; returns how many were new.
+    /// Adds files not yet listed, and takes the new version of a remote object listed before at
+    /// another (streams that follow read the new one; cursors into the old one are refused).
+    /// Returns how many files were new or replaced.
     pub fn add_files(&self, new_files: Vec<CorpusFile>) -> usize {
         let Ok(mut files) = self.files.write() else {
             return 0;
         };
-        let before = files.len();
+        let mut changed = 0;
         for file in new_files {
-            if !files.iter().any(|known| known.path == file.path) {
-                files.push(file);
+            match files.iter_mut().find(|known| known.path == file.path) {
+                Some(known) if !same_version(known, &file) => {
+                    *known = file;
+                    changed += 1;
+                }
+                Some(_) => {}
+                None => {
+                    files.push(file);
+                    changed += 1;
+                }
             }
         }
         files.sort_by_key(CorpusFile::name);
-        files.len() - before
+        changed
     }
 
     pub fn weight(&self) -> f64 {
@@ -93,6 +137,14 @@ impl Source {
         if let Ok(mut current) = self.weight.write() {
             *current = weight;
         }
+    }
+}
+
+/// Whether two entries of one path are the same file (local files always are).
+fn same_version(known: &CorpusFile, listed: &CorpusFile) -> bool {
+    match (&known.remote, &listed.remote) {
+        (Some(known), Some(listed)) => known.version.same_as(&listed.version),
+        _ => true,
     }
 }
 
@@ -121,6 +173,10 @@ pub struct Corpus {
     pub max_document_bytes: usize,
     /// Real paths that sources added at run time must lie under; empty disables adding.
     pub allowed_roots: Vec<PathBuf>,
+    /// Remote sources may be added from any URL (`--allow-any-url`).
+    pub allow_any_url: bool,
+    /// What a cursor into a remote object that has changed since gets.
+    pub on_changed_object: ChangedObjectPolicy,
     /// Hash of what was given at start-up: cursors from another corpus are refused.
     base_fingerprint: u64,
 }
@@ -140,6 +196,8 @@ pub struct CorpusSettings {
     pub bad_records: BadRecordPolicy,
     pub max_document_bytes: usize,
     pub allowed_roots: Vec<PathBuf>,
+    pub allow_any_url: bool,
+    pub on_changed_object: ChangedObjectPolicy,
 }
 
 impl Corpus {
@@ -189,6 +247,8 @@ impl Corpus {
             bad_records: settings.bad_records,
             max_document_bytes: settings.max_document_bytes,
             allowed_roots: settings.allowed_roots,
+            allow_any_url: settings.allow_any_url,
+            on_changed_object: settings.on_changed_object,
             base_fingerprint: stable_hash(settings.seed, description.as_bytes()),
         })
     }

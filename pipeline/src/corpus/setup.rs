@@ -1,17 +1,21 @@
 //! Turns `serve`'s arguments into a checked [`Corpus`]: parses `--source NAME=PATHS:WEIGHT`,
-//! resolves every input, checks every file up front (so a bad corpus fails at start-up, not
-//! mid-stream) and starts the `--watch` poller.
+//! resolves every input, checks every local file and each source's first remote object up front
+//! (so a bad corpus fails at start-up, not mid-stream, and start-up costs the same for ten
+//! objects or ten thousand) and starts the `--watch` poller.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::access::allowed_roots;
 use crate::corpus::control::watch_directory;
+use crate::corpus::listing::continue_listing;
+use crate::corpus::versions::ChangedObjectPolicy;
 use crate::corpus::{Corpus, CorpusSettings, Source, HELD_OUT_SOURCE};
 use crate::error::{PipelineError, Result};
 use crate::read::bad_records::{BadRecordPolicy, BadRecords};
 use crate::read::reader::CorpusReader;
-use crate::read::sources::resolve_inputs;
+use crate::read::remote::{self, listing::BucketListing};
+use crate::read::sources::{resolve_inputs, CorpusFile};
 use crate::tokenizer::file::load_tokenizer;
 use flightlm_shared::tokenizer_file::DocumentTemplate;
 
@@ -40,6 +44,9 @@ pub struct ServeInputs {
     pub on_bad_record: BadRecordPolicy,
     pub max_document_bytes: usize,
     pub allow_roots: Vec<PathBuf>,
+    /// `add-source` may name any remote URL (`--allow-any-url`).
+    pub allow_any_url: bool,
+    pub on_changed_object: ChangedObjectPolicy,
 }
 
 /// One `--source` argument.
@@ -130,6 +137,7 @@ pub async fn build_corpus(inputs: ServeInputs) -> Result<Corpus> {
         inputs.max_document_bytes,
     );
     let mut sources = Vec::new();
+    let mut listings = Vec::new();
     for spec in specs {
         if sources
             .iter()
@@ -146,13 +154,20 @@ pub async fn build_corpus(inputs: ServeInputs) -> Result<Corpus> {
                 .iter()
                 .any(|input| Path::new(input) == watch.as_path())
         });
-        let files = if watched {
-            resolve_inputs(&spec.inputs).unwrap_or_default()
+        let (files, listing) = if watched {
+            (resolve_inputs(&spec.inputs).unwrap_or_default(), None)
         } else {
-            resolve_inputs(&spec.inputs)?
+            resolve_source(&spec.inputs)?
         };
         reader.check(&files).await?;
-        sources.push(Source::new(&spec.name, spec.inputs, files, spec.weight));
+        match listing {
+            Some(listing) => {
+                let source = Source::still_listing(&spec.name, spec.inputs, files, spec.weight);
+                listings.push((spec.name, listing));
+                sources.push(source);
+            }
+            None => sources.push(Source::new(&spec.name, spec.inputs, files, spec.weight)),
+        }
     }
     let held_out = if inputs.valid_input.is_empty() {
         None
@@ -183,8 +198,15 @@ pub async fn build_corpus(inputs: ServeInputs) -> Result<Corpus> {
         bad_records: inputs.on_bad_record,
         max_document_bytes: inputs.max_document_bytes,
         allowed_roots: allowed_roots(&inputs.allow_roots)?,
+        allow_any_url: inputs.allow_any_url,
+        on_changed_object: inputs.on_changed_object,
     };
     let corpus = Corpus::new(sources, settings)?;
+    for (name, listing) in listings {
+        if let Some(source) = corpus.source(&name) {
+            continue_listing(source, listing);
+        }
+    }
     if let Some(directory) = inputs.watch {
         let remote = crate::read::remote::is_remote(&directory.to_string_lossy());
         if !remote && !directory.is_dir() {
@@ -203,6 +225,39 @@ pub async fn build_corpus(inputs: ServeInputs) -> Result<Corpus> {
         watch_directory(source.clone(), directory, inputs.watch_interval);
     }
     Ok(corpus)
+}
+
+/// The files of one source's inputs. A source of one bucket prefix or glob is returned after
+/// the first page that holds a corpus file, with the listing to continue in the background:
+/// start-up does not wait for ten thousand keys to be listed.
+fn resolve_source(inputs: &[String]) -> Result<(Vec<CorpusFile>, Option<BucketListing>)> {
+    let listed = match inputs {
+        [input] if remote::is_remote(input) => {
+            let parsed = remote::RemoteInput::parse(input)?;
+            let scheme = parsed.root.split("://").next().unwrap_or_default();
+            remote::is_bucket_scheme(scheme).then_some((input, parsed))
+        }
+        _ => None,
+    };
+    let Some((input, parsed)) = listed else {
+        return Ok((resolve_inputs(inputs)?, None));
+    };
+    let (files, listing) = remote::block_on(async {
+        let mut listing = BucketListing::start(&parsed).await?;
+        let mut files = Vec::new();
+        while files.is_empty() {
+            match listing.next_files().await? {
+                Some(page) => files.extend(page),
+                None => break,
+            }
+        }
+        Ok::<_, PipelineError>((files, listing))
+    })?;
+    if files.is_empty() {
+        // Nothing to read: the full resolution names the reason.
+        return Ok((resolve_inputs(std::slice::from_ref(input))?, None));
+    }
+    Ok((files, Some(listing)))
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ struct HubState {
     moved_off: Vec<(u64, Arc<str>)>,
     next_reader_id: u64,
     /// Set when the producer stops: `Ok` after the last chunk, the error otherwise.
-    end: Option<Result<(), String>>,
+    end: Option<Result<(), PipelineError>>,
     /// Set when the producer stops because an older hub holds the next chunk: readers that reach
     /// it move there.
     handed_over: Option<(Arc<Hub>, Arc<str>)>,
@@ -217,7 +217,7 @@ impl Hub {
                         state.end = Some(Ok(()));
                     }
                 }
-                Err(error) => state.end = Some(Err(error.to_string())),
+                Err(error) => state.end = Some(Err(error)),
             }
             self.changed.notify_all();
             if state.end.is_some() {

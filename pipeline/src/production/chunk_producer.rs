@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 use flightlm_shared::{SourcePosition, StreamState};
 
+use crate::corpus::versions::ReadVersions;
 use crate::corpus::{Corpus, Source};
 use crate::error::PipelineError;
 use crate::production::chunk_hub::ChunkSource;
@@ -95,12 +96,14 @@ impl ChunkProducer {
                 .find(|position| position.source == source.name)
                 .cloned()
                 .unwrap_or_else(|| SourcePosition::start(&source.name));
+            let versions = Arc::new(ReadVersions::default());
             let request = SourceRequest {
                 rules: self.request.rules.clone(),
                 seq_len: self.request.seq_len,
                 passes: self.request.passes,
                 start,
                 counters: self.counters.source_counters(&source.name),
+                versions: versions.clone(),
             };
             let items = start_source(&self.corpus, source.clone(), request);
             self.producers.push(Producer {
@@ -109,6 +112,7 @@ impl ChunkProducer {
                 items,
                 next: None,
                 exhausted: false,
+                versions,
             });
         }
     }
@@ -182,6 +186,8 @@ struct Producer {
     items: Receiver<SourceItem>,
     next: Option<SourceBlock>,
     exhausted: bool,
+    /// The versions of the remote files the source's reader opened.
+    versions: Arc<ReadVersions>,
 }
 
 impl Producer {
@@ -203,11 +209,12 @@ impl Producer {
         Ok(self.next.is_some())
     }
 
-    /// Where the next block begins (after the last pass when exhausted).
+    /// Where the next block begins (after the last pass when exhausted), with the version of
+    /// the remote object it begins in.
     fn position(&mut self, passes: Option<u64>) -> Result<SourcePosition, PipelineError> {
         self.peek()?;
         Ok(match &self.next {
-            Some(block) => block.start.clone(),
+            Some(block) => self.versions.label(block.start.clone()),
             None => SourcePosition {
                 pass: passes.unwrap_or(0),
                 ..SourcePosition::start(&self.source.name)

@@ -13,13 +13,15 @@ use arrow::array::Array;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use flightlm_shared::SourcePosition;
 
+use crate::corpus::versions::ReadVersions;
 use crate::corpus::{Corpus, Source};
 use crate::error::PipelineError;
 use crate::production::packing::{PackedBlocks, Packer};
 use crate::production::tokenize::{spawn_workers, EncodeRules, Encoded, Job, Reorder};
 use crate::read::bad_records::{BadRecordKind, BadRecords};
 use crate::read::reader::{reader_runtime, CorpusReader};
-use crate::read::sources::CorpusFile;
+use crate::read::remote;
+use crate::read::sources::{CorpusFile, Format};
 
 /// Blocks a source prepares ahead of the mixer.
 const BLOCKS_AHEAD: usize = 64;
@@ -54,6 +56,8 @@ pub struct SourceRequest {
     pub passes: Option<u64>,
     pub start: SourcePosition,
     pub counters: Arc<SourceCounters>,
+    /// Where the reader records the version of each remote file it opens.
+    pub versions: Arc<ReadVersions>,
 }
 
 /// Starts the threads of one source and returns its blocks in order.
@@ -78,15 +82,16 @@ pub fn start_source(
     let start = request.start.clone();
     let passes = request.passes;
     let bad_records = request.rules.bad_records.clone();
+    let versions = request.versions.clone();
     std::thread::Builder::new()
         .name(format!("read-{}", source.name))
         .spawn(move || {
             read_source(
                 &reader_corpus,
                 &reader_source,
-                &start,
-                passes,
+                (&start, passes),
                 bad_records,
+                &versions,
                 jobs,
             )
         })
@@ -109,9 +114,9 @@ pub fn start_source(
 fn read_source(
     corpus: &Corpus,
     source: &Source,
-    start: &SourcePosition,
-    passes: Option<u64>,
+    (start, passes): (&SourcePosition, Option<u64>),
     bad_records: BadRecords,
+    versions: &ReadVersions,
     jobs: Sender<Job>,
 ) {
     let runtime = match reader_runtime() {
@@ -127,27 +132,34 @@ fn read_source(
             .with_bad_records(bad_records.clone(), corpus.max_document_bytes);
         let mut pass = start.pass;
         let mut first = match &start.file {
-            Some(name) => Some(source.file_named(name).ok_or_else(|| {
+            Some(name) => Some(source.listed_file(name)?.ok_or_else(|| {
                 PipelineError::Cursor(format!(
                     "source `{}` has no file `{name}` any more",
                     source.name
                 ))
             })?),
-            None => source.file_after(None),
+            None => source.next_file(None)?,
         };
         let mut skip_rows = start.row;
         while passes.is_none_or(|limit| pass < limit) {
-            let mut current = first.take().or_else(|| source.file_after(None));
+            let mut current = match first.take() {
+                Some(file) => Some(file),
+                None => source.next_file(None)?,
+            };
             while let Some(file) = current {
                 let name: Arc<str> = file.name().into();
+                versions.record(pass, &file);
+                prefetch_line_files(source, &name);
                 let open = read_file(&reader, &file, &name, skip_rows, &mut sequence, &jobs);
                 match open.await {
                     Ok(FileOutcome::Stopped) => return Ok(()),
                     Ok(FileOutcome::Read) => {}
+                    // A store that failed is not a bad record: never skipped.
+                    Err((_, error)) if error.is_storage_failure() => return Err(error),
                     Err((kind, error)) => bad_records.handle(kind, error)?,
                 }
                 skip_rows = 0;
-                current = source.file_after(Some(&name));
+                current = source.next_file(Some(&name))?;
             }
             if jobs.send(Job::EndOfPass { sequence }).is_err() {
                 return Ok(());
@@ -159,6 +171,33 @@ fn read_source(
     });
     if let Err(error) = result {
         let _ = jobs.send(Job::Failed { sequence, error });
+    }
+}
+
+/// Objects fetched ahead of the reader: up to this many, and only while they are small.
+const PREFETCH_OBJECTS: usize = 4;
+const PREFETCH_BYTES: u64 = 1 << 20;
+
+/// Starts fetching the next remote text or JSON-lines objects while this one is read: the next
+/// one's first range, and the few after it when they are small, so that a corpus of many small
+/// objects does not wait for one request at a time (Parquet and CSV are read by DataFusion, by
+/// ranges, when reached).
+fn prefetch_line_files(source: &Source, current: &str) {
+    let mut previous = current.to_string();
+    let mut bytes = 0;
+    for _ in 0..PREFETCH_OBJECTS {
+        let Some(file) = source.file_after(Some(&previous)) else {
+            return;
+        };
+        let (Some(object), Format::Text | Format::JsonLines) = (&file.remote, file.format) else {
+            return;
+        };
+        remote::prefetch::prefetch(object);
+        bytes += object.size();
+        if bytes > PREFETCH_BYTES {
+            return;
+        }
+        previous = file.name();
     }
 }
 
@@ -229,6 +268,7 @@ fn classify_read_error(
         PipelineError::MalformedJson { .. } => (BadRecordKind::MalformedJson, error),
         PipelineError::Oversized { .. } => (BadRecordKind::Oversized, error),
         PipelineError::Truncated { .. } => (BadRecordKind::TruncatedFile, error),
+        storage if storage.is_storage_failure() => (BadRecordKind::TruncatedFile, storage),
         other => (
             BadRecordKind::TruncatedFile,
             PipelineError::Truncated {
@@ -298,6 +338,7 @@ fn pack_source(
                                 file: Some(file.to_string()),
                                 row: *row,
                                 token: offset as u64,
+                                file_version: None,
                             })
                         });
                         let document_starts = packed.document_starts.drain(..);

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use flightlm_shared::FileVersion;
 use futures::future::{BoxFuture, FutureExt};
 use futures::StreamExt;
 use object_store::path::Path;
@@ -47,8 +48,8 @@ pub async fn open_from_row(
     let input: Box<dyn AsyncFileReader> = match &file.remote {
         Some(object) => Box::new(RemoteParquet {
             store: remote::store_for(&object.root)?,
-            key: object.key_path(),
-            size: object.size,
+            key: object.key_path()?,
+            version: object.version.clone(),
         }),
         None => Box::new(tokio::fs::File::open(&file.path).await.map_err(|source| {
             PipelineError::Io {
@@ -102,11 +103,11 @@ pub async fn open_from_row(
     )))
 }
 
-/// A remote Parquet object, read by ranges through the retrying, version-pinned store.
+/// A remote Parquet object, read by ranges through the retrying store at its listed version.
 struct RemoteParquet {
     store: remote::store::RemoteStore,
     key: Path,
-    size: u64,
+    version: FileVersion,
 }
 
 impl AsyncFileReader for RemoteParquet {
@@ -116,7 +117,7 @@ impl AsyncFileReader for RemoteParquet {
     ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
             self.store
-                .fetch(&self.key, range)
+                .fetch(&self.key, &self.version, range)
                 .await
                 .map_err(|error| ParquetError::External(Box::new(error)))
         }
@@ -128,7 +129,7 @@ impl AsyncFileReader for RemoteParquet {
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
-            let size = self.size;
+            let size = self.version.size;
             let metadata = ParquetMetaDataReader::new()
                 .with_arrow_reader_options(options)
                 .load_and_finish(&mut *self, size)

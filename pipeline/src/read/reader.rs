@@ -5,10 +5,11 @@
 //! storage type of `text` (Utf8, LargeUtf8, Utf8View as HF hub Parquet has), batches come out as
 //! plain `StringArray`s.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, StringArray};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::TableProvider;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::error::DataFusionError;
@@ -30,6 +31,9 @@ pub const TEXT_COLUMN: &str = "text";
 
 pub struct CorpusReader {
     context: SessionContext,
+    /// The JSON-lines schema of the source's remote objects, inferred from the first one read:
+    /// every other object is opened only when the stream reaches it.
+    remote_json_schema: Mutex<Option<SchemaRef>>,
     /// User SQL over the table `corpus` (the current file); it must yield a string `text` column.
     sql: Option<String>,
     bad_records: BadRecords,
@@ -68,6 +72,7 @@ impl CorpusReader {
             .with_batch_size(4096);
         CorpusReader {
             context: SessionContext::new_with_config(config),
+            remote_json_schema: Mutex::default(),
             sql: None,
             bad_records: BadRecords::default(),
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
@@ -90,16 +95,26 @@ impl CorpusReader {
     pub async fn text_frame(&self, file: &CorpusFile) -> Result<DataFrame> {
         let path = file.path.to_string_lossy().to_string();
         let query_error = |error: DataFusionError| query_error(file, error);
-        if let Some(object) = &file.remote {
-            // DataFusion finds a URL's store by its scheme and authority.
-            let root = url::Url::parse(&object.root).map_err(|error| {
-                PipelineError::Control(format!("bad URL {}: {error}", object.root))
-            })?;
-            let store = remote::store_for(&object.root)?;
-            self.context.register_object_store(&root, Arc::new(store));
-        }
+        let path = match &file.remote {
+            Some(object) => {
+                // DataFusion finds a URL's store by its scheme and authority; this file is read
+                // at the version the manifest lists.
+                let root = url::Url::parse(&object.root).map_err(|error| {
+                    PipelineError::Control(format!("bad URL {}: {error}", object.root))
+                })?;
+                let store = remote::store_for(&object.root)?.pinned_to(object)?;
+                self.context.register_object_store(&root, Arc::new(store));
+                object.datafusion_url()
+            }
+            None => remote::local_file_url(&file.path).unwrap_or(path),
+        };
         let frame = match file.format {
             Format::Text | Format::JsonLines => {
+                let remote_json = file.remote.is_some() && file.format == Format::JsonLines;
+                let known_schema = match remote_json {
+                    true => self.remote_json_schema.lock().ok().and_then(|s| s.clone()),
+                    false => None,
+                };
                 let table = line_table(LineFile {
                     path: file.path.clone(),
                     remote: file.remote.clone(),
@@ -107,7 +122,14 @@ impl CorpusReader {
                     format: file.format,
                     max_line_bytes: self.max_line_bytes,
                     bad_records: self.bad_records.clone(),
+                    schema: known_schema,
+                    text_only: remote_json && self.sql.is_none(),
                 })?;
+                if remote_json {
+                    if let Ok(mut known) = self.remote_json_schema.lock() {
+                        known.get_or_insert_with(|| table.schema());
+                    }
+                }
                 self.context
                     .read_table(Arc::new(table))
                     .map_err(query_error)?
@@ -197,16 +219,28 @@ impl CorpusReader {
         Ok((self.open(file).await?, 0))
     }
 
-    /// Checks every file up front (exists, parses, has a string `text` column), so a bad corpus
-    /// fails at start-up rather than mid-stream.
+    /// Checks one source's files up front (exists, parses, has a string `text` column), so a bad
+    /// corpus fails at start-up rather than mid-stream: every local file, and the first remote
+    /// object (the others are opened when a stream reaches them, so start-up costs the same for
+    /// ten objects or ten thousand).
     ///
     /// Under `--on-bad-record skip` a file that fails is only reported here: each stream skips
-    /// it and counts it.
+    /// it and counts it. A store that fails is never skipped.
     pub async fn check(&self, manifest: &[CorpusFile]) -> Result<()> {
-        for file in manifest {
+        if let Ok(mut known) = self.remote_json_schema.lock() {
+            *known = None;
+        }
+        let first_remote = manifest.iter().position(|file| file.remote.is_some());
+        for (index, file) in manifest.iter().enumerate() {
+            if file.remote.is_some() && Some(index) != first_remote {
+                continue;
+            }
             match self.text_frame(file).await {
                 Ok(_) => {}
-                Err(error) if self.bad_records.policy == BadRecordPolicy::Skip => {
+                Err(error)
+                    if self.bad_records.policy == BadRecordPolicy::Skip
+                        && !error.is_storage_failure() =>
+                {
                     tracing::warn!("will be skipped: {error}");
                 }
                 Err(error) => return Err(error),
@@ -246,10 +280,7 @@ impl TextBatches {
 /// DataFusion wraps our own reader errors; unwrap them so the message names file and line once.
 fn query_error(file: &CorpusFile, error: DataFusionError) -> PipelineError {
     if let Some(remote) = remote::errors::find::<RemoteError>(&error) {
-        return PipelineError::Remote {
-            url: remote.url.clone(),
-            message: remote.message.clone(),
-        };
+        return PipelineError::from_remote(remote);
     }
     match error.find_root() {
         DataFusionError::External(inner) => match inner.downcast_ref::<PipelineError>() {

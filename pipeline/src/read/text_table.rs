@@ -24,6 +24,7 @@ use crate::error::PipelineError;
 use crate::read::bad_records::{BadRecordKind, BadRecords};
 use crate::read::json_lines::{infer_schema, JsonBatcher};
 use crate::read::lines::{Line, LineReader};
+use crate::read::remote::store::RemoteError;
 use crate::read::remote::RemoteObject;
 use crate::read::sources::{Compression, Format};
 
@@ -42,6 +43,11 @@ pub struct LineFile {
     pub format: Format,
     pub max_line_bytes: usize,
     pub bad_records: BadRecords,
+    /// A JSON-lines schema already known for this file's source (none: inferred from the file).
+    pub schema: Option<SchemaRef>,
+    /// Decode only the `text` field of JSON lines (when nothing else is queried), so that other
+    /// fields of a source's objects need not share one type.
+    pub text_only: bool,
 }
 
 /// The schema of a text table: one non-null `text` column.
@@ -51,8 +57,15 @@ pub fn text_schema() -> SchemaRef {
 
 /// Builds a single-partition table over a `.txt` or `.jsonl` file (compressed or not).
 pub fn line_table(file: LineFile) -> Result<StreamingTable, PipelineError> {
-    let schema = match file.format {
-        Format::JsonLines => infer_schema(&file)?,
+    let schema = match (file.format, &file.schema) {
+        (Format::JsonLines, Some(known)) => known.clone(),
+        (Format::JsonLines, None) => {
+            let inferred = infer_schema(&file)?;
+            match inferred.field_with_name("text") {
+                Ok(text) if file.text_only => Arc::new(Schema::new(vec![text.clone()])),
+                _ => inferred,
+            }
+        }
         _ => text_schema(),
     };
     if schema.fields().is_empty() {
@@ -120,7 +133,14 @@ fn too_long(file: &LineFile, line: u64, bytes: usize) -> Result<(), PipelineErro
     bad_line(file, BadRecordKind::Oversized, error)
 }
 
+/// A read that failed: the store failing (never a bad record), or the file damaged.
 fn read_error(file: &LineFile, rows: u64, source: std::io::Error) -> PipelineError {
+    let remote = source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<RemoteError>());
+    if let Some(remote) = remote {
+        return PipelineError::from_remote(remote);
+    }
     PipelineError::Truncated {
         path: file.path.clone(),
         rows,

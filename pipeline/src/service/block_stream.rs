@@ -15,6 +15,7 @@ use arrow::record_batch::RecordBatch;
 use flightlm_shared::schema::stream_schema;
 use flightlm_shared::{StreamRequest, StreamState, TokenBlocks};
 
+use crate::corpus::versions::check_versions;
 use crate::corpus::Corpus;
 use crate::error::PipelineError;
 use crate::production::chunk_hub::{ChunkSource, HubKey, HubRegistry, MakeChunks, Reader};
@@ -46,6 +47,8 @@ pub fn open_stream(
     let (state, skip) = match &request.cursor {
         Some(cursor) => {
             check_cursor(corpus, &fingerprint, &cursor.state)?;
+            let mut state = cursor.state.clone();
+            check_versions(corpus, request.split, &mut state)?;
             if cursor.skip > corpus.chunk_blocks() as u64 {
                 return Err(PipelineError::Cursor(format!(
                     "skip {} is beyond a chunk of {} blocks",
@@ -53,7 +56,7 @@ pub fn open_stream(
                     corpus.chunk_blocks()
                 )));
             }
-            (cursor.state.clone(), cursor.skip)
+            (state, cursor.skip)
         }
         None => (
             StreamState {

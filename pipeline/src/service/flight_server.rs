@@ -165,7 +165,12 @@ impl FlightService for PipelineService {
         let stream =
             open_stream(&self.corpus, &self.hubs, &stream_request).map_err(
                 |error| match error {
-                    PipelineError::Cursor(_) => Status::failed_precondition(error.to_string()),
+                    PipelineError::Cursor(_) | PipelineError::Remote { .. } => {
+                        Status::failed_precondition(error.to_string())
+                    }
+                    PipelineError::RemoteUnavailable { .. } => {
+                        Status::unavailable(error.to_string())
+                    }
                     other => Status::internal(other.to_string()),
                 },
             )?;
@@ -179,8 +184,17 @@ impl FlightService for PipelineService {
         let flight_data = flight_data_encoder(schema).build(batches).map(|data| {
             data.map_err(|error| match error {
                 FlightError::Tonic(status) => *status,
+                // A remote store that stayed down: reconnecting and resuming later will help.
+                FlightError::ExternalError(inner)
+                    if matches!(
+                        inner.downcast_ref::<PipelineError>(),
+                        Some(PipelineError::RemoteUnavailable { .. })
+                    ) =>
+                {
+                    Status::unavailable(inner.to_string())
+                }
                 // The corpus itself failed (a bad record under `--on-bad-record error`, a file
-                // gone): a code that tells clients reconnecting will not help.
+                // gone or changed): a code that tells clients reconnecting will not help.
                 FlightError::ExternalError(inner) => Status::failed_precondition(inner.to_string()),
                 other => Status::internal(other.to_string()),
             })

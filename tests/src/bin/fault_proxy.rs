@@ -4,13 +4,15 @@
 //! Every byte is delayed by `--latency-ms` (one way), each direction is throttled to
 //! `--bandwidth-mbit`, and every connection is reset after a random lifetime drawn (seeded)
 //! between `--reset-min-s` and `--reset-max-s`. It prints `{"listening": ADDR}` first, then one
-//! JSON line per connection event, so a script can count the resets it survived.
+//! JSON line per connection event, so a script can count the resets it survived. With
+//! `--control-stdin`, the line `dark` on its standard input resets every open connection and
+//! refuses new ones (an outage) until the line `light`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -41,6 +43,45 @@ struct Args {
     /// Seed of the reset moments.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Read `dark` / `light` lines from standard input to start and end an outage.
+    #[arg(long)]
+    control_stdin: bool,
+}
+
+/// The outage switch and the connections it cuts.
+#[derive(Default)]
+struct Outage {
+    dark: AtomicBool,
+    open: Mutex<Vec<TcpStream>>,
+}
+
+impl Outage {
+    fn is_dark(&self) -> bool {
+        self.dark.load(Ordering::SeqCst)
+    }
+
+    /// Follows `dark` / `light` lines until standard input closes.
+    fn follow_stdin(self: Arc<Self>) {
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines().map_while(Result::ok) {
+                match line.trim() {
+                    "dark" => {
+                        self.dark.store(true, Ordering::SeqCst);
+                        let open = std::mem::take(&mut *self.open.lock().expect("open"));
+                        for stream in &open {
+                            reset(stream);
+                        }
+                        event(serde_json::json!({ "dark": true, "reset": open.len() }));
+                    }
+                    "light" => {
+                        self.dark.store(false, Ordering::SeqCst);
+                        event(serde_json::json!({ "dark": false }));
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
 }
 
 /// A small seeded generator (splitmix64): reset moments reproducible from `--seed`.
@@ -65,12 +106,21 @@ fn main() -> std::io::Result<()> {
         serde_json::json!({ "listening": listener.local_addr()?.to_string() })
     );
     let mut moments = Moments(args.seed);
+    let outage = Arc::new(Outage::default());
+    if args.control_stdin {
+        outage.clone().follow_stdin();
+    }
     let link = Link {
         latency: Duration::from_millis(args.latency_ms),
         bytes_per_second: args.bandwidth_mbit * 1e6 / 8.0,
     };
     for (number, client) in listener.incoming().enumerate() {
         let Ok(client) = client else { continue };
+        if outage.is_dark() {
+            reset(&client);
+            event(serde_json::json!({ "connection": number, "refused_dark": true }));
+            continue;
+        }
         let lifetime = (args.reset_max_s > 0.0).then(|| {
             let span = (args.reset_max_s - args.reset_min_s).max(0.0);
             Duration::from_secs_f64(args.reset_min_s + span * moments.next())
@@ -85,6 +135,14 @@ fn main() -> std::io::Result<()> {
             }
         };
         event(serde_json::json!({ "connection": number, "opened": true }));
+        if let Ok(mut open) = outage.open.lock() {
+            open.retain(|stream| stream.peer_addr().is_ok());
+            for stream in [&client, &upstream] {
+                if let Ok(clone) = stream.try_clone() {
+                    open.push(clone);
+                }
+            }
+        }
         if let Err(error) = forward(number, client, upstream, link, lifetime) {
             event(serde_json::json!({ "connection": number, "error": error.to_string() }));
         }

@@ -55,7 +55,9 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     #[serde(skip)]
     resume: Option<PathBuf>,
-    /// The pipeline's Flight endpoint, e.g. http://127.0.0.1:50051.
+    /// The pipeline's Flight endpoint, e.g. http://127.0.0.1:50051; several replicas serving the
+    /// same corpus as URL1,URL2,… (a stream moves to the next when one goes away; SIGUSR1 brings
+    /// it back to the first).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pipeline: Option<String>,
@@ -100,6 +102,29 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     collective_timeout_s: Option<u64>,
+    /// Seconds node 0 waits for every node to join (and the others for node 0) before the run
+    /// fails naming the absent nodes [default: 300].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    join_timeout_s: Option<u64>,
+    /// File with the multi-node run's shared token (16+ characters; required when the
+    /// coordinator listens beyond loopback): ranks prove they hold it to join.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordinator_token_file: Option<PathBuf>,
+    /// PEM CA that signed node 0's coordinator certificate: the coordinator runs over TLS
+    /// (every node).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordinator_tls_ca: Option<PathBuf>,
+    /// PEM certificate node 0's coordinator serves (with --coordinator-tls-key).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordinator_tls_cert: Option<PathBuf>,
+    /// PEM private key of --coordinator-tls-cert.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordinator_tls_key: Option<PathBuf>,
     /// bf16: mixed precision, bf16 matrix products over f32 weights [default: f32]. On the CPU, bf16 checks the numerics of a GPU run but is slower than f32.
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -183,6 +208,11 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     init_from: Option<PathBuf>,
+    /// Print each metric's JSON line on stdout even on a terminal (it always goes to
+    /// OUT/metrics.jsonl, and to stdout when stdout is not a terminal).
+    #[arg(long)]
+    #[serde(skip)]
+    pub(crate) json: bool,
 }
 
 impl RunArgs {

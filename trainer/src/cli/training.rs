@@ -21,6 +21,7 @@ use flightlm_trainer::data::pipeline::PipelineSource;
 use flightlm_trainer::hf::{
     export_hf, write_tokenizer_config, HfRobertaConfig, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
 };
+use flightlm_trainer::data::replicas::replica_endpoints;
 use flightlm_trainer::model::{Roberta, RobertaConfig};
 use flightlm_trainer::run::block_log::BlockLog;
 use flightlm_trainer::run::checkpoint::{CheckpointStore, TrainingState};
@@ -264,6 +265,8 @@ fn finish<B: AutodiffBackend>(
 /// Keeps the pipeline's tokenizer.json in the run directory, so checkpoints and the final model
 /// ship with it. A pipeline that cannot send it only costs that convenience.
 pub(crate) fn save_pipeline_tokenizer(pipeline: &PipelineEndpoint, out: &Path) {
+    let replicas = replica_endpoints(pipeline);
+    let pipeline = replicas.first().unwrap_or(pipeline);
     let fetched = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -10,6 +10,7 @@
 
 pub mod layers;
 pub mod parallel;
+mod zero_is_none;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -185,6 +186,23 @@ pub struct TrainConfig {
     /// or node that died, or hangs).
     #[serde(default = "default_collective_timeout_s")]
     pub collective_timeout_s: u64,
+    /// Seconds node 0's coordinator waits for every rank to join (and the others for it) before
+    /// the run fails naming the nodes that never came.
+    #[serde(default = "default_collective_timeout_s")]
+    pub join_timeout_s: u64,
+    /// A file holding the multi-node run's shared token (at least 16 characters): every rank
+    /// proves it holds it to join, and node 0's coordinator proves it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_token_file: Option<PathBuf>,
+    /// The CA that signed node 0's coordinator certificate: the coordinator's connections then
+    /// run over TLS (set on every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_tls_ca: Option<PathBuf>,
+    /// PEM certificate and key node 0's coordinator serves TLS with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_tls_key: Option<PathBuf>,
     /// See [`MaskingKey`]; configurations saved before it existed read as `micro_batch`.
     #[serde(default = "MaskingKey::before_data_parallel")]
     pub masking_key: MaskingKey,
@@ -245,6 +263,11 @@ impl TrainConfig {
             node_rank: 0,
             coordinator: String::new(),
             collective_timeout_s: default_collective_timeout_s(),
+            join_timeout_s: default_collective_timeout_s(),
+            coordinator_token_file: None,
+            coordinator_tls_ca: None,
+            coordinator_tls_cert: None,
+            coordinator_tls_key: None,
             masking_key: MaskingKey::Block,
             loss_average: LossAverage::Tokens,
             precision: Precision::F32,
@@ -376,23 +399,6 @@ fn one() -> usize {
 
 fn default_collective_timeout_s() -> u64 {
     300
-}
-
-/// `Option<f64>` written as a number, with 0 (or a JSON null) standing for `None`: TOML cannot
-/// write a missing value, and 0 is what `--max-grad-norm 0` means on the command line.
-mod zero_is_none {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Option<f64>, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_f64(value.unwrap_or(0.0))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<f64>, D::Error> {
-        let value = Option::<f64>::deserialize(deserializer)?;
-        Ok(value.filter(|norm| *norm != 0.0))
-    }
 }
 
 #[cfg(test)]

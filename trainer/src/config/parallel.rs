@@ -198,8 +198,8 @@ impl TrainConfig {
         if self.nodes > 1 && self.coordinator.is_empty() {
             return fail("a multi-node run needs a coordinator (HOST:PORT)".into());
         }
-        if self.collective_timeout_s == 0 {
-            return fail("collective_timeout_s must be at least 1".into());
+        if self.collective_timeout_s == 0 || self.join_timeout_s == 0 {
+            return fail("collective_timeout_s and join_timeout_s must be at least 1".into());
         }
         let before_data_parallel = self.masking_key == MaskingKey::MicroBatch
             || self.loss_average == LossAverage::MicroBatches;

@@ -4,8 +4,10 @@
 //! loop, so decoding overlaps compute; the loop only waits when the pipeline is slower than
 //! training, and that wait is measured. When the pipeline goes away (restart, network fault) the
 //! thread reconnects with exponential backoff and continues after the last block it received, so
-//! training sees no gap and no repeat. The valid split is a finite stream read on request; the
-//! training loop reads it once and keeps it.
+//! training sees no gap and no repeat. With several replicas of the pipeline
+//! (`--pipeline URL1,URL2`, see [`crate::data::replicas`]) it continues on the next one at once.
+//! The valid split is a finite stream read on request; the training loop reads it once and keeps
+//! it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use flightlm_shared::backoff::Backoff;
 use flightlm_shared::client::{BlockStream, ClientError, PipelineEndpoint};
 use flightlm_shared::{Cursor, Split, StreamRequest, TokenBlocks, TokenizerInfo};
 
+use crate::data::replicas::{replica_endpoints, Replicas};
 use crate::data::source::{push_up_to, BlockSource};
 
 /// Train batches decoded ahead of the loop.
@@ -74,8 +77,11 @@ impl PipelineSource {
         let (tokenizer_sender, tokenizer_receiver) = bounded(1);
         let (seq_len, batch_size) = (request.seq_len, request.batch_size);
         let (resume, document_starts) = (request.cursor.clone(), request.document_starts);
+        let fingerprint = resume
+            .as_ref()
+            .map(|cursor| cursor.state.fingerprint.clone());
         let prefetch = Prefetch {
-            endpoint: endpoint.clone(),
+            replicas: Replicas::new(endpoint, fingerprint),
             request,
             retry_for,
             sender,
@@ -113,7 +119,7 @@ fn gave_up(error: ClientError, endpoint: &PipelineEndpoint, retry_for: Duration)
 
 /// The prefetch thread: reads train batches ahead of the loop, reconnecting when needed.
 struct Prefetch {
-    endpoint: PipelineEndpoint,
+    replicas: Replicas,
     request: StreamRequest,
     retry_for: Duration,
     sender: Sender<anyhow::Result<TokenBlocks>>,
@@ -128,6 +134,8 @@ enum StreamEnd {
     Stopped,
     /// A finite stream ran out.
     Finished,
+    /// Asked to continue on the first replica.
+    BackToFirst,
     /// The connection failed; retrying may help.
     Broken(ClientError),
 }
@@ -156,15 +164,38 @@ impl Prefetch {
                         let _ = self.sender.send(Err(anyhow!("the train stream ended")));
                         return;
                     }
+                    StreamEnd::BackToFirst => {
+                        eprintln!("pipeline: back on {}, as asked", self.replicas.describe());
+                        continue;
+                    }
                     StreamEnd::Broken(error) => error,
                 };
                 if self.connected {
                     // The pipeline was back for a while: a new outage gets the full budget.
                     backoff.reset();
                 }
-                if !error.is_retryable() {
+                let refused_replica = self.replicas.current_refused();
+                if !error.is_retryable() && !refused_replica {
                     self.fail(anyhow!(error).context("train stream"), announced);
                     return;
+                }
+                if self.replicas.several() {
+                    let from = self.replicas.describe();
+                    let at_once = self.replicas.fail_over();
+                    if let Some(why) = self.replicas.none_left() {
+                        self.fail(
+                            anyhow!("no pipeline replica serves this run: {why}"),
+                            announced,
+                        );
+                        return;
+                    }
+                    eprintln!(
+                        "pipeline: {from} failed ({error}); continuing on {}",
+                        self.replicas.describe()
+                    );
+                    if at_once {
+                        continue;
+                    }
                 }
                 match backoff.next_delay() {
                     Some(delay) => {
@@ -173,7 +204,8 @@ impl Prefetch {
                         RECONNECTS.fetch_add(1, Ordering::Relaxed);
                     }
                     None => {
-                        self.fail(gave_up(error, &self.endpoint, self.retry_for), announced);
+                        let endpoint = self.replicas.current();
+                        self.fail(gave_up(error, endpoint, self.retry_for), announced);
                         return;
                     }
                 }
@@ -184,7 +216,10 @@ impl Prefetch {
     /// Reads one connection's stream until it ends or fails; every batch moves the request's
     /// cursor past its rows, so a new connection continues right after them.
     async fn stream_once(&mut self, rows: &mut TokenBlocks, announced: &mut bool) -> StreamEnd {
-        let mut stream = match BlockStream::open(&self.endpoint, &self.request).await {
+        if let Err(error) = self.replicas.check(&self.request).await {
+            return StreamEnd::Broken(error);
+        }
+        let mut stream = match BlockStream::open(self.replicas.current(), &self.request).await {
             Ok(stream) => stream,
             Err(error) => return StreamEnd::Broken(error),
         };
@@ -194,6 +229,7 @@ impl Prefetch {
                 Err(error) => return StreamEnd::Broken(error),
             };
             self.connected = true;
+            self.replicas.delivered();
             if !*announced {
                 if let Some(tokenizer) = stream.tokenizer() {
                     let _ = self.tokenizer_sender.send(Ok(tokenizer.clone()));
@@ -215,6 +251,9 @@ impl Prefetch {
                 {
                     return StreamEnd::Stopped;
                 }
+            }
+            if self.replicas.asked_back() {
+                return StreamEnd::BackToFirst;
             }
         }
         StreamEnd::Finished
@@ -257,7 +296,7 @@ impl BlockSource for PipelineSource {
     fn valid_batches(&mut self, max_blocks: Option<usize>) -> anyhow::Result<Vec<TokenBlocks>> {
         let request = StreamRequest::new(Split::Valid, self.seq_len, self.batch_size)
             .with_document_starts(self.document_starts);
-        let endpoint = self.endpoint.clone();
+        let endpoints = replica_endpoints(&self.endpoint);
         let mut backoff = Backoff::new(self.retry_for);
         // A runtime of its own, dropped with its connection as soon as the read ends: a stream
         // left at `max_blocks` is then cancelled on the pipeline at once, not when the run ends.
@@ -266,18 +305,25 @@ impl BlockSource for PipelineSource {
             .build()
             .context("starting the client runtime")?;
         let batches = runtime.block_on(async move {
+            let mut replica = 0;
             loop {
-                let error = match read_up_to(&endpoint, &request, max_blocks).await {
+                let endpoint = &endpoints[replica];
+                let error = match read_up_to(endpoint, &request, max_blocks).await {
                     Ok(batches) => return Ok(batches),
                     Err(error) if error.is_retryable() => error,
                     Err(error) => return Err(anyhow!(error).context("valid stream")),
                 };
+                // Every replica once, then back off.
+                replica = (replica + 1) % endpoints.len();
+                if replica != 0 {
+                    continue;
+                }
                 match backoff.next_delay() {
                     Some(delay) => {
                         eprintln!("pipeline unavailable, retrying in {delay:?}: {error}");
                         tokio::time::sleep(delay).await;
                     }
-                    None => return Err(gave_up(error, &endpoint, backoff.retry_for())),
+                    None => return Err(gave_up(error, endpoint, backoff.retry_for())),
                 }
             }
         });

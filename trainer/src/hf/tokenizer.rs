@@ -46,6 +46,15 @@ impl HfTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// The ids of `text` alone, without the tokens the post-processor puts around it.
+    pub fn encode_text_only(&self, text: &str) -> Result<Vec<u32>, HfError> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|error| self.error(format!("cannot encode {text:?}: {error}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, HfError> {
         self.inner
             .decode(ids, skip_special_tokens)

@@ -10,7 +10,14 @@
 //! every layer. The host generator belongs to the thread that trains (each rank of a
 //! data-parallel run has its own), and the training loop reseeds it or the backend's before
 //! every step (see [`crate::rng::dropout_seed`]), so a resumed run draws the masks the
-//! uninterrupted run draws.
+//! uninterrupted run draws. In block-keyed runs the step then keys the host masks by block
+//! ([`key_host_masks_by_blocks`]): row `b` of every dropout's input is block `b` of the
+//! micro-batch, and its mask is drawn from `(seed, block_seq, site)`, the site being the
+//! dropout's place in the forward pass (the embeddings' first, then each layer's in order). A
+//! block then gets the same masks whichever rank, micro-batch or world size trains it, so a run
+//! resumed on another number of ranks continues the same computation with dropout on. With the
+//! backend's generator (CUDA) the masks follow `(seed, step, rank)`: a resume on the same world
+//! size repeats them, one on another world size draws others.
 
 use std::cell::RefCell;
 
@@ -18,17 +25,70 @@ use burn::nn::Dropout;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor, TensorData};
 
-use crate::rng::SplitMix64;
+use crate::rng::{block_dropout_seed, SplitMix64};
+
+/// Where this thread's host masks come from.
+enum HostMasks {
+    /// One stream for the whole step.
+    Step(SplitMix64),
+    /// Per row: `(seed, block_seq)` of the row's block, and the count of dropouts applied since
+    /// the micro-batch was keyed.
+    Blocks { seeds: Vec<u64>, site: u64 },
+}
 
 thread_local! {
     /// `Some` while this thread draws masks on the host.
-    static HOST_GENERATOR: RefCell<Option<SplitMix64>> = const { RefCell::new(None) };
+    static HOST_GENERATOR: RefCell<Option<HostMasks>> = const { RefCell::new(None) };
 }
 
 /// From now on, draw this thread's masks on the host from a generator seeded with `seed`, or
 /// (`None`) with the backend's generator.
 pub fn seed_host_masks(seed: Option<u64>) {
-    HOST_GENERATOR.with(|generator| *generator.borrow_mut() = seed.map(SplitMix64::new));
+    HOST_GENERATOR.with(|generator| {
+        *generator.borrow_mut() = seed.map(|seed| HostMasks::Step(SplitMix64::new(seed)))
+    });
+}
+
+/// When this thread draws masks on the host, keys the next forward pass's masks by the blocks
+/// of its micro-batch, in row order. Without host masks (CUDA) it changes nothing.
+pub fn key_host_masks_by_blocks(seed: u64, block_seqs: &[u64]) {
+    HOST_GENERATOR.with(|generator| {
+        let mut generator = generator.borrow_mut();
+        if generator.is_some() {
+            let seeds = block_seqs
+                .iter()
+                .map(|block| block_dropout_seed(seed, *block))
+                .collect();
+            *generator = Some(HostMasks::Blocks { seeds, site: 0 });
+        }
+    });
+}
+
+impl HostMasks {
+    /// The mask of an input of `shape`.
+    fn draw(&mut self, dims: &[usize], elements: usize, prob: f64) -> Vec<f32> {
+        match self {
+            HostMasks::Step(generator) => scaled_mask(generator, elements, prob),
+            HostMasks::Blocks { seeds, site } => {
+                let this_site = *site;
+                *site += 1;
+                let rows = dims.first().copied().unwrap_or(1);
+                if rows != seeds.len() || rows == 0 {
+                    // Not one row per block: one stream for the tensor, keyed by its first block.
+                    let first = seeds.first().copied().unwrap_or(0);
+                    let generator = &mut SplitMix64::for_stream(first, this_site);
+                    return scaled_mask(generator, elements, prob);
+                }
+                let per_row = elements / rows;
+                let mut mask = Vec::with_capacity(elements);
+                for seed in seeds.iter() {
+                    let generator = &mut SplitMix64::for_stream(*seed, this_site);
+                    mask.extend(scaled_mask(generator, per_row, prob));
+                }
+                mask
+            }
+        }
+    }
 }
 
 /// `layer.forward(input)`, with the mask drawn on the host when [`seed_host_masks`] says so.
@@ -43,7 +103,7 @@ pub fn dropout<B: Backend, const D: usize>(layer: &Dropout, input: Tensor<B, D>)
         generator
             .borrow_mut()
             .as_mut()
-            .map(|generator| scaled_mask(generator, shape.num_elements(), layer.prob))
+            .map(|masks| masks.draw(&shape, shape.num_elements(), layer.prob))
     });
     let Some(mask) = mask else {
         return layer.forward(input);
@@ -103,6 +163,33 @@ mod tests {
         let draw = |seed| scaled_mask(&mut SplitMix64::new(seed), 1000, 0.5);
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn block_keyed_masks_follow_the_block_not_its_row_step_or_batch() {
+        let device = Default::default();
+        let layer = DropoutConfig::new(0.5).init();
+        let ones = || Tensor::<TestBackend, 3>::ones([2, 4, 8], &device).require_grad();
+        let masks = |step_seed: u64, blocks: &[u64]| {
+            seed_host_masks(Some(step_seed));
+            key_host_masks_by_blocks(9, blocks);
+            let sites: Vec<Vec<f32>> = (0..2)
+                .map(|_| dropout(&layer, ones()).into_data().to_vec().expect("f32"))
+                .collect();
+            seed_host_masks(None);
+            sites
+        };
+        let a = masks(1, &[3, 5]);
+        let b = masks(2, &[5, 3]);
+        for site in 0..2 {
+            assert_eq!(a[site][..32], b[site][32..], "block 3 at site {site}");
+            assert_eq!(a[site][32..], b[site][..32], "block 5 at site {site}");
+        }
+        assert_ne!(a[0], a[1], "each dropout site draws its own masks");
+        assert_ne!(a[0][..32], a[0][32..], "each block its own");
+        // Without host masks (the backend's generator) keying changes nothing.
+        key_host_masks_by_blocks(9, &[3]);
+        HOST_GENERATOR.with(|generator| assert!(generator.borrow().is_none()));
     }
 
     /// The one test that touches the process-wide generator; it holds the backend lock, which

@@ -18,6 +18,7 @@
 //! `precision = "bf16"` runs the matrix products in bf16 over f32 parameters: see [`precision`].
 
 mod activation;
+pub mod decode;
 pub mod documents;
 pub mod dropout;
 mod embeddings;

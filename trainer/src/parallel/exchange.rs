@@ -23,7 +23,9 @@ pub struct StepReport {
     pub predicted: u64,
     /// Input tokens read.
     pub input_tokens: u64,
-    /// Sum of the predicted positions' cross-entropy.
+    /// Sum of the predicted positions' cross-entropy. JSON has no NaN or infinity: a sum that
+    /// is not finite (a diverged step) travels as null and reads back as NaN, for rank 0 to find.
+    #[serde(deserialize_with = "null_is_nan")]
     pub loss_sum: f64,
     /// Seconds this rank's source has kept it waiting so far.
     pub waited_s: f64,
@@ -33,6 +35,10 @@ pub struct StepReport {
     pub stop: bool,
     /// Why this rank cannot go on; every rank then ends the run with this error.
     pub failure: Option<String>,
+}
+
+fn null_is_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
 /// Every rank's report, indexed by rank.
@@ -200,6 +206,12 @@ mod tests {
             .expect("decodes");
         let error = reports.failure().expect("a failure").to_string();
         assert!(error.starts_with("rank 1: the pipeline is gone"), "{error}");
+        let diverged = StepReport {
+            loss_sum: f64::NAN,
+            ..StepReport::default()
+        };
+        let reports = StepReports::decode(&[diverged.encode()], 0).expect("a NaN travels");
+        assert!(reports.loss_sum().is_nan());
     }
 
     #[test]

@@ -7,14 +7,16 @@
 //! naming the rank that waited, the step and what it waited in; the run then resumes from its
 //! last checkpoint.
 //!
-//! Some waits are long by design: the other ranks wait for rank 0 while it evaluates, and every
-//! rank's first step compiles (on a GPU, minutes before burn's kernels are cached). Those waits
-//! are [`Patience::Long`]: ten times the timeout.
+//! Some waits are long by design: the other ranks wait for rank 0 while it evaluates or writes a
+//! checkpoint, and every rank's first step compiles (on a GPU, minutes before burn's kernels are
+//! cached). Those waits are [`Patience::Long`]: ten times the timeout.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use crate::config::TrainConfig;
 
 /// Watches the waits of one process's ranks.
 pub struct Watchdog {
@@ -42,6 +44,21 @@ pub enum Patience {
     Normal,
     /// Ten times the timeout: the others may be evaluating or compiling their first step.
     Long,
+}
+
+impl Patience {
+    /// The patience of step `step`'s exchange (0-based) in a run whose process started at
+    /// `first_step`: long when rank 0 has just evaluated or written a checkpoint while the
+    /// others waited, or when the step is the process's first (it compiles).
+    pub fn at_step(config: &TrainConfig, step: usize, first_step: usize) -> Self {
+        let after_pause =
+            step.is_multiple_of(config.eval_every) || step.is_multiple_of(config.save_every);
+        if step == first_step || after_pause {
+            Patience::Long
+        } else {
+            Patience::Normal
+        }
+    }
 }
 
 /// The factor of [`Patience::Long`].
@@ -141,6 +158,23 @@ impl Drop for Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Preset;
+
+    #[test]
+    fn the_steps_after_an_evaluation_or_a_checkpoint_wait_long() {
+        let mut config = TrainConfig::new("http://x", "out", Preset::Tiny);
+        config.eval_every = 10;
+        config.save_every = 4;
+        let long: Vec<usize> = (0..13)
+            .filter(|step| Patience::at_step(&config, *step, 0) == Patience::Long)
+            .collect();
+        assert_eq!(long, [0, 4, 8, 10, 12]);
+        assert_eq!(
+            Patience::at_step(&config, 5, 5),
+            Patience::Long,
+            "a resumed first step"
+        );
+    }
 
     #[test]
     fn only_waits_past_the_timeout_are_overdue() {

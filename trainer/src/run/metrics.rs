@@ -1,4 +1,9 @@
-//! Training metrics as JSON lines: appended to `DIR/metrics.jsonl` and echoed to stdout.
+//! Training metrics as JSON lines: appended to `DIR/metrics.jsonl`, and shown as they come.
+//!
+//! Shown means one line per metric where a person watches: on a terminal, the readable summary
+//! on stderr; the JSON lines go to stdout as well when it is not a terminal (a pipe, a file: a
+//! script reads them) or when `--json` asks for them, and then a terminal that shows both
+//! streams gets the JSON alone.
 //!
 //! One line per event, tagged by `kind` (`start`, `eval`, `train`, `checkpoint`, `resume`,
 //! `stop`, `best`, `done`), flushed as it is written so a run can be followed with `tail -f` and
@@ -116,8 +121,38 @@ pub trait MetricObserver: Send {
 pub struct MetricsLog {
     file: Option<(PathBuf, BufWriter<File>)>,
     echo: bool,
+    /// JSON lines on stdout even when it is a terminal.
+    json: bool,
     records: Vec<Metric>,
     observers: Vec<Box<dyn MetricObserver>>,
+}
+
+/// What an echoed metric prints: its JSON line on stdout, its summary on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EchoPlan {
+    pub json_on_stdout: bool,
+    pub summary_on_stderr: bool,
+}
+
+impl EchoPlan {
+    /// JSON on stdout when asked or when stdout is not a terminal; the summary on stderr unless
+    /// the JSON already reaches the terminal stderr shows.
+    pub fn choose(json_asked: bool, stdout_is_terminal: bool, stderr_is_terminal: bool) -> Self {
+        let json_on_stdout = json_asked || !stdout_is_terminal;
+        EchoPlan {
+            json_on_stdout,
+            summary_on_stderr: !(json_on_stdout && stdout_is_terminal && stderr_is_terminal),
+        }
+    }
+
+    fn for_this_process(json_asked: bool) -> Self {
+        use std::io::IsTerminal;
+        Self::choose(
+            json_asked,
+            std::io::stdout().is_terminal(),
+            std::io::stderr().is_terminal(),
+        )
+    }
 }
 
 impl MetricsLog {
@@ -130,6 +165,7 @@ impl MetricsLog {
         Ok(MetricsLog {
             file: Some((path, BufWriter::new(file))),
             echo,
+            json: false,
             records: Vec::new(),
             observers: Vec::new(),
         })
@@ -155,6 +191,7 @@ impl MetricsLog {
         Ok(MetricsLog {
             file: Some((path, BufWriter::new(file))),
             echo,
+            json: false,
             records: Vec::new(),
             observers: Vec::new(),
         })
@@ -165,12 +202,13 @@ impl MetricsLog {
         MetricsLog {
             file: None,
             echo: false,
+            json: false,
             records: Vec::new(),
             observers: Vec::new(),
         }
     }
 
-    /// Also prints each line to stdout (or stops doing so).
+    /// Also shows each metric as it comes (or stops doing so): see [`EchoPlan`].
     pub fn with_echo(mut self, echo: bool) -> Self {
         self.echo = echo;
         self
@@ -179,6 +217,12 @@ impl MetricsLog {
     /// Also hands every record to `observer`.
     pub fn observed_by(mut self, observer: Box<dyn MetricObserver>) -> Self {
         self.observers.push(observer);
+        self
+    }
+
+    /// Echoed metrics print their JSON lines on stdout even when it is a terminal (`--json`).
+    pub fn with_json(mut self, json: bool) -> Self {
+        self.json = json;
         self
     }
 
@@ -201,12 +245,16 @@ impl MetricsLog {
             }
         }
         if self.echo {
-            let mut stdout = std::io::stdout().lock();
-            // A closed stdout (e.g. piped into `head`) must not stop training.
-            let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
-            // People read stderr; scripts read the JSON on stdout.
-            if let Some(summary) = crate::run::progress::describe(&metric) {
-                eprintln!("{summary}");
+            let plan = EchoPlan::for_this_process(self.json);
+            if plan.json_on_stdout {
+                let mut stdout = std::io::stdout().lock();
+                // A closed stdout (e.g. piped into `head`) must not stop training.
+                let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+            }
+            if plan.summary_on_stderr {
+                if let Some(summary) = crate::run::progress::describe(&metric) {
+                    eprintln!("{summary}");
+                }
             }
         }
         for observer in &mut self.observers {
@@ -278,6 +326,25 @@ mod tests {
         assert_eq!(value["step"], 0);
         assert_eq!(log.records().len(), 1);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn one_line_per_metric_where_a_person_watches() {
+        // A terminal and no --json: the summary alone.
+        let watched = EchoPlan::choose(false, true, true);
+        assert!(!watched.json_on_stdout && watched.summary_on_stderr);
+        // stdout piped (a script), stderr on the terminal: JSON for the script, summary for
+        // the person.
+        let piped = EchoPlan::choose(false, false, true);
+        assert!(piped.json_on_stdout && piped.summary_on_stderr);
+        let both_piped = EchoPlan::choose(false, false, false);
+        assert!(both_piped.json_on_stdout && both_piped.summary_on_stderr);
+        // --json on a terminal: the JSON alone, not both.
+        let asked = EchoPlan::choose(true, true, true);
+        assert!(asked.json_on_stdout && !asked.summary_on_stderr);
+        // --json with stderr sent elsewhere keeps the summary there.
+        let asked_logged = EchoPlan::choose(true, true, false);
+        assert!(asked_logged.json_on_stdout && asked_logged.summary_on_stderr);
     }
 
     #[test]

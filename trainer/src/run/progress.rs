@@ -129,8 +129,47 @@ pub fn describe(metric: &Metric) -> Option<String> {
                 ""
             }
         )),
-        Metric::Start { .. } | Metric::Done { .. } => None,
+        Metric::Start {
+            objective,
+            preset,
+            device,
+            world_size,
+            parameters,
+            seq_len,
+            batch_size,
+            grad_accum,
+            max_steps,
+            ..
+        } => Some(format!(
+            "training {} {} ({:.1}M parameters) on {}: {max_steps} steps of {} blocks of \
+             {seq_len} tokens",
+            lowercase_name(preset),
+            lowercase_name(objective),
+            *parameters as f64 / 1e6,
+            lowercase_name(device),
+            world_size * batch_size * grad_accum,
+        )),
+        Metric::Done {
+            steps,
+            first_eval_perplexity,
+            last_eval_perplexity,
+            train_tokens,
+            elapsed_s,
+            ..
+        } => Some(format!(
+            "done: {steps} steps, {train_tokens} tokens in {}; eval perplexity \
+             {first_eval_perplexity:.2} -> {last_eval_perplexity:.2}",
+            duration(*elapsed_s)
+        )),
     }
+}
+
+/// The name a setting has in the config file (`mlm`, `tiny`, `cpu`).
+fn lowercase_name(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|name| name.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// `3h05m`, `12m30s`, `45s`.
@@ -179,6 +218,25 @@ mod tests {
             assert!(line.contains(part), "{part} in {line}");
         }
         assert_eq!(duration(45.2), "45s");
+        let start = describe(&Metric::Start {
+            objective: crate::config::Objective::Causal,
+            preset: crate::config::Preset::Tiny,
+            device: crate::config::DeviceKind::Cpu,
+            world_size: 1,
+            parameters: 3_400_000,
+            vocab_size: 8192,
+            seq_len: 128,
+            batch_size: 16,
+            grad_accum: 1,
+            max_steps: 600,
+            valid_batches: 4,
+            valid_blocks: 60,
+        })
+        .expect("a line");
+        assert_eq!(
+            start,
+            "training tiny causal (3.4M parameters) on cpu: 600 steps of 16 blocks of 128 tokens"
+        );
         assert_eq!(duration(750.0), "12m30s");
     }
 }

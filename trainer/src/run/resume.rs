@@ -59,6 +59,11 @@ const FREE_ON_RESUME: &[&str] = &[
     "node_rank",
     "coordinator",
     "collective_timeout_s",
+    "join_timeout_s",
+    "coordinator_token_file",
+    "coordinator_tls_ca",
+    "coordinator_tls_cert",
+    "coordinator_tls_key",
     "autodiff_checkpointing",
 ];
 

@@ -22,6 +22,7 @@ use crate::optim::schedule::LrSchedule;
 use crate::parallel::watchdog::Patience;
 use crate::rng::rank_dropout_seed;
 use crate::run::checkpoint::{self, Saving, TrainingState, CHECKPOINT_FORMAT};
+use crate::run::data_parallel::agree_before_first_step;
 use crate::run::eval::{evaluate_and_record, read_scalar, read_valid, Evaluation};
 use crate::run::metrics::{Metric, MetricsLog};
 use crate::run::progress::{eta_seconds, Window};
@@ -123,6 +124,7 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
                 (model, optimizer, state)
             }
         };
+        agree_before_first_step(self.role, self.config, &self.tokenizer, &state, &model)?;
         let waited = source.seconds_waited();
         let progress = Progress {
             optimizer,
@@ -214,18 +216,11 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
         let step_seed = rank_dropout_seed(self.config.seed, step, self.role.rank);
         B::seed(self.device, step_seed);
         seed_host_masks(self.host_masks.then_some(step_seed));
-        // Rank 0 evaluated after the previous step (or before the first) while the others
-        // waited; the first step of a process compiles.
-        let after_eval = step == progress.first_step || step % self.config.eval_every == 0;
         let inputs = StepInputs {
             step,
             lr: self.schedule.lr(step),
             stop_requested: stop_requested(control),
-            patience: if after_eval {
-                Patience::Long
-            } else {
-                Patience::Normal
-            },
+            patience: Patience::at_step(self.config, step, progress.first_step),
         };
         let plan = StepPlan {
             config: self.config,

@@ -14,16 +14,18 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use flightlm_shared::Cursor;
 
-use crate::config::{LossAverage, TrainConfig};
+use crate::config::{LossAverage, MaskingKey, TrainConfig};
 use crate::data::collate::Collator;
 use crate::data::source::{check_blocks, BlockSource};
 use crate::error::TrainError;
+use crate::model::dropout::key_host_masks_by_blocks;
 use crate::model::Roberta;
 use crate::optim::adamw::{StepReport as UpdateReport, TrainingOptimizer};
 use crate::optim::loss::{cross_entropy_mean, cross_entropy_sum};
 use crate::parallel::exchange::{
     arithmetic_runs, hash_values, StepReport, StepReports, EMPTY_HASH,
 };
+use crate::parallel::frame::{Purpose, Round};
 use crate::parallel::group::RankGroup;
 use crate::parallel::watchdog::{Patience, Watchdog};
 use crate::run::eval::read_scalar;
@@ -58,18 +60,18 @@ impl<B: AutodiffBackend> RankRole<'_, B> {
         self.group.map_or(1, RankGroup::world)
     }
 
-    /// All-gathers `payload` over the group, the wait watched as `what` at `step`.
+    /// All-gathers `payload` over the group in `round`, the wait watched with `patience`.
     pub fn all_gather(
         &self,
         group: &RankGroup<B::InnerBackend>,
         payload: &[u8],
-        step: usize,
-        (what, patience): (&'static str, Patience),
+        round: Round,
+        patience: Patience,
     ) -> Result<Vec<Vec<u8>>, TrainError> {
-        let _wait = self
-            .watchdog
-            .map(|watchdog| watchdog.wait(self.rank, step, what, patience));
-        group.all_gather_bytes(payload)
+        let _wait = self.watchdog.map(|watchdog| {
+            watchdog.wait(self.rank, round.step, round.purpose.describe(), patience)
+        });
+        group.gather(round, payload)
     }
 }
 
@@ -153,6 +155,10 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
             }
             let stream = (step * config.grad_accum + micro_batch) as u64;
             let batch = self.collator.collate(&blocks, config.seed, stream);
+            if config.masking_key == MaskingKey::Block {
+                // Like the MLM masks: a block's dropout whichever rank and micro-batch trains it.
+                key_host_masks_by_blocks(config.seed, &blocks.block_seq);
+            }
             input_tokens += batch.input_tokens() as u64;
             if batch.targets.is_empty() {
                 continue; // nothing chosen to predict: contributes no gradient, as in HF
@@ -204,12 +210,10 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
             failure,
         };
         let exchange_started = Instant::now();
-        let payloads = self.role.all_gather(
-            group,
-            &report.encode(),
-            step,
-            ("the step exchange", patience),
-        )?;
+        let round = Round::new(step, Purpose::StepReport);
+        let payloads = self
+            .role
+            .all_gather(group, &report.encode(), round, patience)?;
         let reports = StepReports::decode(&payloads, self.role.rank)?;
         if let Some(error) = reports.failure() {
             return Err(error);
@@ -221,11 +225,11 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
         }
         let (model, update) = {
             let _wait = self.role.watchdog.map(|watchdog| {
-                let what = "the gradient all-reduce";
+                let what = Purpose::Gradients.describe();
                 watchdog.wait(self.role.rank, step, what, Patience::Normal)
             });
             optimizer.step_with(lr, model, predicted as f64, |model, gradients| {
-                let summed = group.sum_gradients::<B, _>(model, gradients);
+                let summed = group.sum_gradients::<B, _>(step, model, gradients);
                 window.collective_s += exchange_started.elapsed().as_secs_f64();
                 summed
             })?
@@ -286,8 +290,8 @@ pub(crate) fn check_ranks_agree<B: AutodiffBackend>(
         return Ok(None);
     };
     let hash = parameter_hash(model)?;
-    let what = ("the parameter check", patience);
-    let payloads = role.all_gather(group, &hash.to_le_bytes(), step, what)?;
+    let round = Round::new(step, Purpose::ParameterCheck);
+    let payloads = role.all_gather(group, &hash.to_le_bytes(), round, patience)?;
     let hashes: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
     match hashes.iter().position(|other| *other != hashes[0]) {
         None => Ok(Some(hash)),
@@ -304,7 +308,7 @@ pub(crate) fn check_ranks_agree<B: AutodiffBackend>(
 }
 
 /// A model's parameters, hashed: equal on every rank of a run, or a rank has drifted.
-fn parameter_hash<B: AutodiffBackend>(model: &Roberta<B>) -> Result<u64, TrainError> {
+pub(crate) fn parameter_hash<B: AutodiffBackend>(model: &Roberta<B>) -> Result<u64, TrainError> {
     let mut hasher = ParameterHasher {
         hash: EMPTY_HASH,
         error: None,

@@ -52,7 +52,7 @@ impl Reader {
             }
             match &state.end {
                 Some(Ok(())) => return Ok(None),
-                Some(Err(message)) => return Err(PipelineError::Control(message.clone())),
+                Some(Err(error)) => return Err(error.shared_copy()),
                 None => state = self.hub.wait(state),
             }
         }

@@ -3,7 +3,8 @@
 //! Transient: no connection, a connection reset or timeout, HTTP 5xx, 408 and 429. Permanent:
 //! every other HTTP status (no such bucket or key, 403, 401) and a changed object. The message of
 //! a permanent failure names the URL and the HTTP status (and the S3 error code when there is
-//! one), never the request's headers, so credentials cannot leak into logs or `stats`.
+//! one), never the request's headers, and URLs in messages lose their userinfo and query
+//! ([`super::redact`]), so credentials cannot leak into logs, errors or `stats`.
 
 use std::error::Error as StdError;
 
@@ -33,11 +34,11 @@ pub fn is_transient(error: &object_store::Error) -> bool {
     }
 }
 
-/// `error` as a one-line message naming `url`; `gave_up` marks a transient failure that outlasted
-/// the retries.
-pub fn explain(url: &str, error: object_store::Error, gave_up: bool) -> object_store::Error {
-    if find::<RemoteError>(&error).is_some() {
-        return error;
+/// What went wrong, in a few words: the HTTP status (and S3 error code), or the innermost cause,
+/// with no URL secrets.
+pub fn summary(error: &object_store::Error) -> String {
+    if let Some(remote) = find::<RemoteError>(error) {
+        return remote.message.clone();
     }
     let text = error.to_string();
     let message = match status_text(&text) {
@@ -45,21 +46,35 @@ pub fn explain(url: &str, error: object_store::Error, gave_up: bool) -> object_s
             Some(code) => format!("HTTP {status} ({code})"),
             None => format!("HTTP {status}"),
         },
-        None => innermost(&error),
+        None => innermost(error),
     };
+    super::redact::redact_urls(&message)
+}
+
+/// `error` as a one-line message naming `url`; `gave_up` marks a transient failure that outlasted
+/// the retries (the store is unavailable, not the object bad).
+pub fn explain(url: &str, error: object_store::Error, gave_up: bool) -> object_store::Error {
+    if find::<RemoteError>(&error).is_some() {
+        return error;
+    }
+    let message = summary(&error);
     let message = if matches!(error, object_store::Error::Precondition { .. }) {
         format!("the object changed while it was read ({message})")
     } else {
         message
     };
     let message = if gave_up {
-        format!("still failing after retries: {message}")
+        format!(
+            "still failing after retrying for {} s (--remote-retry-s): {message}",
+            super::retry_for().as_secs()
+        )
     } else {
         message
     };
     let source = Box::new(RemoteError {
-        url: url.to_string(),
+        url: super::redact::redact_urls(url),
         message,
+        unavailable: gave_up,
     });
     match error {
         object_store::Error::NotFound { path, .. } => {

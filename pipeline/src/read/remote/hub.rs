@@ -1,7 +1,8 @@
 //! The HuggingFace hub as `huggingface_hub` reads it: the tree API lists a dataset repository's
 //! files (`/api/datasets/OWNER/NAME/tree/REVISION/PATH?recursive=true`, paged by `Link` headers),
 //! and `/datasets/OWNER/NAME/resolve/REVISION/PATH` serves their contents. `HF_ENDPOINT` overrides
-//! the host and `HF_TOKEN` is sent as a bearer token when set.
+//! the host and `HF_TOKEN` is sent as a bearer token when set: only to that host (a `next` page
+//! elsewhere is refused, and redirects to another host drop it) and never printed.
 
 use std::sync::atomic::Ordering;
 
@@ -46,13 +47,24 @@ struct TreeEntry {
     path: String,
     #[serde(default)]
     size: u64,
+    #[serde(default)]
+    oid: Option<String>,
+    #[serde(default)]
+    lfs: Option<LfsEntry>,
 }
 
-/// A file of a dataset repository: its path in the repository and its size.
+#[derive(Deserialize)]
+struct LfsEntry {
+    oid: String,
+}
+
+/// A file of a dataset repository: its path in the repository, its size and its object id (the
+/// LFS sha256, or the git blob id), which changes whenever the file does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubFile {
     pub path: String,
     pub size: u64,
+    pub oid: Option<String>,
 }
 
 /// Every file under `directory` (the whole repository when empty) of dataset `repo` (`OWNER/NAME`).
@@ -84,7 +96,17 @@ pub async fn list_files(repo: &str, revision: &str, directory: &str) -> Result<V
         let response = get_with_retries(&client, &url)
             .await
             .map_err(|message| failed(format!("listing the repository: {message}")))?;
+        super::counters().list_pages.fetch_add(1, Ordering::Relaxed);
         next = next_page(response.headers());
+        if let Some(page) = &next {
+            if !same_origin(page, &base) {
+                return Err(failed(format!(
+                    "the listing's next page is on another host ({}), not {base}: refused, so \
+                     HF_TOKEN goes to the hub only",
+                    origin(page).unwrap_or_else(|| "unparsable".into())
+                )));
+            }
+        }
         let body = response
             .bytes()
             .await
@@ -98,6 +120,7 @@ pub async fn list_files(repo: &str, revision: &str, directory: &str) -> Result<V
                 .map(|entry| HubFile {
                     path: entry.path,
                     size: entry.size,
+                    oid: entry.lfs.map(|lfs| lfs.oid).or(entry.oid),
                 }),
         );
     }
@@ -105,7 +128,7 @@ pub async fn list_files(repo: &str, revision: &str, directory: &str) -> Result<V
 }
 
 /// A successful response to GET `url`; connection failures, 5xx and 429 are retried with backoff
-/// (and counted) for up to two minutes, other statuses fail at once.
+/// (and counted) for up to `--remote-retry-s`, other statuses fail at once.
 async fn get_with_retries(
     client: &reqwest::Client,
     url: &str,
@@ -130,17 +153,40 @@ async fn get_with_retries(
                     message = format!("{message}: {cause}");
                     source = cause.source();
                 }
-                message
+                super::redact::redact_urls(&message)
             }
         };
-        if start.elapsed() + backoff > std::time::Duration::from_secs(120) {
-            return Err(format!("still failing after retries: {failure}"));
+        if start.elapsed() + backoff > super::retry_for() {
+            return Err(format!(
+                "still failing after retrying for {} s (--remote-retry-s): {failure}",
+                super::retry_for().as_secs()
+            ));
         }
-        tracing::warn!("retrying the hub listing {url}: {failure}");
+        tracing::warn!(
+            "retrying the hub listing {}: {}",
+            super::redact::redact_urls(url),
+            super::redact::redact_urls(&failure)
+        );
         super::counters().retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
     }
+}
+
+/// `scheme://host:port` of `url`, with the port made explicit.
+fn origin(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    Some(format!(
+        "{}://{}:{}",
+        parsed.scheme(),
+        parsed.host_str()?,
+        parsed.port_or_known_default()?
+    ))
+}
+
+/// Whether `url` is on the hub's own scheme, host and port.
+fn same_origin(url: &str, hub: &str) -> bool {
+    origin(url).is_some_and(|page| Some(page) == origin(hub))
 }
 
 /// The `rel="next"` address of a `Link` header.
@@ -176,5 +222,17 @@ mod tests {
             Some("https://hub/api/datasets/a/b/tree/main?cursor=xyz")
         );
         assert_eq!(next_page(&reqwest::header::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn next_pages_must_stay_on_the_hub() {
+        let hub = "https://huggingface.co";
+        assert!(same_origin("https://huggingface.co/api/x?cursor=1", hub));
+        assert!(same_origin("https://huggingface.co:443/api/x", hub));
+        assert!(!same_origin("http://huggingface.co/api/x", hub));
+        assert!(!same_origin("https://huggingface.co.evil/api/x", hub));
+        assert!(!same_origin("https://evil@other/api/x", hub));
+        assert!(same_origin("http://127.0.0.1:80/a", "http://127.0.0.1"));
+        assert!(!same_origin("http://127.0.0.1:81/a", "http://127.0.0.1:80"));
     }
 }

@@ -1,20 +1,24 @@
 //! Lists a remote input into manifest entries, the way local inputs are: a named object, every
 //! corpus object under a prefix (hidden names skipped), or the objects a glob matches (`*` stays
-//! within one `/` level, `**` crosses levels). HTTP inputs are single files; `hf://` inputs are
-//! listed with the hub's tree API.
+//! within one `/` level, `**` crosses levels). Buckets are listed page by page from the longest
+//! literal prefix of the key; HTTP inputs are single files; `hf://` inputs are listed with the
+//! hub's tree API. Every entry carries the version it was listed at, so nothing is asked per
+//! object before it is read.
 
-use object_store::path::Path;
+use flightlm_shared::FileVersion;
 
-use super::{hub, store_for, RemoteInput, RemoteObject, HUB_REVISION};
+use super::store::version_of;
+use super::{hub, is_bucket_scheme, key_path, store_for, RemoteInput, RemoteObject, HUB_REVISION};
 use crate::error::{PipelineError, Result};
 use crate::read::sources::CorpusFile;
 
 /// Adds the corpus files `input` names to `manifest`; an input that names none is an error.
 pub async fn resolve(input: &str, manifest: &mut Vec<CorpusFile>) -> Result<()> {
     let parsed = RemoteInput::parse(input)?;
+    let scheme = parsed.root.split("://").next().unwrap_or_default();
     let objects = if parsed.root == "hf://datasets" {
         list_hub(&parsed).await?
-    } else if parsed.root.starts_with("s3://") {
+    } else if is_bucket_scheme(scheme) {
         list_bucket(&parsed).await?
     } else {
         vec![head_object(&parsed).await?]
@@ -43,10 +47,14 @@ fn literal_directory(key: &str) -> &str {
     }
 }
 
+/// The part of `key` before its first glob character: what a bucket listing starts from.
+fn literal_prefix(key: &str) -> &str {
+    &key[..key.find(['*', '?', '[']).unwrap_or(key.len())]
+}
+
 fn is_glob(key: &str) -> bool {
     key.contains(['*', '?', '['])
 }
-
 /// Which listed keys `key` selects: the key itself, everything under it as a directory, or the
 /// glob's matches. Hidden names (a part starting with `.`) are never selected by a directory.
 fn selector(key: &str) -> Result<impl Fn(&str) -> bool> {
@@ -75,57 +83,111 @@ fn selector(key: &str) -> Result<impl Fn(&str) -> bool> {
     })
 }
 
-async fn list_bucket(input: &RemoteInput) -> Result<Vec<RemoteObject>> {
-    let store = store_for(&input.root)?;
-    // A listing's prefix is a directory (`key/`): a named object is asked for first.
-    if !input.key.is_empty() && !is_glob(&input.key) {
-        match store.pinned_meta(&Path::from(input.key.as_str())).await {
-            Ok(meta) => {
-                return Ok(vec![RemoteObject {
-                    root: input.root.clone(),
-                    key: input.key.clone(),
-                    size: meta.size,
-                }])
+/// A bucket listing in progress: the objects an input selects, one page at a time, in key order
+/// (buckets list keys in byte order, which is the manifest's order).
+pub struct BucketListing {
+    input: RemoteInput,
+    store: super::store::RemoteStore,
+    prefix: String,
+    /// `None` before the first page and after the last.
+    token: Option<String>,
+    started: bool,
+    /// Set when the input named one object, already found.
+    single: Option<RemoteObject>,
+}
+
+impl BucketListing {
+    /// Starts listing `input`: a named object is asked for first (a prefix lists as `key/`).
+    pub async fn start(input: &RemoteInput) -> Result<BucketListing> {
+        let store = store_for(&input.root)?;
+        let mut single = None;
+        if !input.key.is_empty() && !is_glob(&input.key) {
+            let path = key_path(&input.root, &input.key)?;
+            match store.head(&path).await {
+                Ok(meta) => {
+                    let key = input.key.clone();
+                    single = Some(RemoteObject::from_meta(&input.root, key, &meta));
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => return Err(remote_error(&input.root, &input.key, error)),
             }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(error) => return Err(remote_error(&input.root, &input.key, error)),
         }
-    }
-    let directory = if is_glob(&input.key) {
-        literal_directory(&input.key).to_string()
-    } else {
-        input.key.clone()
-    };
-    let prefix = (!directory.is_empty()).then(|| Path::from(directory.as_str()));
-    let listed = store
-        .list_all(prefix.as_ref())
-        .await
-        .map_err(|error| remote_error(&input.root, &input.key, error))?;
-    let selected = selector(&input.key)?;
-    let mut objects: Vec<RemoteObject> = listed
-        .into_iter()
-        .filter(|meta| selected(meta.location.as_ref()))
-        .map(|meta| RemoteObject {
-            root: input.root.clone(),
-            key: meta.location.to_string(),
-            size: meta.size,
+        let prefix = if is_glob(&input.key) {
+            literal_prefix(&input.key).to_string()
+        } else if input.key.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", input.key)
+        };
+        Ok(BucketListing {
+            input: input.clone(),
+            store,
+            prefix,
+            token: None,
+            started: single.is_some(),
+            single,
         })
-        .collect();
-    objects.sort_by(|left, right| left.key.cmp(&right.key));
+    }
+
+    /// The selected objects of the next page, in key order; `None` after the last page.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<RemoteObject>>> {
+        if let Some(single) = self.single.take() {
+            return Ok(Some(vec![single]));
+        }
+        if self.started && self.token.is_none() {
+            return Ok(None);
+        }
+        self.started = true;
+        let (listed, token) = self
+            .store
+            .list_page(&self.prefix, self.token.take())
+            .await
+            .map_err(|error| remote_error(&self.input.root, &self.input.key, error))?;
+        self.token = token;
+        let selected = selector(&self.input.key)?;
+        let mut objects: Vec<RemoteObject> = listed
+            .iter()
+            .filter(|meta| selected(meta.location.as_ref()))
+            .map(|meta| RemoteObject::from_meta(&self.input.root, meta.location.to_string(), meta))
+            .collect();
+        objects.sort_by(|left, right| left.key.cmp(&right.key));
+        Ok(Some(objects))
+    }
+
+    /// Corpus files of the next page (others skipped); `None` after the last page.
+    pub async fn next_files(&mut self) -> Result<Option<Vec<CorpusFile>>> {
+        Ok(self.next_page().await?.map(|objects| {
+            objects
+                .into_iter()
+                .filter_map(CorpusFile::classify_remote)
+                .collect()
+        }))
+    }
+
+    pub fn input(&self) -> &RemoteInput {
+        &self.input
+    }
+}
+
+async fn list_bucket(input: &RemoteInput) -> Result<Vec<RemoteObject>> {
+    let mut listing = BucketListing::start(input).await?;
+    let mut objects = Vec::new();
+    while let Some(page) = listing.next_page().await? {
+        objects.extend(page);
+    }
     Ok(objects)
 }
 
 async fn head_object(input: &RemoteInput) -> Result<RemoteObject> {
     let store = store_for(&input.root)?;
-    let key = Path::from(input.key.as_str());
     let meta = store
-        .pinned_meta(&key)
+        .head(&key_path(&input.root, &input.key)?)
         .await
         .map_err(|error| remote_error(&input.root, &input.key, error))?;
     Ok(RemoteObject {
         root: input.root.clone(),
         key: input.key.clone(),
-        size: meta.size,
+        version: version_of(&meta),
     })
 }
 
@@ -154,7 +216,12 @@ async fn list_hub(input: &RemoteInput) -> Result<Vec<RemoteObject>> {
         .map(|file| RemoteObject {
             root: input.root.clone(),
             key: format!("{repo}/{}", file.path),
-            size: file.size,
+            // The git object id: it changes when the file does, whatever `main` points at.
+            version: FileVersion {
+                size: file.size,
+                etag: None,
+                version: file.oid,
+            },
         })
         .collect();
     objects.sort_by(|left, right| left.key.cmp(&right.key));
@@ -164,11 +231,13 @@ async fn list_hub(input: &RemoteInput) -> Result<Vec<RemoteObject>> {
 fn remote_error(root: &str, key: &str, error: object_store::Error) -> PipelineError {
     let url = format!("{root}/{key}");
     let error = super::errors::explain(&url, error, false);
-    let message = match super::errors::find::<super::store::RemoteError>(&error) {
-        Some(remote) => remote.message.clone(),
-        None => error.to_string(),
-    };
-    PipelineError::Remote { url, message }
+    match super::errors::find::<super::store::RemoteError>(&error) {
+        Some(remote) => PipelineError::from_remote(remote),
+        None => PipelineError::Remote {
+            url,
+            message: super::errors::summary(&error),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -176,7 +245,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn globs_list_from_their_literal_directory() {
+    fn globs_list_from_their_literal_prefix() {
+        assert_eq!(literal_prefix("data/train-*.parquet"), "data/train-");
+        assert_eq!(literal_prefix("a/b/**/x.jsonl"), "a/b/");
+        assert_eq!(literal_prefix("plain/key"), "plain/key");
         assert_eq!(literal_directory("data/train-*.parquet"), "data");
         assert_eq!(literal_directory("*.txt"), "");
         assert_eq!(literal_directory("a/b/**/x.jsonl"), "a/b");

@@ -1,36 +1,51 @@
 //! The object store every remote read goes through: transient failures retried with backoff and
-//! counted, each object pinned to the version (ETag) first seen, bodies fetched in bounded ranges.
+//! counted, every read tied to the object version the manifest lists, bodies fetched in bounded
+//! ranges, listings fetched page by page.
 //!
-//! The stores underneath (`object_store`'s S3 and HTTP clients) are built with their own retries
-//! off, so that every retry happens here, where `stats` can count it. A read is cut into ranges of
-//! [`CHUNK_BYTES`]: a connection reset mid-body costs one range, not the object, and a range is
-//! re-requested with `If-Match` so that an object replaced while it is read is an error naming it,
-//! never a mix of two versions. The stores only read: writes are refused.
+//! The stores underneath are built with their own retries off ([`super::stores`]), so that every
+//! retry happens here, where `stats` can count it. A read is cut into ranges of [`CHUNK_BYTES`]:
+//! a connection reset mid-body costs one range, not the object, and every range asks for the
+//! version the manifest names (`If-Match` with a strong ETag, the version id where the store has
+//! one, and the response's ETag and size compared), so that an object replaced after it was
+//! listed is an error naming it, never a mix of two versions. The stores only read: writes are
+//! refused.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use flightlm_shared::FileVersion;
+use futures::stream::StreamExt;
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
-use object_store::{
-    Attributes, CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult,
-    MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
-    PutResult,
-};
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore};
+
+use super::errors::{explain, is_transient, summary};
+
+mod as_object_store;
+use super::stores::BuiltStore;
+use super::RemoteObject;
 
 /// Bytes per ranged request: large enough that request overhead is small next to tokenizing,
 /// small enough that a retry re-reads little.
 pub const CHUNK_BYTES: u64 = 8 << 20;
-/// A transient failure is retried until this much time has passed since the first attempt.
-const RETRY_FOR: Duration = Duration::from_secs(120);
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The range size reads use: [`CHUNK_BYTES`], or `FLIGHTLM_REMOTE_RANGE_BYTES` (at least 4 KiB),
+/// which fault tests lower so that an outage falls in the middle of a small object.
+pub fn range_bytes() -> u64 {
+    static RANGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *RANGE.get_or_init(|| {
+        std::env::var("FLIGHTLM_REMOTE_RANGE_BYTES")
+            .ok()
+            .and_then(|bytes| bytes.parse::<u64>().ok())
+            .map_or(CHUNK_BYTES, |bytes| bytes.max(4096))
+    })
+}
+const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What remote reading did, for `stats` (process-wide: every stream shares the stores).
 #[derive(Default)]
@@ -38,6 +53,8 @@ pub struct RemoteCounters {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
     pub bytes: AtomicU64,
+    /// Pages of bucket listings.
+    pub list_pages: AtomicU64,
 }
 
 impl RemoteCounters {
@@ -46,6 +63,7 @@ impl RemoteCounters {
             "requests": self.requests.load(Ordering::Relaxed),
             "retries": self.retries.load(Ordering::Relaxed),
             "bytes": self.bytes.load(Ordering::Relaxed),
+            "list_pages": self.list_pages.load(Ordering::Relaxed),
         })
     }
 }
@@ -53,7 +71,7 @@ impl RemoteCounters {
 /// Where a key of this store lives in the store underneath.
 #[derive(Debug, Clone)]
 pub enum KeyMap {
-    /// The same key (S3 buckets, HTTP hosts).
+    /// The same key (buckets, HTTP hosts).
     Same,
     /// `OWNER/NAME/PATH` of `hf://datasets` is `datasets/OWNER/NAME/resolve/REVISION/PATH` on the hub.
     HubResolve { revision: String },
@@ -64,11 +82,11 @@ impl KeyMap {
         match self {
             KeyMap::Same => key.clone(),
             KeyMap::HubResolve { revision } => {
-                let mut parts = key.parts().map(|part| part.as_ref().to_string());
-                let owner_and_name: Vec<String> = parts.by_ref().take(2).collect();
-                let resolve = ["resolve".to_string(), revision.clone()];
+                let mut parts = key.parts();
+                let owner_and_name: Vec<_> = parts.by_ref().take(2).collect();
+                let resolve = ["resolve".into(), revision.as_str().into()];
                 Path::from_iter(
-                    std::iter::once("datasets".to_string())
+                    std::iter::once("datasets".into())
                         .chain(owner_and_name)
                         .chain(resolve)
                         .chain(parts),
@@ -78,19 +96,20 @@ impl KeyMap {
     }
 }
 
-/// A read-only store with retries, version pinning and ranged reads (cheap to clone).
+/// A read-only store with retries, version-tied and ranged reads (cheap to clone).
 #[derive(Clone)]
 pub struct RemoteStore {
     inner: Arc<Shared>,
+    /// The object this view reads at a known version (what DataFusion is given for one file).
+    fixed: Option<Arc<ObjectMeta>>,
 }
 
 struct Shared {
     /// `s3://bucket`, `https://host`, `hf://datasets`: what URLs of this store start with.
     root: String,
     store: Arc<dyn ObjectStore>,
+    lister: Option<Arc<dyn PaginatedListStore>>,
     keys: KeyMap,
-    /// The version of every object this process has read, by key.
-    pinned: Mutex<HashMap<Path, ObjectMeta>>,
     counters: Arc<RemoteCounters>,
 }
 
@@ -107,28 +126,35 @@ impl fmt::Display for RemoteStore {
 }
 
 /// A remote failure as a user reads it: the object's URL and what went wrong.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{url}: {message}")]
 pub struct RemoteError {
     pub url: String,
     pub message: String,
+    /// A transient failure that outlasted `--remote-retry-s`: the store may come back.
+    pub unavailable: bool,
+}
+
+/// The version an object's metadata describes.
+pub fn version_of(meta: &ObjectMeta) -> FileVersion {
+    FileVersion {
+        size: meta.size,
+        etag: meta.e_tag.clone(),
+        version: meta.version.clone(),
+    }
 }
 
 impl RemoteStore {
-    pub fn new(
-        root: &str,
-        store: Arc<dyn ObjectStore>,
-        keys: KeyMap,
-        counters: Arc<RemoteCounters>,
-    ) -> Self {
+    pub fn new(root: &str, built: BuiltStore, counters: Arc<RemoteCounters>) -> Self {
         RemoteStore {
             inner: Arc::new(Shared {
                 root: root.to_string(),
-                store,
-                keys,
-                pinned: Mutex::default(),
+                store: built.store,
+                lister: built.lister,
+                keys: built.keys,
                 counters,
             }),
+            fixed: None,
         }
     }
 
@@ -136,68 +162,118 @@ impl RemoteStore {
         &self.inner.root
     }
 
-    pub fn url(&self, key: &Path) -> String {
+    pub fn url(&self, key: &str) -> String {
         format!("{}/{}", self.inner.root, key)
     }
 
-    /// Every object under `prefix` (a directory), listed again on a transient failure. Listings
-    /// are not pinned: they are what changes.
-    pub async fn list_all(&self, prefix: Option<&Path>) -> object_store::Result<Vec<ObjectMeta>> {
-        let key = prefix.cloned().unwrap_or_default();
-        self.with_retries(&key, || self.inner.store.list(prefix).try_collect())
-            .await
+    /// This store, with `object` read at the version it was listed with.
+    pub fn pinned_to(&self, object: &RemoteObject) -> crate::error::Result<RemoteStore> {
+        let meta = ObjectMeta {
+            location: object.key_path()?,
+            last_modified: Default::default(),
+            size: object.version.size,
+            e_tag: object.version.etag.clone(),
+            version: object.version.version.clone(),
+        };
+        Ok(RemoteStore {
+            inner: self.inner.clone(),
+            fixed: Some(Arc::new(meta)),
+        })
     }
 
-    /// The object's size and version, asked once per process and kept: later reads must match it.
-    pub async fn pinned_meta(&self, key: &Path) -> object_store::Result<ObjectMeta> {
-        if let Some(meta) = self.inner.pinned.lock().expect("pins").get(key) {
-            return Ok(meta.clone());
-        }
+    /// One page of the objects whose key starts with `prefix` (a plain string, not a directory)
+    /// and the token of the next page; a page that fails transiently is asked for again, not the
+    /// whole listing.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        page_token: Option<String>,
+    ) -> object_store::Result<(Vec<ObjectMeta>, Option<String>)> {
+        let Some(lister) = self.inner.lister.clone() else {
+            return Err(object_store::Error::NotSupported {
+                source: format!("{} cannot be listed", self.root()).into(),
+            });
+        };
+        let options = PaginatedListOptions {
+            page_token,
+            ..PaginatedListOptions::default()
+        };
+        let listed_prefix = (!prefix.is_empty()).then_some(prefix);
+        let page = self
+            .with_retries(prefix, || {
+                lister.list_paginated(listed_prefix, options.clone())
+            })
+            .await?;
+        self.inner
+            .counters
+            .list_pages
+            .fetch_add(1, Ordering::Relaxed);
+        let next = page.page_token.filter(|token| !token.is_empty());
+        Ok((page.result.objects, next))
+    }
+
+    /// The object's size and version, asked now.
+    pub async fn head(&self, key: &Path) -> object_store::Result<ObjectMeta> {
         let inner_key = self.inner.keys.inner_key(key);
         let options = GetOptions {
             head: true,
             ..GetOptions::default()
         };
         let mut meta = self
-            .with_retries(key, || {
+            .with_retries(key.as_ref(), || {
                 self.inner.store.get_opts(&inner_key, options.clone())
             })
             .await?
             .meta;
         meta.location = key.clone();
-        let mut pinned = self.inner.pinned.lock().expect("pins");
-        Ok(pinned.entry(key.clone()).or_insert(meta).clone())
+        Ok(meta)
     }
 
-    /// Bytes `range` of the object at its pinned version. A transient failure re-requests only
-    /// what is still missing, so a link that resets every few seconds still makes progress.
-    pub async fn fetch(&self, key: &Path, range: Range<u64>) -> object_store::Result<Bytes> {
-        let meta = self.pinned_meta(key).await?;
+    /// Bytes `range` of the object at `version`. A transient failure re-requests only what is
+    /// still missing, so a link that resets every few seconds still makes progress; one that
+    /// makes none for `--remote-retry-s` gives up with an error marked unavailable.
+    pub async fn fetch(
+        &self,
+        key: &Path,
+        version: &FileVersion,
+        range: Range<u64>,
+    ) -> object_store::Result<Bytes> {
         let mut received = BytesMut::with_capacity((range.end - range.start) as usize);
         let mut since = Instant::now();
         let mut backoff = FIRST_BACKOFF;
+        let retry_for = super::retry_for();
         while range.start + (received.len() as u64) < range.end {
             let before = received.len();
             let from = range.start + before as u64;
             self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let Err(error) = self
-                .read_into(key, &meta, from..range.end, &mut received)
-                .await
-            else {
-                continue;
+            let result = self
+                .read_into(key, version, from..range.end, &mut received)
+                .await;
+            let error = match result {
+                Ok(()) if received.len() > before => continue,
+                // A 2xx answer with no body: wait as for any transient failure, never spin.
+                Ok(()) => object_store::Error::Generic {
+                    store: "remote",
+                    source: Box::new(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the server sent no bytes",
+                    )),
+                },
+                Err(error) => error,
             };
             if received.len() > before {
                 since = Instant::now();
                 backoff = FIRST_BACKOFF;
             }
-            let transient = super::errors::is_transient(&error);
-            if !transient || since.elapsed() + backoff > RETRY_FOR {
-                return Err(super::errors::explain(&self.url(key), error, transient));
+            let transient = is_transient(&error);
+            if !transient || since.elapsed() + backoff > retry_for {
+                return Err(explain(&self.url(key.as_ref()), error, transient));
             }
             tracing::warn!(
-                "retrying {} from byte {}: {error}",
-                self.url(key),
-                range.start + received.len() as u64
+                "retrying {} from byte {}: {}",
+                self.url(key.as_ref()),
+                range.start + received.len() as u64,
+                summary(&error)
             );
             self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff).await;
@@ -214,22 +290,32 @@ impl RemoteStore {
     async fn read_into(
         &self,
         key: &Path,
-        meta: &ObjectMeta,
+        version: &FileVersion,
         range: Range<u64>,
         received: &mut BytesMut,
     ) -> object_store::Result<()> {
+        // If-Match compares strongly: a weak ETag never matches, so it is checked on the answer.
+        let strong_etag = version.etag.clone().filter(|etag| !etag.starts_with("W/"));
+        // The hub's version is a git object id, not something its file server takes.
+        let version_id = match self.inner.keys {
+            KeyMap::Same => version.version.clone(),
+            KeyMap::HubResolve { .. } => None,
+        };
         let options = GetOptions {
-            if_match: meta.e_tag.clone(),
+            if_match: strong_etag,
+            version: version_id,
             range: Some(GetRange::Bounded(range)),
             ..GetOptions::default()
         };
         let inner_key = self.inner.keys.inner_key(key);
         let result = self.inner.store.get_opts(&inner_key, options).await?;
         // A server that ignores If-Match still names the version it sent.
-        if let (Some(pinned), Some(sent)) = (&meta.e_tag, &result.meta.e_tag) {
-            if pinned != sent {
-                return Err(self.changed(key, pinned, sent));
-            }
+        let sent = FileVersion {
+            version: result.meta.version.clone().or(version.version.clone()),
+            ..version_of(&result.meta)
+        };
+        if !version.same_as(&sent) {
+            return Err(self.changed(key, version, &sent));
         }
         let mut body = result.into_stream();
         while let Some(chunk) = body.next().await {
@@ -238,38 +324,40 @@ impl RemoteStore {
         Ok(())
     }
 
-    fn changed(&self, key: &Path, pinned: &str, now: &str) -> object_store::Error {
+    fn changed(&self, key: &Path, listed: &FileVersion, now: &FileVersion) -> object_store::Error {
         object_store::Error::Precondition {
             path: key.to_string(),
             source: Box::new(RemoteError {
-                url: self.url(key),
+                url: self.url(key.as_ref()),
                 message: format!(
-                    "the object changed while it was read (version {pinned}, now {now})"
+                    "the object changed after it was listed (listed: {listed}; now: {now})"
                 ),
+                unavailable: false,
             }),
         }
     }
 
     /// Runs `attempt` until it succeeds, fails permanently, or transient failures outlast
-    /// [`RETRY_FOR`]; every retry is counted. Permanent failures are rewritten to name the URL.
-    async fn with_retries<T, F, Fut>(&self, key: &Path, mut attempt: F) -> object_store::Result<T>
+    /// `--remote-retry-s`; every retry is counted. Failures are rewritten to name the URL.
+    async fn with_retries<T, F, Fut>(&self, key: &str, mut attempt: F) -> object_store::Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = object_store::Result<T>>,
     {
         let start = Instant::now();
         let mut backoff = FIRST_BACKOFF;
+        let retry_for = super::retry_for();
         loop {
             self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
             let error = match attempt().await {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            let transient = super::errors::is_transient(&error);
-            if !transient || start.elapsed() + backoff > RETRY_FOR {
-                return Err(super::errors::explain(&self.url(key), error, transient));
+            let transient = is_transient(&error);
+            if !transient || start.elapsed() + backoff > retry_for {
+                return Err(explain(&self.url(key), error, transient));
             }
-            tracing::warn!("retrying {}: {error}", self.url(key));
+            tracing::warn!("retrying {}: {}", self.url(key), summary(&error));
             self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -285,97 +373,12 @@ impl RemoteStore {
             .into(),
         }
     }
-}
 
-/// The ranges of `range`, [`CHUNK_BYTES`] at most each, fetched one after another.
-fn chunks(
-    store: RemoteStore,
-    key: Path,
-    range: Range<u64>,
-) -> BoxStream<'static, object_store::Result<Bytes>> {
-    let starts = (range.start..range.end).step_by(CHUNK_BYTES as usize);
-    stream::iter(starts)
-        .then(move |start| {
-            let store = store.clone();
-            let key = key.clone();
-            let end = (start + CHUNK_BYTES).min(range.end);
-            async move { store.fetch(&key, start..end).await }
-        })
-        .boxed()
-}
-
-#[async_trait]
-impl ObjectStore for RemoteStore {
-    async fn put_opts(
-        &self,
-        _: &Path,
-        _: PutPayload,
-        _: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        Err(self.refuse("put"))
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        _: &Path,
-        _: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        Err(self.refuse("put"))
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        let meta = self.pinned_meta(location).await?;
-        let range = match &options.range {
-            Some(range) => {
-                range
-                    .as_range(meta.size)
-                    .map_err(|error| object_store::Error::Generic {
-                        store: "remote",
-                        source: Box::new(error),
-                    })?
-            }
-            None => 0..meta.size,
-        };
-        let payload = if options.head {
-            stream::empty().boxed()
-        } else {
-            chunks(self.clone(), location.clone(), range.clone())
-        };
-        Ok(GetResult {
-            payload: GetResultPayload::Stream(payload),
-            meta,
-            range,
-            attributes: Attributes::default(),
-        })
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        let error = self.refuse("delete").to_string();
-        locations
-            .map(move |_| {
-                Err(object_store::Error::NotSupported {
-                    source: error.clone().into(),
-                })
-            })
-            .boxed()
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.store.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.store.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(&self, _: &Path, _: &Path, _: CopyOptions) -> object_store::Result<()> {
-        Err(self.refuse("copy"))
+    /// The metadata reads of `location` use: the fixed version, or the store's answer now.
+    async fn meta_of(&self, location: &Path) -> object_store::Result<ObjectMeta> {
+        match &self.fixed {
+            Some(meta) if meta.location == *location => Ok(meta.as_ref().clone()),
+            _ => self.head(location).await,
+        }
     }
 }
