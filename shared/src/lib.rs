@@ -19,6 +19,7 @@ pub mod metrics_http;
 pub mod request;
 pub mod schema;
 pub mod tokenizer_file;
+pub mod tokenizer_info;
 
 pub use cursor::{Cursor, FileVersion, SourcePosition, StreamState};
 pub use request::{Shard, Split, StreamRequest, CONTRACT_VERSION};

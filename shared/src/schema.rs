@@ -26,11 +26,11 @@ use arrow::array::{
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::cursor::Cursor;
 use crate::request::StreamRequest;
+pub use crate::tokenizer_info::TokenizerInfo;
 use crate::CONTRACT_VERSION;
 
 pub const INPUT_IDS: &str = "input_ids";
@@ -44,74 +44,6 @@ pub const SOURCE: &str = "source";
 /// Schema metadata keys.
 pub const META_CONTRACT_VERSION: &str = "flightlm.contract_version";
 pub const META_TOKENIZER: &str = "flightlm.tokenizer";
-
-/// What a consumer must know about the tokenizer that produced the ids.
-///
-/// Roles a tokenizer does not have are `None` (JSON `null`): a BERT tokenizer has no `bos`, a
-/// GPT-2 one no `pad` or `mask`. How roles are found: [`crate::tokenizer_file`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenizerInfo {
-    /// Stable hash of the tokenizer file (hex), so a consumer can check it uses the same one.
-    pub hash: String,
-    /// Ids are below this (transformers' `len(tokenizer)`: the model's vocabulary plus added tokens).
-    pub vocab_size: u32,
-    pub pad_id: Option<u32>,
-    pub bos_id: Option<u32>,
-    pub eos_id: Option<u32>,
-    pub unk_id: Option<u32>,
-    pub mask_id: Option<u32>,
-    pub cls_id: Option<u32>,
-    pub sep_id: Option<u32>,
-    /// Every special id, ascending: the tokenizer's special added tokens, the role ids and the
-    /// document template's. What transformers' `all_special_ids` holds, and what an MLM
-    /// collator must never choose.
-    pub special_ids: Vec<u32>,
-    /// The token put before every document's ids by `serve --add-bos`, if any.
-    pub add_bos_id: Option<u32>,
-    /// The token put after every document's ids by `serve --add-eos`, if any.
-    pub add_eos_id: Option<u32>,
-}
-
-impl TokenizerInfo {
-    /// Whether `id` is one of [`TokenizerInfo::special_ids`].
-    pub fn is_special(&self, id: u32) -> bool {
-        self.special_ids.binary_search(&id).is_ok()
-    }
-
-    /// The ids of the roles the tokenizer has.
-    pub fn role_ids(&self) -> impl Iterator<Item = u32> {
-        [
-            self.pad_id,
-            self.bos_id,
-            self.eos_id,
-            self.unk_id,
-            self.mask_id,
-            self.cls_id,
-            self.sep_id,
-        ]
-        .into_iter()
-        .flatten()
-    }
-
-    /// RoBERTa's layout (`<s>`=0 `<pad>`=1 `</s>`=2 `<unk>`=3 `<mask>`=4), as the tokenizers
-    /// `train-tokenizer` makes by default describe themselves; for tests and generated data.
-    pub fn roberta(hash: &str, vocab_size: u32) -> Self {
-        TokenizerInfo {
-            hash: hash.into(),
-            vocab_size,
-            pad_id: Some(1),
-            bos_id: Some(0),
-            eos_id: Some(2),
-            unk_id: Some(3),
-            mask_id: Some(4),
-            cls_id: Some(0),
-            sep_id: Some(2),
-            special_ids: vec![0, 1, 2, 3, 4],
-            add_bos_id: None,
-            add_eos_id: None,
-        }
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum SchemaError {
@@ -504,104 +436,5 @@ fn document_starts_rows(column: &ArrayRef) -> Result<Vec<Vec<u32>>, SchemaError>
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tokenizer() -> TokenizerInfo {
-        TokenizerInfo::roberta("abc", 100)
-    }
-
-    #[test]
-    fn record_batch_round_trip_and_slices() {
-        let schema = block_schema(3, &tokenizer());
-        let first: Arc<str> =
-            Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
-        let second: Arc<str> =
-            Arc::from(r#"{"fingerprint":"f","block_seq":2,"draws":2,"sources":[]}"#);
-        let mut blocks = TokenBlocks::new(3);
-        blocks.push_resumable(&[0, 10, 2], 0, 0, &first, 1);
-        blocks.push_resumable(&[0, 11, 2], 1, 0, &first, 2);
-        blocks.push_resumable(&[0, 12, 2], 2, 1, &second, 1);
-        let batch = blocks.to_record_batch(schema.clone()).unwrap();
-        assert_eq!(TokenBlocks::from_record_batch(&batch).unwrap(), blocks);
-        let tail = TokenBlocks::from_record_batch(&batch.slice(1, 2)).unwrap();
-        assert_eq!(tail.row(0), &[0, 11, 2]);
-        assert_eq!(tail.block_seq, vec![1, 2]);
-        let cursor = tail.cursor_after(1).unwrap();
-        assert_eq!((cursor.state.block_seq, cursor.skip), (2, 1));
-        assert_eq!(tail.cursor_after(0).unwrap().skip, 2);
-        assert_eq!(tokenizer_from_schema(&schema).unwrap(), tokenizer());
-    }
-
-    #[test]
-    fn sources_travel_per_row_and_may_be_absent() {
-        let schema = block_schema(2, &tokenizer());
-        let state: Arc<str> =
-            Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
-        let mut blocks = TokenBlocks::new(2);
-        for (row, source) in ["books", "wiki", "books"].into_iter().enumerate() {
-            blocks.push_resumable(&[0, 2], row as u64, 0, &state, row as u32 + 1);
-            blocks.sources.push(Arc::from(source));
-        }
-        let batch = blocks.to_record_batch(schema.clone()).unwrap();
-        assert_eq!(TokenBlocks::from_record_batch(&batch).unwrap(), blocks);
-        let tail = TokenBlocks::from_record_batch(&batch.slice(1, 2)).unwrap();
-        let names: Vec<&str> = tail.sources.iter().map(|s| s.as_ref()).collect();
-        assert_eq!(names, ["wiki", "books"]);
-        blocks.sources.clear();
-        let unknown = blocks.to_record_batch(schema).unwrap();
-        assert!(TokenBlocks::from_record_batch(&unknown)
-            .unwrap()
-            .sources
-            .is_empty());
-        let without = unknown.project(&[0, 1, 2, 3, 4]).unwrap();
-        assert_eq!(TokenBlocks::from_record_batch(&without).unwrap(), blocks);
-    }
-
-    #[test]
-    fn take_front_splits_rows() {
-        let mut blocks = TokenBlocks::new(2);
-        for index in 0..5 {
-            blocks.push(&[index, index], u64::from(index), 0);
-        }
-        let front = blocks.take_front(2);
-        assert_eq!(front.ids, vec![0, 0, 1, 1]);
-        assert_eq!(blocks.block_seq, vec![2, 3, 4]);
-    }
-
-    #[test]
-    fn document_starts_travel_only_when_asked_for() {
-        let state: Arc<str> =
-            Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
-        let mut blocks = TokenBlocks::new(4).with_document_starts();
-        for (row, starts) in [vec![0, 2], vec![], vec![1, 2, 3]].iter().enumerate() {
-            blocks.push_resumable(&[7, 7, 7, 7], row as u64, 0, &state, row as u32 + 1);
-            blocks.push_starts(starts);
-        }
-        let mut request = StreamRequest::new(crate::Split::Train, 4, 3);
-        let plain = blocks
-            .to_record_batch(stream_schema(&request, &tokenizer()))
-            .unwrap();
-        assert_eq!(
-            plain.num_columns(),
-            6,
-            "off by default: the six columns only"
-        );
-        assert_eq!(
-            TokenBlocks::from_record_batch(&plain)
-                .unwrap()
-                .document_starts,
-            None
-        );
-        request.document_starts = true;
-        let batch = blocks
-            .to_record_batch(stream_schema(&request, &tokenizer()))
-            .unwrap();
-        assert_eq!(batch.schema().field(6).name(), DOCUMENT_STARTS);
-        let back = TokenBlocks::from_record_batch(&batch.slice(1, 2)).unwrap();
-        assert_eq!(back.document_starts, Some(vec![vec![], vec![1, 2, 3]]));
-        let front = blocks.take_front(1);
-        assert_eq!(front.document_starts, Some(vec![vec![0, 2]]));
-        assert_eq!(blocks.document_starts.as_ref().map(Vec::len), Some(2));
-    }
-}
+#[path = "schema_tests.rs"]
+mod tests;

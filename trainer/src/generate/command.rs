@@ -14,6 +14,7 @@ use super::prompts::{read_ids_file, read_prompt_lines, text_prompt, Framing, Pro
 use super::sampling::Sampling;
 use crate::config::{DeviceKind, Objective};
 use crate::hf::{load_hf_dir, HfError, HfRobertaConfig, HfTokenizer, HF_DIR, TOKENIZER_FILE};
+use crate::model::position_offset;
 use crate::rng::SplitMix64;
 use crate::run::checkpoint::CHECKPOINTS_DIR;
 
@@ -95,9 +96,9 @@ struct Record<'a> {
 }
 
 /// The position id of a sequence's first token: HF RoBERTa numbers positions from
-/// `pad_token_id + 1`.
+/// `pad_token_id + 1`, from 0 for a tokenizer without a pad token (`pad_token_id` -1).
 pub fn first_position_id(config: &HfRobertaConfig) -> usize {
-    config.pad_token_id + 1
+    position_offset(usize::try_from(config.pad_token_id).ok())
 }
 
 /// Runs `generate` on `device`, printing to `out`.
@@ -124,7 +125,9 @@ pub fn generate_command<B: Backend>(
         max_new_tokens: args.max_new_tokens,
         min_new_tokens: args.min_new_tokens,
         sampling,
-        end_token: framing.end,
+        // A tokenizer without a post-processor (GPT-2's) ends texts with its eos token, as
+        // transformers' `generate` does with `eos_token_id`.
+        end_token: framing.end.or(tokenizer.info()?.eos_id),
         max_context: config.max_tokens(),
     };
     for (index, prompt) in prompts.iter().enumerate() {
