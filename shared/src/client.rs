@@ -165,6 +165,9 @@ fn refused(status: tonic::Status) -> ClientError {
     let message = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
         tonic::Code::Unavailable => ClientError::Unavailable(message),
+        // The pipeline never answers Unknown: tonic reports a connection that broke during the
+        // call (a replica killed as it answered) as `Unknown: transport error`.
+        tonic::Code::Unknown => ClientError::Stream(message),
         _ => ClientError::Refused(message),
     }
 }
@@ -184,5 +187,18 @@ fn stream_error(error: arrow_flight::error::FlightError) -> ClientError {
             _ => ClientError::Stream(status.message().to_string()),
         },
         other => ClientError::Stream(error_chain(&other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_cut_by_the_connection_is_retried_and_a_refusal_is_not() {
+        assert!(refused(tonic::Status::unknown("transport error")).is_retryable());
+        assert!(refused(tonic::Status::unavailable("shutting down")).is_retryable());
+        assert!(!refused(tonic::Status::unauthenticated("wrong token")).is_retryable());
+        assert!(!refused(tonic::Status::invalid_argument("seq_len 0")).is_retryable());
     }
 }

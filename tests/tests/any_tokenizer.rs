@@ -195,6 +195,12 @@ fn mlm_over_a_wordpiece_stream_never_masks_a_special_token() {
     }
     let eligible = ids.len() - specials_in_blocks;
     let share = batch.positions.len() as f64 / eligible as f64;
+    eprintln!(
+        "MLM on WordPiece: {} blocks, {specials_in_blocks} special positions (none chosen), \
+         {} of {eligible} others chosen ({share:.4})",
+        blocks.rows(),
+        batch.positions.len()
+    );
     assert!((share - 0.15).abs() <= 0.01, "chosen share {share}");
 }
 
@@ -306,6 +312,7 @@ fn causal_lm_trains_on_a_gpt2_style_tokenizer_and_exports_it() {
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter_map(|line| line["eval_loss"].as_f64())
         .collect();
+    eprintln!("causal on GPT-2-style BPE: eval loss at steps 0, 25, 50: {evals:?}");
     assert_eq!(
         evals.len(),
         3,
