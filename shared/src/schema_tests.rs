@@ -9,10 +9,8 @@ fn tokenizer() -> TokenizerInfo {
 #[test]
 fn record_batch_round_trip_and_slices() {
     let schema = block_schema(3, &tokenizer());
-    let first: Arc<str> =
-        Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
-    let second: Arc<str> =
-        Arc::from(r#"{"fingerprint":"f","block_seq":2,"draws":2,"sources":[]}"#);
+    let first: Arc<str> = Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
+    let second: Arc<str> = Arc::from(r#"{"fingerprint":"f","block_seq":2,"draws":2,"sources":[]}"#);
     let mut blocks = TokenBlocks::new(3);
     blocks.push_resumable(&[0, 10, 2], 0, 0, &first, 1);
     blocks.push_resumable(&[0, 11, 2], 1, 0, &first, 2);
@@ -31,8 +29,7 @@ fn record_batch_round_trip_and_slices() {
 #[test]
 fn sources_travel_per_row_and_may_be_absent() {
     let schema = block_schema(2, &tokenizer());
-    let state: Arc<str> =
-        Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
+    let state: Arc<str> = Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
     let mut blocks = TokenBlocks::new(2);
     for (row, source) in ["books", "wiki", "books"].into_iter().enumerate() {
         blocks.push_resumable(&[0, 2], row as u64, 0, &state, row as u32 + 1);
@@ -66,8 +63,7 @@ fn take_front_splits_rows() {
 
 #[test]
 fn document_starts_travel_only_when_asked_for() {
-    let state: Arc<str> =
-        Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
+    let state: Arc<str> = Arc::from(r#"{"fingerprint":"f","block_seq":0,"draws":0,"sources":[]}"#);
     let mut blocks = TokenBlocks::new(4).with_document_starts();
     for (row, starts) in [vec![0, 2], vec![], vec![1, 2, 3]].iter().enumerate() {
         blocks.push_resumable(&[7, 7, 7, 7], row as u64, 0, &state, row as u32 + 1);

@@ -236,7 +236,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 valid_fraction,
             )?;
             let events = TensorBoardLog::create(&out)?;
-            let mut metrics = MetricsLog::create(&out, true)?.observed_by(Box::new(events))
+            let mut metrics = MetricsLog::create(&out, true)?
+                .observed_by(Box::new(events))
                 .with_json(run.json);
             let control = RunControl::default();
             let summary = train_with::<CpuTrainBackend>(

@@ -18,10 +18,10 @@ use flightlm_shared::metrics_http;
 use flightlm_shared::{Cursor, Split, StreamRequest};
 use flightlm_trainer::config::AutodiffCheckpointing;
 use flightlm_trainer::data::pipeline::PipelineSource;
+use flightlm_trainer::data::replicas::replica_endpoints;
 use flightlm_trainer::hf::{
     export_hf, write_tokenizer_config, HfRobertaConfig, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
 };
-use flightlm_trainer::data::replicas::replica_endpoints;
 use flightlm_trainer::model::{Roberta, RobertaConfig};
 use flightlm_trainer::run::block_log::BlockLog;
 use flightlm_trainer::run::checkpoint::{CheckpointStore, TrainingState};

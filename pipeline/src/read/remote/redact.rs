@@ -17,7 +17,9 @@ pub fn redact_urls(text: &str) -> String {
         // Punctuation that ends a sentence (`…?sig=abc: reset`) is not part of the URL.
         let url_end = found
             + 3
-            + rest[found + 3..url_end].trim_end_matches([':', ',', ';', '.']).len();
+            + rest[found + 3..url_end]
+                .trim_end_matches([':', ',', ';', '.'])
+                .len();
         output.push_str(&rest[..scheme_start]);
         output.push_str(&redact_url(scheme, &rest[found + 3..url_end]));
         rest = &rest[url_end..];
