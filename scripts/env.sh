@@ -1,6 +1,9 @@
 # Shared settings for the scripts: one cargo target dir and one Python venv outside the clone, so
 # repeated runs (and CI runs of later clones) build incrementally.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flightlm-target}"
+# Incremental artifacts of the large workspace crates have failed to link after edits ("undefined
+# hidden symbol"); whole-crate rebuilds cost little more here and always link.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 FLIGHTLM_VENV="${FLIGHTLM_VENV:-$HOME/.cache/flightlm-venv}"
 FLIGHTLM_BIN="${FLIGHTLM_BIN:-$CARGO_TARGET_DIR/debug}"
 
