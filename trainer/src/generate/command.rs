@@ -97,7 +97,8 @@ struct Record<'a> {
 /// The position id of a sequence's first token: HF RoBERTa numbers positions from
 /// `pad_token_id + 1`.
 pub fn first_position_id(config: &HfRobertaConfig) -> usize {
-    config.pad_token_id + 1
+    // -1 (no pad token) counts from 0, as `position_offset` does.
+    usize::try_from(config.pad_token_id + 1).unwrap_or(0)
 }
 
 /// Runs `generate` on `device`, printing to `out`.

@@ -212,7 +212,8 @@ mod tests {
     fn cached_logits_equal_a_full_forward_pass() {
         let _rng = crate::backend_rng_lock();
         let device = Default::default();
-        let model = RobertaConfig::new(60, 32, 2, 4, 64, 20, 1)
+        let model = RobertaConfig::new(60, 32, 2, 4, 64, 20)
+            .with_pad_id(Some(1))
             .with_causal(true)
             .with_dropout(0.0)
             .with_attention_dropout(0.0)

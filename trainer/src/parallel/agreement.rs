@@ -190,15 +190,7 @@ mod tests {
     use crate::config::Preset;
 
     fn tokenizer(hash: &str) -> TokenizerInfo {
-        TokenizerInfo {
-            hash: hash.into(),
-            vocab_size: 512,
-            bos_id: 0,
-            pad_id: 1,
-            eos_id: 2,
-            unk_id: 3,
-            mask_id: 4,
-        }
+        TokenizerInfo::roberta(hash, 512)
     }
 
     fn agreement(config: &TrainConfig, tokenizer_hash: &str, step: usize, params: u64) -> Vec<u8> {
