@@ -262,8 +262,13 @@ mod tests {
             br#"{"version":2,"split":"train","seq_len":64,"batch_size":8,"weights":{"a":0.25,"b":3}}"#,
         )
         .unwrap();
-        assert_eq!(weighted.weights, Some(parse_weights("a=0.25, b=3").unwrap()));
-        assert!(!String::from_utf8(request_bytes_without_weights()).unwrap().contains("weights"));
+        assert_eq!(
+            weighted.weights,
+            Some(parse_weights("a=0.25, b=3").unwrap())
+        );
+        assert!(!String::from_utf8(request_bytes_without_weights())
+            .unwrap()
+            .contains("weights"));
         assert!(parse_weights("a=x").unwrap_err().contains("not a number"));
     }
 

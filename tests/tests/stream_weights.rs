@@ -125,7 +125,12 @@ fn a_stream_with_its_own_weights_moves_no_other_stream_and_resumes_with_them() {
             .arg(r#"{"source":"alpha","weight":0.01}"#),
         Duration::from_secs(30),
     );
-    let resumed = consume(&url, 200, &dir.join("resumed.blocks"), &["--cursor", &cursor]);
+    let resumed = consume(
+        &url,
+        200,
+        &dir.join("resumed.blocks"),
+        &["--cursor", &cursor],
+    );
     let mut joined = read_dump(&dir.join("first.blocks"));
     joined.extend(read_dump(&dir.join("resumed.blocks")));
     assert_eq!(

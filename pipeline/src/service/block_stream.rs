@@ -77,7 +77,10 @@ pub fn open_stream(
             fingerprint,
             passes: request.epoch_limit(),
             shard_count: shard.count,
-            weights: request.weights.as_ref().map(|weights| format!("{weights:?}")),
+            weights: request
+                .weights
+                .as_ref()
+                .map(|weights| format!("{weights:?}")),
         });
     let entry: Arc<str> = serde_json::to_string(&state)
         .expect("a StreamState always serializes")
@@ -184,7 +187,10 @@ fn check_weight_names(corpus: &Corpus, request: &StreamRequest) -> Result<(), Pi
         .iter()
         .map(|source| source.name.clone())
         .collect();
-    let cursor_weights = request.cursor.as_ref().and_then(|c| c.state.weights.as_ref());
+    let cursor_weights = request
+        .cursor
+        .as_ref()
+        .and_then(|c| c.state.weights.as_ref());
     for weights in request.weights.iter().chain(cursor_weights) {
         if let Some(unknown) = weights.keys().find(|name| !served.contains(name)) {
             return Err(PipelineError::Request(format!(
