@@ -251,11 +251,14 @@ mod tests {
         policy.join("c", 1.0);
         let weights = policy.weights();
         assert!((weights["c"] - 1.0 / 3.0).abs() < 1e-12, "{weights:?}");
+        // Past the first updates, where exploration alone (1/K each) sets the weights.
         let mut started = OdmPolicy::new(&equal(&["a", "b"]), settings(OdmReward::Progress));
-        started.update(&BTreeMap::from([
-            ("a".to_string(), 5.0),
-            ("b".to_string(), 5.0),
-        ]));
+        for _ in 0..10 {
+            started.update(&BTreeMap::from([
+                ("a".to_string(), 5.0),
+                ("b".to_string(), 5.0),
+            ]));
+        }
         started.join("c", 4.0);
         let weights = started.weights();
         assert!(
