@@ -17,6 +17,9 @@ one it reads from is UNAVAILABLE the reader continues at once on the next one th
 same corpus fingerprint (a replica serving another corpus is refused, named, and not asked
 again); `return_to_first()` brings it back to the first replica at its next batch.
 `state_dict()` is what to checkpoint: the stream cursor of docs/protocol.md, *Resuming*.
+`reader.source` names the source (the stream's `source` column) of the block last yielded;
+`weights={"books": 0.7, "web": 0.3}` gives the stream mixture weights of its own, which the
+pipeline's `set-weight` does not move and which its cursors carry.
 
 `reader.tokenizer` describes the ids (contract version 2): `vocab_size`, the `pad_id`, `bos_id`,
 `eos_id`, `unk_id`, `mask_id`, `cls_id`, `sep_id` the tokenizer has (None for roles it lacks),
@@ -27,7 +30,8 @@ row comes with where its documents begin: the reader yields `(ids, starts)` pair
 With torch installed, `FlightlmDataset` wraps a reader as a `torch.utils.data.IterableDataset`
 yielding `{"input_ids": LongTensor[seq_len]}`, the rows `DataCollatorForLanguageModeling` takes
 (plus `"position_ids"` with `document_starts=True`, as transformers' `DataCollatorWithFlattening`
-gives them; a RoBERTa-style model numbers positions from `pad_token_id + 1`, so add that);
+gives them, and `"source"`, the source's name, with `sources=True`; a RoBERTa-style model
+numbers positions from `pad_token_id + 1`, so add that);
 with `split="valid"` it is an eval dataset, read from the start of the split at every pass.
 Data-parallel: in a DDP loop of your own, give each rank `shard=(rank, world)`. Under HF
 `Trainer` (accelerate) leave `shard` unset: for iterable datasets accelerate has rank 0 read
@@ -71,7 +75,7 @@ STATE_FILE = "flightlm_stream_state.json"
 
 
 def request_json(split, seq_len, batch_size, epochs=None, cursor=None, shard=None,
-                 document_starts=False):
+                 document_starts=False, weights=None):
     """The stream request of docs/protocol.md."""
     request = {
         "version": CONTRACT_VERSION,
@@ -86,6 +90,8 @@ def request_json(split, seq_len, batch_size, epochs=None, cursor=None, shard=Non
         request["shard"] = {"index": shard[0], "count": shard[1]}
     if document_starts:
         request["document_starts"] = True
+    if weights is not None:
+        request["weights"] = dict(weights)
     return json.dumps(request)
 
 
@@ -130,8 +136,12 @@ class BlockReader:
 
     def __init__(self, pipeline, seq_len, batch_size=256, split="train", epochs=None,
                  shard=None, state=None, tls_ca=None, token_file=None, retry_s=60.0,
-                 document_starts=False):
+                 document_starts=False, weights=None):
         self.pipeline = pipeline
+        # The stream's own mixture weights ({source: weight}); None follows the pipeline's.
+        self.weights = weights
+        # The source (the stream's `source` column) of the block last yielded, None if unnamed.
+        self.source = None
         self.document_starts = document_starts
         self.replicas = replica_urls(pipeline)
         # The replica read from, the corpus fingerprint the stream reads (known from a cursor or
@@ -241,7 +251,7 @@ class BlockReader:
         """Describes the stream (GetFlightInfo), then opens it after the current cursor."""
         client, options = self._connect()
         command = request_json(self.split, self.seq_len, self.batch_size, self.epochs,
-                               self.cursor, self.shard, self.document_starts)
+                               self.cursor, self.shard, self.document_starts, self.weights)
         info = client.get_flight_info(flight.FlightDescriptor.for_command(command), options)
         description = json.loads(info.app_metadata)
         if len(self.replicas) > 1:
@@ -314,10 +324,13 @@ class BlockReader:
         for ids, _, batch in self.batches():
             self._recent.append((self._rows, batch))
             starts = batch.column("document_starts") if self.document_starts else None
+            names = (batch.column("source").to_pylist()
+                     if "source" in batch.schema.names else [None] * len(ids))
             for row in range(len(ids)):
                 # Each row moves the cursor, so a state taken between rows resumes exactly.
                 self._last = (batch, row)
                 self._rows += 1
+                self.source = names[row]
                 if starts is None:
                     yield ids[row]
                 else:
@@ -334,8 +347,10 @@ if torch is not None:
     class FlightlmDataset(torch.utils.data.IterableDataset):
         """A `BlockReader` as an IterableDataset of `{"input_ids": LongTensor[seq_len]}`."""
 
-        def __init__(self, pipeline, seq_len, **options):
+        def __init__(self, pipeline, seq_len, sources=False, **options):
             super().__init__()
+            # With sources=True each row also carries "source": the name of its source.
+            self.sources = sources
             self.reader = BlockReader(pipeline, seq_len, **options)
 
         def __iter__(self):
@@ -347,12 +362,13 @@ if torch is not None:
                 # An eval dataset: every evaluation scores the whole split, from its start.
                 self.reader.load_state_dict(self.reader.state_dict() | {"cursor": None})
             for block in self.reader:
+                extra = {"source": self.reader.source} if self.sources else {}
                 if not self.reader.document_starts:
-                    yield {"input_ids": torch.from_numpy(block.astype(np.int64))}
+                    yield {"input_ids": torch.from_numpy(block.astype(np.int64))} | extra
                     continue
                 ids, starts = block
                 yield {"input_ids": torch.from_numpy(ids.astype(np.int64)),
-                       "position_ids": torch.from_numpy(position_ids(starts, len(ids)))}
+                       "position_ids": torch.from_numpy(position_ids(starts, len(ids)))} | extra
 
         def state_dict(self, rows=None):
             return self.reader.state_dict(rows)

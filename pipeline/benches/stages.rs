@@ -231,6 +231,7 @@ fn chunk_state(block_seq: usize) -> Arc<str> {
             token: 17,
             file_version: None,
         }],
+        weights: None,
     };
     serde_json::to_string(&state).expect("serializes").into()
 }

@@ -5,6 +5,7 @@
 //! the pipeline goes away it reconnects with backoff, as the trainer does, and continues after the
 //! last block it read.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -41,6 +42,8 @@ pub struct ConsumeSummary {
     pub cursor: Option<Cursor>,
     /// Connections opened again after the pipeline went away.
     pub reconnections: u64,
+    /// Blocks read per source, as the stream's `source` column names them.
+    pub sources: BTreeMap<String, u64>,
 }
 
 pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
@@ -60,6 +63,7 @@ pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
     let mut uncompressed_bytes = 0u64;
     let limit = options.max_blocks.unwrap_or(u64::MAX);
     let mut cursor = options.request.cursor.clone();
+    let mut sources = BTreeMap::new();
     while blocks < limit {
         let Some(batch) = connection.next(&cursor).await? else {
             break;
@@ -80,6 +84,9 @@ pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
                     }
                 })?;
             }
+        }
+        for source in batch.sources.iter().take(take) {
+            *sources.entry(source.to_string()).or_insert(0) += 1;
         }
         blocks += take as u64;
         if take > 0 {
@@ -105,6 +112,7 @@ pub async fn consume(options: &ConsumeOptions) -> Result<ConsumeSummary> {
         uncompressed_bytes_per_token: per_token(uncompressed_bytes),
         cursor: if blocks > 0 { cursor } else { None },
         reconnections: connection.reconnections,
+        sources,
     })
 }
 

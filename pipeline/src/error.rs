@@ -45,6 +45,9 @@ pub enum PipelineError {
     },
     #[error("cursor refused: {0}")]
     Cursor(String),
+    /// A stream request the corpus cannot honour (weights naming a source it does not serve).
+    #[error("{0}")]
+    Request(String),
     #[error("{0}")]
     Control(String),
     #[error("cannot read {path}: {source}")]

@@ -1,5 +1,6 @@
 //! `flightlm-pipeline`: train a tokenizer, serve token blocks, or consume a stream.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use flightlm_pipeline::tokenizer::training::{
     train_tokenizer, TokenizerModel, TokenizerTrainingConfig,
 };
 use flightlm_shared::client::{run_action, run_action_with_body, PipelineEndpoint};
+use flightlm_shared::request::parse_weights;
 use flightlm_shared::{Cursor, Split, StreamRequest};
 
 mod serve_command;
@@ -82,6 +84,10 @@ enum Command {
         /// {"input_ids": [...], "document_starts": [...]} object per line.
         #[arg(long)]
         document_starts: bool,
+        /// The stream's own mixture weights, NAME=WEIGHT,NAME=WEIGHT (`set-weight` then no
+        /// longer moves it); with --cursor they apply from the chunk after the cursor's.
+        #[arg(long, value_parser = parse_weights)]
+        weights: Option<BTreeMap<String, f64>>,
         /// Seconds to keep reconnecting (with exponential backoff) while the pipeline is
         /// unreachable or its stream breaks; 0 fails at once.
         #[arg(long, default_value_t = 60)]
@@ -191,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             shard,
             dump,
             document_starts,
+            weights,
             retry_s,
         } => {
             let cursor = cursor
@@ -200,7 +207,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let request = StreamRequest::new(split, seq_len, batch_size)
                 .with_epochs(Some(epochs))
                 .with_cursor(cursor)
-                .with_document_starts(document_starts);
+                .with_document_starts(document_starts)
+                .with_weights(weights);
             let request = match shard {
                 Some(text) => {
                     let (index, count) = text

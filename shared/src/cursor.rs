@@ -9,6 +9,8 @@
 //! re-reads at most one file prefix per source and regenerates one chunk, whatever the number of
 //! blocks consumed before.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Where one source's next block begins.
@@ -95,7 +97,7 @@ impl SourcePosition {
 }
 
 /// The state of a stream at the start of a chunk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamState {
     /// The corpus fingerprint the state belongs to; a pipeline refuses any other.
@@ -106,10 +108,14 @@ pub struct StreamState {
     pub draws: u64,
     /// One position per source, in the pipeline's source order.
     pub sources: Vec<SourcePosition>,
+    /// The weights the chunk was drawn with, for a stream with weights of its own (every source
+    /// it draws from named); absent for a stream that follows the pipeline's weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<BTreeMap<String, f64>>,
 }
 
 /// Everything a pipeline needs to continue a stream exactly after a consumed block.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cursor {
     pub state: StreamState,
@@ -177,6 +183,7 @@ mod tests {
                         version: None,
                     }),
                 }],
+                weights: Some(BTreeMap::from([("books".to_string(), 0.5)])),
             },
             skip: 3,
         };

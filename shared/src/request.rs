@@ -5,6 +5,8 @@
 //! Unknown fields are refused rather than ignored, so a consumer never believes the server honoured
 //! an option it does not know.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -71,6 +73,13 @@ pub struct StreamRequest {
     /// Adds the `document_starts` column: where each block's documents begin.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub document_starts: bool,
+    /// This stream's own mixture weights by source name, instead of the pipeline's: `set-weight`
+    /// no longer moves it. With a cursor they apply from the first chunk after the cursor's (the
+    /// cursor's chunk is drawn again with the weights it was drawn with); without weights a
+    /// resumed stream keeps the ones its cursor carries. Sources not named keep the pipeline's
+    /// weight at the time the stream first draws from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<BTreeMap<String, f64>>,
 }
 
 /// One of `count` disjoint slices of a stream.
@@ -110,7 +119,13 @@ impl StreamRequest {
             shard: None,
             cursor: None,
             document_starts: false,
+            weights: None,
         }
+    }
+
+    pub fn with_weights(mut self, weights: Option<BTreeMap<String, f64>>) -> Self {
+        self.weights = weights;
+        self
     }
 
     pub fn with_shard(mut self, index: u64, count: u64) -> Self {
@@ -175,6 +190,9 @@ impl StreamRequest {
         if self.epochs == Some(0) {
             return Err(RequestError::Invalid("epochs must be at least 1".into()));
         }
+        if let Some(weights) = &self.weights {
+            check_weights(weights).map_err(RequestError::Invalid)?;
+        }
         Ok(())
     }
 
@@ -185,6 +203,38 @@ impl StreamRequest {
             Split::Train => self.epochs,
         }
     }
+}
+
+/// Checks a stream's weights: each finite and >= 0, at least one positive.
+pub fn check_weights(weights: &BTreeMap<String, f64>) -> Result<(), String> {
+    for (source, weight) in weights {
+        if !weight.is_finite() || *weight < 0.0 {
+            return Err(format!(
+                "weight {weight} of source `{source}` must be a finite number >= 0"
+            ));
+        }
+    }
+    if !weights.is_empty() && weights.values().all(|weight| *weight == 0.0) {
+        return Err("the stream's weights are all 0".into());
+    }
+    Ok(())
+}
+
+/// Parses `NAME=WEIGHT,NAME=WEIGHT` (command-line form of a stream's weights).
+pub fn parse_weights(text: &str) -> Result<BTreeMap<String, f64>, String> {
+    let mut weights = BTreeMap::new();
+    for pair in text.split(',').filter(|pair| !pair.trim().is_empty()) {
+        let (name, weight) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not NAME=WEIGHT"))?;
+        let weight: f64 = weight
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{weight}` (the weight of `{name}`) is not a number"))?;
+        weights.insert(name.trim().to_string(), weight);
+    }
+    check_weights(&weights)?;
+    Ok(weights)
 }
 
 #[cfg(test)]
@@ -207,11 +257,36 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.epochs, None);
         assert_eq!(parsed.epoch_limit(), None);
+        assert_eq!(parsed.weights, None);
+        let weighted = StreamRequest::from_ticket_bytes(
+            br#"{"version":2,"split":"train","seq_len":64,"batch_size":8,"weights":{"a":0.25,"b":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            weighted.weights,
+            Some(parse_weights("a=0.25, b=3").unwrap())
+        );
+        assert!(!String::from_utf8(request_bytes_without_weights())
+            .unwrap()
+            .contains("weights"));
+        assert!(parse_weights("a=x").unwrap_err().contains("not a number"));
+    }
+
+    fn request_bytes_without_weights() -> Vec<u8> {
+        StreamRequest::new(Split::Train, 8, 2).to_ticket_bytes()
     }
 
     #[test]
     fn bad_requests_are_refused_with_reasons() {
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 7] = [
+            (
+                br#"{"version":2,"split":"train","seq_len":64,"batch_size":8,"weights":{"a":-1}}"#,
+                "weight -1 of source `a`",
+            ),
+            (
+                br#"{"version":2,"split":"train","seq_len":64,"batch_size":8,"weights":{"a":0}}"#,
+                "all 0",
+            ),
             (b"not json", "not valid JSON"),
             (
                 br#"{"version":9,"split":"train","seq_len":64,"batch_size":8}"#,

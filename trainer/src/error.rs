@@ -33,6 +33,9 @@ pub enum TrainError {
     #[error("the data source {0}")]
     BadBatch(String),
 
+    #[error("{0}")]
+    Mixing(String),
+
     #[error("cannot read a value back from the device: {0}")]
     Device(String),
 

@@ -12,6 +12,8 @@
 //!    metrics, progress, curves and the blocks each step trained on; with several devices, one
 //!    loop per rank, joined by [`parallel`] (the collective group, the per-step exchange).
 //!
+//! [`mixing`] steers the mixture's weights from each source's loss (`--mixing odm`).
+//!
 //! [`config`] is the one typed configuration every stage reads; [`hf`] moves models to and from
 //! HuggingFace's layout; [`generate`] continues text with a trained causal model; [`rng`] is the
 //! seeded generator whose sequence we own. The binary is a thin CLI over [`train`]; everything else
@@ -22,6 +24,7 @@ pub mod data;
 pub mod error;
 pub mod generate;
 pub mod hf;
+pub mod mixing;
 pub mod model;
 pub mod optim;
 pub mod parallel;

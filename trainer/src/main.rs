@@ -19,6 +19,7 @@ use flightlm_trainer::data::text_file::TextFileSource;
 use flightlm_trainer::generate::GenerateArgs;
 use flightlm_trainer::hf::commands::{ExportArgs, FillMaskArgs, ScoreArgs};
 use flightlm_trainer::hf::{export_hf, HfRobertaConfig, HfTokenizer};
+use flightlm_trainer::mixing::{Mixing, MixingState};
 use flightlm_trainer::model::RobertaConfig;
 use flightlm_trainer::run::block_log;
 use flightlm_trainer::run::checkpoint::CheckpointStore;
@@ -163,7 +164,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cursor = resume.as_ref().and_then(|(_, state)| state.cursor.clone());
             let retry_for = std::time::Duration::from_secs(pipeline_retry_s);
             let live = serve_live_metrics(metrics_listen.as_deref())?;
-            let sources = pipeline_sources(&config, &pipeline, cursor, retry_for)?;
+            // An odm run's stream has weights of its own from its start (see `mixing`).
+            let weights = (config.mixing == Mixing::Odm).then(|| {
+                resume
+                    .as_ref()
+                    .and_then(|(_, state)| state.mixing.as_ref())
+                    .map(MixingState::stream_weights)
+                    .unwrap_or_default()
+            });
+            let sources = pipeline_sources(&config, &pipeline, cursor, weights, retry_for)?;
             if let (0, Some(source)) = (config.node_rank, sources.first()) {
                 save_tokenizer_roles(&out, source.tokenizer(), config.seq_len);
             }

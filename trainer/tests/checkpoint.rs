@@ -64,6 +64,7 @@ fn state(step: usize) -> TrainingState {
         tokenizer_hash: "tok".into(),
         cursor: None,
         source_tokens: [("books".to_string(), 64 * step as u64)].into(),
+        mixing: None,
     }
 }
 

@@ -61,6 +61,8 @@ pub struct HubKey {
     pub fingerprint: String,
     pub passes: Option<u64>,
     pub shard_count: u64,
+    /// The request's own weights (as text: they decide every chunk after the first).
+    pub weights: Option<String>,
 }
 
 /// A chunk with the starting state that leads to it: its own state, except for a hub's first

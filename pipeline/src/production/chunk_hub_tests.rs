@@ -36,6 +36,7 @@ impl ChunkSource for Counting {
                 .collect(),
             source_names: vec!["main".into()],
             last: index == 5,
+            weights: None,
         })
     }
 }
@@ -62,6 +63,7 @@ fn key(shard_count: u64) -> Option<HubKey> {
         fingerprint: "f".into(),
         passes: Some(1),
         shard_count,
+        weights: None,
     })
 }
 

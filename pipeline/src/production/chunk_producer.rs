@@ -8,6 +8,7 @@
 //! after any row: the pipeline restarts each source at its position, redraws the chunk and skips
 //! what was consumed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
@@ -34,6 +35,8 @@ pub struct Chunk {
     pub source_names: Vec<Arc<str>>,
     /// The stream ends after this chunk: a source ran out of passes.
     pub last: bool,
+    /// The stream's own weights the chunk was drawn with (`None`: the pipeline's).
+    pub weights: Option<Arc<BTreeMap<String, f64>>>,
 }
 
 pub struct ChunkBlock {
@@ -51,6 +54,8 @@ pub struct ChunkRequest {
     pub seq_len: usize,
     /// Passes over each source; `None` repeats forever.
     pub passes: Option<u64>,
+    /// The stream's own weights from the first chunk after the starting one on (the request's).
+    pub weights: Option<BTreeMap<String, f64>>,
 }
 
 /// Draws the chunks of one stream from its sources, starting at a chunk state.
@@ -64,6 +69,8 @@ pub struct ChunkProducer {
     block_seq: u64,
     draws: u64,
     producers: Vec<Producer>,
+    /// The stream's own weights for the next chunk; `None` follows the pipeline's.
+    own_weights: Option<BTreeMap<String, f64>>,
 }
 
 impl ChunkProducer {
@@ -73,7 +80,10 @@ impl ChunkProducer {
         state: StreamState,
         counters: Arc<ReadCounters>,
     ) -> Self {
+        // The starting chunk is drawn again as it was first drawn; the request's weights follow.
+        let own_weights = state.weights.or_else(|| request.weights.clone());
         Self {
+            own_weights,
             corpus,
             request,
             counters,
@@ -126,11 +136,13 @@ impl ChunkSource for ChunkProducer {
         for producer in &mut self.producers {
             positions.push(producer.position(passes)?);
         }
+        let own_weights = self.fill_own_weights();
         let state = StreamState {
             fingerprint: self.fingerprint.clone(),
             block_seq: self.block_seq,
             draws: self.draws,
             sources: positions,
+            weights: own_weights.as_deref().cloned(),
         };
         let state: Arc<str> = serde_json::to_string(&state)
             .expect("a StreamState always serializes")
@@ -139,8 +151,18 @@ impl ChunkSource for ChunkProducer {
         let chunk_start = self.draws;
         let mut drawn = Vec::with_capacity(chunk_blocks);
         let mut last = false;
+        let fixed_weights: Option<Vec<f64>> = own_weights.as_ref().map(|own| {
+            let weight_of = |producer: &Producer| own.get(&*producer.name).copied();
+            self.producers
+                .iter()
+                .map(|producer| weight_of(producer).unwrap_or(0.0))
+                .collect()
+        });
         while drawn.len() < chunk_blocks {
-            let weights: Vec<f64> = self.producers.iter().map(|p| p.source.weight()).collect();
+            let weights: Vec<f64> = match &fixed_weights {
+                Some(weights) => weights.clone(),
+                None => self.producers.iter().map(|p| p.source.weight()).collect(),
+            };
             let index = pick_source(self.corpus.seed, self.draws, &weights)
                 .ok_or_else(|| PipelineError::Control("every source has weight 0".into()))?;
             let producer = &mut self.producers[index];
@@ -173,9 +195,31 @@ impl ChunkSource for ChunkProducer {
             source_names: self.producers.iter().map(|p| p.name.clone()).collect(),
             blocks,
             last,
+            weights: own_weights,
         };
         self.block_seq += chunk.blocks.len() as u64;
+        if let Some(target) = &self.request.weights {
+            self.own_weights = Some(target.clone());
+        }
         Ok(chunk)
+    }
+}
+
+impl ChunkProducer {
+    /// The stream's own weights for the chunk about to be drawn, every source it reads named: a
+    /// source the weights do not name (added while the stream runs, say) enters with the
+    /// pipeline's weight for it, and keeps that weight in the stream's cursors and later chunks.
+    fn fill_own_weights(&mut self) -> Option<Arc<BTreeMap<String, f64>>> {
+        let own = self.own_weights.as_mut()?;
+        for producer in &self.producers {
+            let weight = *own
+                .entry(producer.name.to_string())
+                .or_insert_with(|| producer.source.weight());
+            if let Some(target) = self.request.weights.as_mut() {
+                target.entry(producer.name.to_string()).or_insert(weight);
+            }
+        }
+        Some(Arc::new(own.clone()))
     }
 }
 

@@ -5,6 +5,7 @@
 //! path); a snapshot reads them into JSON. Finished streams stay listed, up to a bound, so a short
 //! stream's totals can still be read after it ends.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -74,6 +75,8 @@ pub struct StreamStats {
     ended_after_ns: AtomicU64,
     /// The consumer's address, as the server saw it.
     client: Option<String>,
+    /// The stream's own weights of the latest chunk it read (`None`: the pipeline's).
+    weights: Mutex<Option<Arc<BTreeMap<String, f64>>>>,
 }
 
 impl StreamStats {
@@ -82,6 +85,13 @@ impl StreamStats {
         let nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.ended_after_ns.store(nanos.max(1), Ordering::Relaxed);
         self.active.store(false, Ordering::Relaxed);
+    }
+
+    /// Records the stream's own weights, as of the chunk it reads now.
+    pub fn set_weights(&self, weights: Arc<BTreeMap<String, f64>>) {
+        if let Ok(mut current) = self.weights.lock() {
+            *current = Some(weights);
+        }
     }
 
     /// Counts the blocks of one sent batch by the source each came from (one lock per batch).
@@ -149,6 +159,7 @@ impl StreamStats {
             "dropped_tokens": sum("dropped_tokens"),
             "bad_records": self.reading.bad_records.snapshot(),
             "sources": sources,
+            "weights": self.weights.lock().ok().and_then(|weights| weights.clone()),
         })
     }
 }
@@ -182,6 +193,7 @@ impl StreamRegistry {
             active: AtomicBool::new(true),
             ended_after_ns: AtomicU64::new(0),
             client: client.map(|address| address.to_string()),
+            weights: Mutex::default(),
         });
         if let Ok(mut streams) = self.streams.lock() {
             let finished = streams

@@ -44,6 +44,7 @@ pub fn open_stream(
     request: &StreamRequest,
 ) -> Result<OpenStream, PipelineError> {
     let fingerprint = corpus.fingerprint(request.split, request.seq_len);
+    check_weight_names(corpus, request)?;
     let (state, skip) = match &request.cursor {
         Some(cursor) => {
             check_cursor(corpus, &fingerprint, &cursor.state)?;
@@ -64,6 +65,7 @@ pub fn open_stream(
                 block_seq: 0,
                 draws: 0,
                 sources: Vec::new(),
+                weights: None,
             },
             0,
         ),
@@ -75,6 +77,10 @@ pub fn open_stream(
             fingerprint,
             passes: request.epoch_limit(),
             shard_count: shard.count,
+            weights: request
+                .weights
+                .as_ref()
+                .map(|weights| format!("{weights:?}")),
         });
     let entry: Arc<str> = serde_json::to_string(&state)
         .expect("a StreamState always serializes")
@@ -82,6 +88,7 @@ pub fn open_stream(
     let make: MakeChunks = {
         let corpus = corpus.clone();
         let (split, seq_len, passes) = (request.split, request.seq_len, request.epoch_limit());
+        let weights = request.weights.clone();
         Arc::new(move |entry: &str, counters: Arc<ReadCounters>| {
             let state: StreamState = serde_json::from_str(entry).map_err(|error| {
                 PipelineError::Control(format!("a chunk state does not parse: {error}"))
@@ -100,6 +107,7 @@ pub fn open_stream(
                 rules,
                 seq_len,
                 passes,
+                weights: weights.clone(),
             };
             let producer = ChunkProducer::new(corpus.clone(), chunks, state, counters);
             Ok(Box::new(producer) as Box<dyn ChunkSource>)
@@ -172,6 +180,30 @@ fn check_cursor(
     Ok(())
 }
 
+/// Refuses weights (the request's or its cursor's) that name a source the split does not read.
+fn check_weight_names(corpus: &Corpus, request: &StreamRequest) -> Result<(), PipelineError> {
+    let served: Vec<String> = corpus
+        .sources_for(request.split)
+        .iter()
+        .map(|source| source.name.clone())
+        .collect();
+    let cursor_weights = request
+        .cursor
+        .as_ref()
+        .and_then(|c| c.state.weights.as_ref());
+    for weights in request.weights.iter().chain(cursor_weights) {
+        if let Some(unknown) = weights.keys().find(|name| !served.contains(name)) {
+            return Err(PipelineError::Request(format!(
+                "the stream's weights name source `{unknown}`, which the {} split does not \
+                 read (sources: {})",
+                request.split,
+                served.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The sending side of one stream.
 struct Sender {
     stats: Arc<StreamStats>,
@@ -202,6 +234,9 @@ impl Sender {
             sources: Vec::new(),
         };
         while let Some(chunk) = reader.next_chunk()? {
+            if let Some(weights) = &chunk.weights {
+                self.stats.set_weights(weights.clone());
+            }
             for (sent, block) in chunk.blocks.iter().enumerate() {
                 let seq = chunk.block_seq + sent as u64;
                 let consumed_before = (sent as u64) < skip;

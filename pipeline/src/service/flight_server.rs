@@ -171,6 +171,7 @@ impl FlightService for PipelineService {
                     PipelineError::RemoteUnavailable { .. } => {
                         Status::unavailable(error.to_string())
                     }
+                    PipelineError::Request(_) => Status::invalid_argument(error.to_string()),
                     other => Status::internal(other.to_string()),
                 },
             )?;

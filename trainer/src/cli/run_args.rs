@@ -9,6 +9,8 @@ use clap::Args;
 use flightlm_trainer::config::layers::{resolve, ConfigLayer};
 use flightlm_trainer::config::DeviceList;
 use flightlm_trainer::config::{AutodiffCheckpointing, ScheduleKind};
+use flightlm_trainer::mixing::odm::OdmReward;
+use flightlm_trainer::mixing::Mixing;
 use flightlm_trainer::run::checkpoint::{read_state, TrainingState};
 use flightlm_trainer::run::resume::{
     check_resumable, keep_global_batch, locate, read_config, run_dir_of,
@@ -204,6 +206,20 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
+    /// Mixture weights: the pipeline's (static) or steered by the online data mixing policy
+    /// from each source's training loss (odm) [default: static].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mixing: Option<Mixing>,
+    /// Steps between two updates of the odm policy [default: 10].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mixing_every: Option<usize>,
+    /// What the odm policy rewards: the relative fall of a source's loss over its last 4
+    /// updates (progress) or its loss, as the paper does (loss) [default: progress].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mixing_reward: Option<OdmReward>,
     /// Start from the weights of this HF model directory (same network as the run's).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

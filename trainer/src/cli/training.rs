@@ -2,6 +2,7 @@
 //! metrics and checkpoints on node 0, the loop on the configured backend (one device, or a
 //! data-parallel group), and the final export.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -50,11 +51,12 @@ pub(crate) fn local_ranks(config: &TrainConfig) -> std::ops::Range<usize> {
 }
 
 /// One pipeline stream per local rank: the whole train stream on one device, else each rank's
-/// shard, all continuing after `cursor`.
+/// shard, all continuing after `cursor`, with the run's own `weights` when it steers them.
 pub(crate) fn pipeline_sources(
     config: &TrainConfig,
     pipeline: &PipelineEndpoint,
     cursor: Option<Cursor>,
+    weights: Option<BTreeMap<String, f64>>,
     retry_for: Duration,
 ) -> anyhow::Result<Vec<RankSource>> {
     let world = config.world_size();
@@ -62,7 +64,8 @@ pub(crate) fn pipeline_sources(
         .map(|rank| {
             let mut request = StreamRequest::new(Split::Train, config.seq_len, config.batch_size)
                 .with_cursor(cursor.clone())
-                .with_document_starts(config.document_attention);
+                .with_document_starts(config.document_attention)
+                .with_weights(weights.clone());
             if world > 1 {
                 request = request.with_shard(rank as u64, world as u64);
             }

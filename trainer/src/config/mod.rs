@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+pub use crate::mixing::odm::OdmReward;
+pub use crate::mixing::Mixing;
 pub use parallel::{DeviceList, LossAverage, MaskingKey};
 
 /// The curve after warmup, named as `transformers`' `lr_scheduler_type`.
@@ -217,12 +219,29 @@ pub struct TrainConfig {
     /// configurations saved before it existed.
     #[serde(default)]
     pub document_attention: bool,
+    /// See [`Mixing`]; static for configurations saved before it existed.
+    #[serde(default)]
+    pub mixing: Mixing,
+    /// Steps between two updates of the odm policy.
+    #[serde(default = "default_mixing_every")]
+    pub mixing_every: usize,
+    #[serde(default = "default_mixing_reward")]
+    pub mixing_reward: OdmReward,
     pub out_dir: PathBuf,
     pub pipeline: String,
     /// An HF model directory (`config.json` + `model.safetensors`) whose weights the run starts
     /// from instead of a fresh initialization; its network must be the one the run describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+}
+
+fn default_mixing_every() -> usize {
+    10
+}
+
+/// Learning progress: the loss reward favours what cannot be learned (README, *Mixtures*).
+fn default_mixing_reward() -> OdmReward {
+    OdmReward::Progress
 }
 
 /// Seed used for the masking of the valid split: fixed, so every evaluation sees the same inputs.
@@ -272,6 +291,9 @@ impl TrainConfig {
             loss_average: LossAverage::Tokens,
             precision: Precision::F32,
             document_attention: false,
+            mixing: Mixing::Static,
+            mixing_every: default_mixing_every(),
+            mixing_reward: default_mixing_reward(),
             out_dir: out_dir.into(),
             pipeline: pipeline.into(),
             init_from: None,
@@ -325,6 +347,7 @@ impl TrainConfig {
             ("eval_every", self.eval_every),
             ("save_every", self.save_every),
             ("keep_checkpoints", self.keep_checkpoints),
+            ("mixing_every", self.mixing_every),
         ] {
             if value == 0 {
                 return fail(format!("{name} must be at least 1"));

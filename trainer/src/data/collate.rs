@@ -7,6 +7,8 @@
 //! carries where each row's documents lie, and causal LM does not predict a document's first
 //! token from the one before it (as transformers' `DataCollatorWithFlattening` labels it).
 
+use std::sync::Arc;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use flightlm_shared::{TokenBlocks, TokenizerInfo};
@@ -45,6 +47,8 @@ pub struct LmBatch {
     pub head_rows: usize,
     /// Where each row's documents lie, under document attention.
     pub documents: Option<DocumentLayout>,
+    /// The source of each row, when the stream names them (empty otherwise).
+    pub sources: Vec<Arc<str>>,
 }
 
 /// Predicted positions are padded up to a multiple of this. MLM picks a different number of
@@ -161,6 +165,7 @@ impl Collator {
                     targets: masked.targets,
                     head_rows: self.head_rows,
                     documents,
+                    sources: blocks.sources.clone(),
                 }
             }
             Labels::Causal => {
@@ -188,6 +193,7 @@ impl Collator {
                     targets,
                     head_rows: self.head_rows,
                     documents,
+                    sources: blocks.sources.clone(),
                 }
             }
         }

@@ -9,6 +9,7 @@
 //! The valid split is a finite stream read on request; the training loop reads it once and keeps
 //! it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,8 @@ pub struct PipelineSource {
     retry_for: Duration,
     /// Resumes right after the last row handed to the training loop.
     cursor: Option<Cursor>,
+    /// The train stream's request (its shard, columns and weights), for reopening it.
+    request: StreamRequest,
 }
 
 impl PipelineSource {
@@ -73,29 +76,11 @@ impl PipelineSource {
         request: StreamRequest,
         retry_for: Duration,
     ) -> anyhow::Result<Self> {
-        let (sender, train) = bounded(PREFETCH_BATCHES);
-        let (tokenizer_sender, tokenizer_receiver) = bounded(1);
         let (seq_len, batch_size) = (request.seq_len, request.batch_size);
         let (resume, document_starts) = (request.cursor.clone(), request.document_starts);
-        let fingerprint = resume
-            .as_ref()
-            .map(|cursor| cursor.state.fingerprint.clone());
-        let prefetch = Prefetch {
-            replicas: Replicas::new(endpoint, fingerprint),
-            request,
-            retry_for,
-            sender,
-            tokenizer_sender,
-            connected: false,
-        };
-        std::thread::Builder::new()
-            .name("train-prefetch".into())
-            .spawn(move || prefetch.run())
-            .context("starting the prefetch thread")?;
-        let tokenizer = tokenizer_receiver
-            .recv()
-            .map_err(|_| anyhow!("the train stream ended before its first batch"))??;
+        let (train, tokenizer) = start_prefetch(endpoint, request.clone(), retry_for)?;
         Ok(PipelineSource {
+            request,
             endpoint: endpoint.clone(),
             seq_len,
             batch_size,
@@ -107,6 +92,37 @@ impl PipelineSource {
             cursor: resume,
         })
     }
+}
+
+/// Starts a prefetch thread reading `request` and waits for its first batch, which names the
+/// tokenizer.
+fn start_prefetch(
+    endpoint: &PipelineEndpoint,
+    request: StreamRequest,
+    retry_for: Duration,
+) -> anyhow::Result<(Receiver<anyhow::Result<TokenBlocks>>, TokenizerInfo)> {
+    let (sender, train) = bounded(PREFETCH_BATCHES);
+    let (tokenizer_sender, tokenizer_receiver) = bounded(1);
+    let fingerprint = request
+        .cursor
+        .as_ref()
+        .map(|cursor| cursor.state.fingerprint.clone());
+    let prefetch = Prefetch {
+        replicas: Replicas::new(endpoint, fingerprint),
+        request,
+        retry_for,
+        sender,
+        tokenizer_sender,
+        connected: false,
+    };
+    std::thread::Builder::new()
+        .name("train-prefetch".into())
+        .spawn(move || prefetch.run())
+        .context("starting the prefetch thread")?;
+    let tokenizer = tokenizer_receiver
+        .recv()
+        .map_err(|_| anyhow!("the train stream ended before its first batch"))??;
+    Ok((train, tokenizer))
 }
 
 fn gave_up(error: ClientError, endpoint: &PipelineEndpoint, retry_for: Duration) -> anyhow::Error {
@@ -289,6 +305,24 @@ impl BlockSource for PipelineSource {
 
     fn cursor(&self) -> Option<Cursor> {
         self.cursor.clone()
+    }
+
+    /// Reopens the train stream at `cursor` with `weights`: the batches read ahead are dropped.
+    fn set_weights(
+        &mut self,
+        cursor: Option<Cursor>,
+        weights: BTreeMap<String, f64>,
+    ) -> anyhow::Result<()> {
+        let request = self
+            .request
+            .clone()
+            .with_cursor(cursor.clone())
+            .with_weights(Some(weights));
+        let (train, _) = start_prefetch(&self.endpoint, request.clone(), self.retry_for)?;
+        self.train = train;
+        self.request = request;
+        self.cursor = cursor;
+        Ok(())
     }
 
     /// Reads the valid split (up to `max_blocks`), retrying like the train stream while the

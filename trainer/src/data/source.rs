@@ -3,6 +3,8 @@
 //! The loop only needs this trait, so it can be driven by a live pipeline ([`crate::data::pipeline`]) in
 //! production and by an in-memory source in unit tests.
 
+use std::collections::BTreeMap;
+
 use flightlm_shared::{Cursor, TokenBlocks, TokenizerInfo};
 
 use crate::config::TrainConfig;
@@ -27,6 +29,16 @@ pub trait BlockSource {
     /// for sources that cannot resume (generated corpora) or before the first batch.
     fn cursor(&self) -> Option<Cursor> {
         None
+    }
+
+    /// Continues the train stream after `cursor` (a position at or after the last block
+    /// returned) with mixture weights of its own; sources without a mixture refuse.
+    fn set_weights(
+        &mut self,
+        _cursor: Option<Cursor>,
+        _weights: BTreeMap<String, f64>,
+    ) -> anyhow::Result<()> {
+        anyhow::bail!("this block source has no mixture whose weights could change")
     }
 }
 

@@ -233,6 +233,7 @@ impl BlockSource for SyntheticSource {
                 block_seq: self.train.next_block,
                 draws: self.train.next_block,
                 sources: Vec::new(),
+                weights: None,
             },
             skip: 0,
         })

@@ -17,12 +17,22 @@ pub fn cross_entropy_sum<B: Backend>(
     targets: Tensor<B, 1, Int>,
     weights: Tensor<B, 1>,
 ) -> Tensor<B, 1> {
+    cross_entropy_tokens(logits, targets, weights).sum()
+}
+
+/// `-log p(target)` of every token, times its weight: `[tokens]` (what
+/// [`cross_entropy_sum`] sums; the per-source losses group it by source).
+pub fn cross_entropy_tokens<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    weights: Tensor<B, 1>,
+) -> Tensor<B, 1> {
     let [tokens] = targets.dims();
     // The shift only keeps exp() in range; it cancels out, so no gradient flows through it.
     let shift = logits.clone().detach().max_dim(1); // [tokens, 1]
     let log_sum_exp = (logits.clone() - shift.clone()).exp().sum_dim(1).log() + shift; // [tokens, 1]
     let picked = logits.gather(1, targets.reshape([tokens, 1])); // [tokens, 1]
-    ((log_sum_exp - picked) * weights.reshape([tokens, 1])).sum()
+    ((log_sum_exp - picked) * weights.reshape([tokens, 1])).reshape([tokens])
 }
 
 /// Mean of `-log p(target)` over the `count` real targets, as a one-element tensor.

@@ -12,6 +12,7 @@ use flightlm_shared::Cursor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+use crate::optim::source_loss::SourceLosses;
 
 /// One rank's account of the step it just computed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -35,9 +36,14 @@ pub struct StepReport {
     pub stop: bool,
     /// Why this rank cannot go on; every rank then ends the run with this error.
     pub failure: Option<String>,
+    /// This rank's loss sums per source (summed over the ranks like the loss).
+    #[serde(default)]
+    pub source_losses: SourceLosses,
 }
 
-fn null_is_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+pub(crate) fn null_is_nan<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::hf::{export_hf, HfRobertaConfig, HF_DIR, TOKENIZER_FILE};
+use crate::mixing::MixingState;
 use crate::model::Roberta;
 use crate::model::RobertaConfig;
 use crate::optim::adamw::{OptimizerRecord, TrainingOptimizer};
@@ -78,6 +79,9 @@ pub struct TrainingState {
     /// one device; checkpoints written before this existed have none).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_tokens: BTreeMap<String, u64>,
+    /// The odm policy and the losses since its last update (`--mixing odm` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixing: Option<MixingState>,
 }
 
 /// A complete checkpoint on disk.

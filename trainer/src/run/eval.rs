@@ -19,7 +19,8 @@ use crate::data::collate::{Collator, LmBatch};
 use crate::data::source::{check_blocks, BlockSource};
 use crate::error::TrainError;
 use crate::model::Roberta;
-use crate::optim::loss::cross_entropy_sum;
+use crate::optim::loss::cross_entropy_tokens;
+use crate::optim::source_loss::{BatchSourceLoss, SourceLosses};
 use crate::run::metrics::{Metric, MetricsLog};
 
 /// Loss over the valid split.
@@ -43,19 +44,23 @@ impl Evaluation {
     }
 }
 
-/// Scores `model` on already collated batches; batches without targets are skipped.
+/// Scores `model` on already collated batches; batches without targets are skipped. Also
+/// gives the loss sums of each source the batches' blocks name.
 pub fn evaluate<B: Backend>(
     model: &Roberta<B>,
     batches: &[LmBatch],
     device: &B::Device,
-) -> Result<Evaluation, TrainError> {
+) -> Result<(Evaluation, SourceLosses), TrainError> {
     let mut total: Option<Tensor<B, 1>> = None;
     let mut tokens = 0;
+    let mut by_source = Vec::new();
     for batch in batches.iter().filter(|batch| !batch.targets.is_empty()) {
         let tensors = batch.to_tensors::<B>(device);
         let logits =
             model.forward_documents(tensors.input_ids, tensors.positions, tensors.documents);
-        let summed = cross_entropy_sum(logits, tensors.targets, tensors.weights);
+        let token_losses = cross_entropy_tokens(logits, tensors.targets, tensors.weights);
+        by_source.extend(BatchSourceLoss::of(token_losses.clone(), batch));
+        let summed = token_losses.sum();
         total = Some(match total {
             Some(total) => total + summed,
             None => summed,
@@ -69,11 +74,16 @@ pub fn evaluate<B: Backend>(
         ));
     };
     let loss = read_scalar(total)? / tokens as f64;
-    Ok(Evaluation {
+    let mut sources = SourceLosses::default();
+    for batch in by_source {
+        sources.add_batch(batch)?;
+    }
+    let evaluation = Evaluation {
         loss,
         perplexity: loss.exp(),
         tokens,
-    })
+    };
+    Ok((evaluation, sources))
 }
 
 /// The valid split, collated once with the evaluation seed, and its block count.
@@ -103,15 +113,23 @@ pub(crate) fn evaluate_and_record<B: AutodiffBackend>(
     metrics: &mut MetricsLog,
 ) -> Result<Evaluation, TrainError> {
     let started = Instant::now();
-    let evaluation = evaluate(&model.valid(), valid, device)?;
+    let (evaluation, sources) = evaluate(&model.valid(), valid, device)?;
     metrics.record(Metric::Eval {
         step,
         eval_loss: evaluation.loss,
         eval_perplexity: evaluation.perplexity,
         eval_tokens: evaluation.tokens,
         eval_seconds: started.elapsed().as_secs_f64(),
+        eval_loss_by_source: sources.means(),
     })?;
     Ok(evaluation)
+}
+
+/// The values of a small tensor, as f64.
+pub(crate) fn read_floats<B: Backend>(tensor: Tensor<B, 1>) -> Result<Vec<f64>, TrainError> {
+    let data = tensor.into_data().convert::<f64>();
+    data.to_vec::<f64>()
+        .map_err(|error| TrainError::Device(format!("{error:?}")))
 }
 
 pub(crate) fn read_scalar<B: Backend>(tensor: Tensor<B, 1>) -> Result<f64, TrainError> {

@@ -246,6 +246,7 @@ mod tests {
                 eval_perplexity: 3f64.exp(),
                 eval_tokens: 10,
                 eval_seconds: 0.1,
+                eval_loss_by_source: Default::default(),
             },
             Metric::Checkpoint {
                 step: 5,

@@ -46,6 +46,9 @@ pub enum Metric {
         /// Predicted positions the loss is averaged over.
         eval_tokens: usize,
         eval_seconds: f64,
+        /// Mean loss of each source's predicted positions, when the stream names sources.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        eval_loss_by_source: BTreeMap<String, f64>,
     },
     Train {
         step: usize,
@@ -68,6 +71,13 @@ pub enum Metric {
         /// Input tokens trained on so far per source, when the stream names each block's source.
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         tokens_by_source: BTreeMap<String, u64>,
+        /// Mean loss of each source's predicted positions in the window (token-weighted), when
+        /// the stream names sources.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        loss_by_source: BTreeMap<String, f64>,
+        /// The odm policy's weights after its latest update (`--mixing odm`).
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        mixing_weights: BTreeMap<String, f64>,
         elapsed_s: f64,
         /// Seconds until the last step at the pace of this process so far, evaluations included.
         eta_s: f64,
@@ -318,6 +328,7 @@ mod tests {
             eval_perplexity: 2f64.exp(),
             eval_tokens: 10,
             eval_seconds: 0.5,
+            eval_loss_by_source: Default::default(),
         })
         .expect("records");
         let text = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("reads");

@@ -10,6 +10,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use flightlm_shared::TokenBlocks;
 
+use crate::error::TrainError;
+use crate::optim::source_loss::{BatchSourceLoss, SourceLosses};
 use crate::run::metrics::Metric;
 
 /// What happened between two `train` lines.
@@ -29,6 +31,10 @@ pub struct Window<B: Backend> {
     pub losses: usize,
     /// Input tokens per source (blocks whose source the stream names), since the last step.
     pub source_tokens: BTreeMap<Arc<str>, u64>,
+    /// Per-source loss sums of this rank's micro-batches, still on the device.
+    pub pending_source_losses: Vec<BatchSourceLoss<B>>,
+    /// Per-source loss sums read back (a data-parallel run's, over every rank).
+    pub source_losses: SourceLosses,
 }
 
 impl<B: Backend> Window<B> {
@@ -44,7 +50,27 @@ impl<B: Backend> Window<B> {
             host_loss_sum: 0.0,
             losses: 0,
             source_tokens: BTreeMap::new(),
+            pending_source_losses: Vec::new(),
+            source_losses: SourceLosses::default(),
         }
+    }
+
+    /// Reads the pending per-source sums back and returns them (this rank's, since the last
+    /// call).
+    pub fn read_source_losses(&mut self) -> Result<SourceLosses, TrainError> {
+        let mut read = SourceLosses::default();
+        for batch in self.pending_source_losses.drain(..) {
+            read.add_batch(batch)?;
+        }
+        Ok(read)
+    }
+
+    /// The window's per-source sums, over every rank.
+    pub fn take_source_losses(&mut self) -> Result<SourceLosses, TrainError> {
+        let mine = self.read_source_losses()?;
+        let mut all = std::mem::take(&mut self.source_losses);
+        all.merge(&mine);
+        Ok(all)
     }
 
     /// Counts the tokens of `blocks` by the source each block was cut from.
@@ -207,6 +233,8 @@ mod tests {
             collective: None,
             grad_norm: None,
             tokens_by_source: Default::default(),
+            loss_by_source: Default::default(),
+            mixing_weights: Default::default(),
             elapsed_s: 60.0,
             eta_s: 3725.0,
         })

@@ -14,6 +14,7 @@ use crate::config::{DeviceKind, TrainConfig};
 use crate::data::collate::{Collator, LmBatch};
 use crate::data::source::BlockSource;
 use crate::error::TrainError;
+use crate::mixing::{Mixing, MixingState};
 use crate::model::dropout::seed_host_masks;
 use crate::model::Roberta;
 use crate::optim::adamw::{AdamWSettings, TrainingOptimizer};
@@ -201,6 +202,7 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
             tokenizer_hash: self.tokenizer.hash.clone(),
             cursor: source.cursor(),
             source_tokens: Default::default(),
+            mixing: (config.mixing == Mixing::Odm).then(MixingState::default),
         })
     }
 
@@ -290,6 +292,14 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
                 .map(|_| (window.collective_s / seconds).clamp(0.0, 1.0)),
             grad_norm: GradientNorm::read_pending(unread_norm)?,
             tokens_by_source: progress.state.source_tokens.clone(),
+            loss_by_source: window.take_source_losses()?.means(),
+            mixing_weights: progress
+                .state
+                .mixing
+                .as_ref()
+                .and_then(|mixing| mixing.policy.as_ref())
+                .map(|policy| policy.weights())
+                .unwrap_or_default(),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             eta_s: eta_seconds(
                 progress.loop_started,

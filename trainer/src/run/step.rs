@@ -18,10 +18,12 @@ use crate::config::{LossAverage, MaskingKey, TrainConfig};
 use crate::data::collate::Collator;
 use crate::data::source::{check_blocks, BlockSource};
 use crate::error::TrainError;
+use crate::mixing::Mixing;
 use crate::model::dropout::key_host_masks_by_blocks;
 use crate::model::Roberta;
 use crate::optim::adamw::{StepReport as UpdateReport, TrainingOptimizer};
-use crate::optim::loss::{cross_entropy_mean, cross_entropy_sum};
+use crate::optim::loss::cross_entropy_tokens;
+use crate::optim::source_loss::{BatchSourceLoss, SourceLosses};
 use crate::parallel::exchange::{
     arithmetic_runs, hash_values, StepReport, StepReports, EMPTY_HASH,
 };
@@ -87,6 +89,9 @@ pub struct StepOutcome<B: AutodiffBackend> {
     pub waited_s: f64,
     /// Some rank's process was asked to stop (always false when alone: the loop checks).
     pub stop_requested: bool,
+    /// The step's loss sums per source over every rank: read back for data-parallel steps and
+    /// for runs that steer their mixture, empty otherwise (the window reads them lazily).
+    pub source_losses: SourceLosses,
 }
 
 /// What the loop tells a step besides the model and optimizer.
@@ -167,10 +172,14 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
             let tensors = batch.to_tensors::<B>(self.device);
             let logits =
                 model.forward_documents(tensors.input_ids, tensors.positions, tensors.documents);
+            let token_losses = cross_entropy_tokens(logits, tensors.targets, tensors.weights);
+            let by_source = BatchSourceLoss::of(token_losses.clone().inner(), &batch);
+            window.pending_source_losses.extend(by_source);
             let loss = if sums {
-                cross_entropy_sum(logits, tensors.targets, tensors.weights)
+                token_losses.sum()
             } else {
-                cross_entropy_mean(logits, tensors.targets, tensors.weights, tensors.count)
+                // As `cross_entropy_mean`: the micro-batch's mean over its real targets.
+                token_losses.sum().div_scalar(tensors.count.max(1) as f64)
             };
             let gradients = loss.backward();
             optimizer.accumulate(&model, gradients);
@@ -186,7 +195,7 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
         }
         window.tokens += input_tokens as usize;
         let Some(group) = self.role.group else {
-            return Ok(self.finish_alone(
+            return self.finish_alone(
                 model,
                 optimizer,
                 source,
@@ -194,7 +203,7 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
                 lr,
                 (predicted, loss_total),
                 blocks_read,
-            ));
+            );
         };
 
         let report = StepReport {
@@ -208,6 +217,7 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
                 .flatten(),
             stop: stop_requested,
             failure,
+            source_losses: window.read_source_losses()?,
         };
         let exchange_started = Instant::now();
         let round = Round::new(step, Purpose::StepReport);
@@ -219,6 +229,11 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
             return Err(error);
         }
         window.tokens += (reports.input_tokens() - input_tokens) as usize;
+        let mut source_losses = SourceLosses::default();
+        for report in &reports.0 {
+            source_losses.merge(&report.source_losses);
+        }
+        window.source_losses.merge(&source_losses);
         let predicted = reports.predicted();
         if predicted > 0 {
             window.add_host_loss(reports.loss_sum() / predicted as f64);
@@ -241,6 +256,7 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
             cursor: reports.cursor(),
             waited_s: reports.waited_s(),
             stop_requested: reports.stop(),
+            source_losses,
         })
     }
 
@@ -254,7 +270,15 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
         lr: f64,
         (predicted, loss_total): (u64, Option<Tensor<B::InnerBackend, 1>>),
         blocks: Vec<u64>,
-    ) -> StepOutcome<B> {
+    ) -> Result<StepOutcome<B>, TrainError> {
+        let source_losses = match self.config.mixing {
+            Mixing::Static => SourceLosses::default(),
+            Mixing::Odm => {
+                let read = window.read_source_losses()?;
+                window.source_losses.merge(&read);
+                read
+            }
+        };
         let (model, update) = match self.config.loss_average {
             LossAverage::MicroBatches => optimizer.step(lr, model),
             LossAverage::Tokens => {
@@ -266,14 +290,15 @@ impl<B: AutodiffBackend> StepPlan<'_, B> {
                     .expect("combining a rank's own gradients cannot fail")
             }
         };
-        StepOutcome {
+        Ok(StepOutcome {
             model,
             update,
             blocks,
             cursor: source.cursor(),
             waited_s: source.seconds_waited(),
             stop_requested: false,
-        }
+            source_losses,
+        })
     }
 }
 

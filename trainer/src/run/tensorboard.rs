@@ -336,6 +336,7 @@ mod tests {
             eval_perplexity: 2.5f64.exp(),
             eval_tokens: 64,
             eval_seconds: 0.25,
+            eval_loss_by_source: Default::default(),
         };
         let (step, scalars) = scalars_of(&metric).expect("an eval line has scalars");
         assert_eq!(step, 20);

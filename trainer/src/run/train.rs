@@ -22,6 +22,7 @@ use flightlm_shared::TokenizerInfo;
 use crate::config::TrainConfig;
 use crate::data::source::{check_tokenizer, BlockSource};
 use crate::error::TrainError;
+use crate::mixing;
 use crate::model::{Roberta, RobertaConfig};
 use crate::run::block_log::BlockLog;
 use crate::run::checkpoint::{BestCheckpoint, CheckpointStore};
@@ -127,6 +128,18 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
         // Read back only where it is logged or a checkpoint may follow: see `clipping`.
         let mut unread_norm = outcome.update.grad_norm;
         let completed = step + 1;
+        if let Some(mixing) = progress.state.mixing.as_mut() {
+            let first = step == 0;
+            let losses = &outcome.source_losses;
+            mixing.add_step(losses, outcome.cursor.as_ref(), first)?;
+            if completed % config.mixing_every == 0 {
+                let settings = mixing::settings(config.mixing_reward);
+                let weights = mixing.update(settings, outcome.cursor.as_ref());
+                source
+                    .set_weights(outcome.cursor.clone(), weights)
+                    .map_err(TrainError::Source)?;
+            }
+        }
         progress.record_step(
             completed,
             outcome.cursor,

@@ -1,0 +1,114 @@
+//! Steering the mixture while the model trains: `--mixing static|odm`.
+//!
+//! With `odm` the run opens its train stream with weights of its own (docs/protocol.md, *Weights
+//! of one stream*) and every `mixing_every` steps hands the sources' losses since the last update
+//! to the [`odm`] policy, whose new weights the stream takes from the step's cursor on: every
+//! rank reopens its shard from that same global position, so all ranks change at the same block,
+//! and a resumed run (whose checkpoint holds the policy) continues the same trajectory.
+
+pub mod odm;
+
+use std::collections::BTreeMap;
+
+use flightlm_shared::Cursor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+use crate::optim::source_loss::SourceLosses;
+use odm::{OdmPolicy, OdmReward, OdmSettings};
+
+/// How the run's mixture weights are chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mixing {
+    /// The pipeline's weights (`--source NAME=…:WEIGHT`, `set-weight`), unchanged by the run.
+    #[default]
+    Static,
+    /// The online data mixing policy, from the pipeline's weights as priors.
+    Odm,
+}
+
+/// The mixing state a checkpoint holds: the policy, once it exists, and the loss sums of the
+/// steps since its last update.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MixingState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<OdmPolicy>,
+    #[serde(default)]
+    pub pending: SourceLosses,
+}
+
+impl MixingState {
+    /// The weights the run's stream asks for: the policy's, or (before its first update) an
+    /// empty set, which makes the stream's weights its own with the pipeline's as their values.
+    pub fn stream_weights(&self) -> BTreeMap<String, f64> {
+        self.policy
+            .as_ref()
+            .map(OdmPolicy::weights)
+            .unwrap_or_default()
+    }
+
+    /// Adds a step's per-source loss sums (over every rank). After the run's first step, checks
+    /// that the stream is a mixture whose blocks name their sources.
+    pub fn add_step(
+        &mut self,
+        losses: &SourceLosses,
+        cursor: Option<&Cursor>,
+        first_step: bool,
+    ) -> Result<(), TrainError> {
+        if first_step {
+            if losses.is_empty() {
+                return Err(TrainError::Mixing(
+                    "--mixing odm needs a stream whose blocks name their source (a `source` \
+                     column); this pipeline's stream has none"
+                        .into(),
+                ));
+            }
+            let sources = cursor
+                .and_then(|cursor| cursor.state.weights.as_ref())
+                .map(|weights| weights.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default();
+            if sources.len() < 2 {
+                return Err(TrainError::Mixing(format!(
+                    "--mixing odm needs a mixture of at least two sources; the pipeline's train \
+                     split has {} ({})",
+                    sources.len(),
+                    sources.join(", ")
+                )));
+            }
+        }
+        self.pending.merge(losses);
+        Ok(())
+    }
+
+    /// Updates the policy with the pending losses and returns its weights. The policy starts
+    /// from the weights the cursor's chunk was drawn with (the pipeline's, for a fresh run), and
+    /// a source it has not seen joins with the weight the stream gave it.
+    pub fn update(
+        &mut self,
+        settings: OdmSettings,
+        cursor: Option<&Cursor>,
+    ) -> BTreeMap<String, f64> {
+        let drawn_with = cursor
+            .and_then(|cursor| cursor.state.weights.clone())
+            .unwrap_or_default();
+        let policy = self
+            .policy
+            .get_or_insert_with(|| OdmPolicy::new(&drawn_with, settings));
+        for (source, prior) in &drawn_with {
+            policy.join(source, *prior);
+        }
+        let losses = std::mem::take(&mut self.pending).means();
+        policy.update(&losses)
+    }
+}
+
+/// The policy's settings for a run.
+pub fn settings(reward: OdmReward) -> OdmSettings {
+    OdmSettings {
+        reward,
+        smoothing: 0.9,
+        floor: 0.1,
+        window: 4,
+    }
+}
