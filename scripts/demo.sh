@@ -48,8 +48,8 @@ echo "== the exported model ($RUN/model, loadable by transformers) fills a mask"
 # ` the`); a causal one learns word order within minutes, and its samples show it.
 echo "== training the same tiny RoBERTa as a causal LM (each token predicts the next) on CPU"
 "$FLIGHTLM_BIN/flightlm-trainer" train --pipeline "$URL" --objective causal --preset tiny \
-    --max-steps 600 --seq-len 128 --batch-size 8 --grad-accum 1 --lr 3e-3 --dropout 0 \
-    --warmup-steps 50 --log-every 50 --eval-every 200 --save-every 600 --out "$RUN/causal"
+    --max-steps 400 --seq-len 128 --batch-size 8 --grad-accum 1 --lr 3e-3 --dropout 0 \
+    --warmup-steps 50 --log-every 50 --eval-every 200 --save-every 400 --out "$RUN/causal"
 
 echo "== eval perplexity of the causal model, step by step"
 grep '"kind":"eval"' "$RUN/causal/metrics.jsonl" | sed -n 's/.*"step":\([0-9]*\).*"eval_perplexity":\([0-9.e+-]*\).*/   step \1: \2/p'
