@@ -33,6 +33,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Train a tokenizer: byte-level BPE with RoBERTa's special tokens (the default), WordPiece

@@ -146,7 +146,7 @@ impl Collator {
         let seq_len = blocks.seq_len;
         let documents = self
             .document_attention
-            .then(|| blocks.document_starts.as_ref())
+            .then_some(blocks.document_starts.as_ref())
             .flatten()
             .map(|starts| DocumentLayout::from_starts(seq_len, starts));
         match &self.labels {

@@ -51,7 +51,7 @@ impl DocumentLayout {
 
     /// Whether flat index `index` (into `[rows * seq_len]`) begins a document inside its row.
     pub fn begins_document(&self, index: usize) -> bool {
-        index % self.seq_len != 0 && self.positions[index] == 0
+        !index.is_multiple_of(self.seq_len) && self.positions[index] == 0
     }
 
     pub fn to_tensors<B: Backend>(&self, device: &B::Device) -> DocumentTensors<B> {

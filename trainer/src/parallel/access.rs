@@ -13,7 +13,7 @@
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use ring::hmac;
@@ -168,7 +168,7 @@ fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>,
         .map_err(|error| invalid(format!("{}: {error}", path.display())))
 }
 
-fn server_config(cert: &PathBuf, key: &PathBuf) -> Result<Arc<ServerConfig>, TrainError> {
+fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TrainError> {
     let chain = certificates(cert, "certificate (coordinator_tls_cert)")?;
     let key_pem = read_pem(key, "PRIVATE KEY-----", "private key (coordinator_tls_key)")?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
@@ -182,7 +182,7 @@ fn server_config(cert: &PathBuf, key: &PathBuf) -> Result<Arc<ServerConfig>, Tra
     Ok(Arc::new(config))
 }
 
-fn client_config(ca: &PathBuf) -> Result<Arc<ClientConfig>, TrainError> {
+fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, TrainError> {
     let mut roots = RootCertStore::empty();
     for certificate in certificates(ca, "CA certificate (coordinator_tls_ca)")? {
         roots

@@ -262,7 +262,7 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
     ) -> Result<(), TrainError> {
         let config = self.config;
         let last = completed == config.max_steps;
-        if !(self.role.leads() && (completed % config.log_every == 0 || last)) {
+        if !(self.role.leads() && (completed.is_multiple_of(config.log_every) || last)) {
             return Ok(());
         }
         let window = &mut progress.window;
@@ -323,7 +323,7 @@ impl<'a, B: AutodiffBackend> RankRun<'a, B> {
         let state = &mut progress.state;
         state.eval_at_step = None;
         let last = completed == self.config.max_steps;
-        if self.role.leads() && (completed % self.config.eval_every == 0 || last) {
+        if self.role.leads() && (completed.is_multiple_of(self.config.eval_every) || last) {
             let evaluation =
                 evaluate_and_record(model, &self.valid, self.device, completed, metrics)?;
             state.last_eval = evaluation;
