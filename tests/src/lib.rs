@@ -270,6 +270,27 @@ pub fn sample_lines(count: usize) -> Vec<String> {
         .collect()
 }
 
+/// Two sources cut from the first `lines` sample lines (`alpha.txt` and `beta.txt` in `dir`, a
+/// half each) and a tokenizer (vocabulary 800) trained on both: the `serve` arguments that name
+/// them as sources `alpha` and `beta` of weight 1, and the tokenizer's path.
+pub fn two_source_corpus(dir: &Path, lines: usize) -> (Vec<String>, PathBuf) {
+    let lines = sample_lines(lines);
+    let (a, b) = (dir.join("alpha.txt"), dir.join("beta.txt"));
+    let half = lines.len() / 2;
+    std::fs::write(&a, lines[..half].join("\n") + "\n").expect("writing alpha.txt");
+    std::fs::write(&b, lines[half..].join("\n") + "\n").expect("writing beta.txt");
+    let both = dir.join("both.txt");
+    std::fs::write(&both, lines.join("\n") + "\n").expect("writing both.txt");
+    let tokenizer = train_tokenizer(dir, &both, 800);
+    let arguments = vec![
+        "--source".to_string(),
+        format!("alpha={}:1", a.display()),
+        "--source".to_string(),
+        format!("beta={}:1", b.display()),
+    ];
+    (arguments, tokenizer)
+}
+
 /// Trains a tokenizer on `corpus` into `dir/tokenizer/tokenizer.json`.
 pub fn train_tokenizer(dir: &Path, corpus: &Path, vocab_size: usize) -> PathBuf {
     let out = dir.join("tokenizer");

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use flightlm_tests::runs::{metrics, trainer, TIMEOUT};
 use flightlm_tests::{
-    python, repo_root, run_ok, sample_corpus, sample_lines, scratch_dir, train_tokenizer, Pipeline,
+    python, repo_root, run_ok, sample_corpus, scratch_dir, train_tokenizer, two_source_corpus,
+    Pipeline,
 };
 
 fn by_source(line: &serde_json::Value, field: &str) -> Vec<(String, f64)> {
@@ -35,24 +36,9 @@ fn train(url: &str, out: &Path) {
 #[test]
 fn each_source_has_its_training_and_eval_loss_in_metrics_and_tensorboard() {
     let dir = scratch_dir("source_loss");
-    let lines_of_corpus = sample_lines(2000);
-    let (a, b) = (dir.join("alpha.txt"), dir.join("beta.txt"));
-    std::fs::write(&a, lines_of_corpus[..1000].join("\n") + "\n").unwrap();
-    std::fs::write(&b, lines_of_corpus[1000..].join("\n") + "\n").unwrap();
-    let both = dir.join("both.txt");
-    std::fs::write(&both, lines_of_corpus.join("\n") + "\n").unwrap();
-    let tokenizer = train_tokenizer(&dir, &both, 800);
-    let pipeline = Pipeline::start_with(
-        &tokenizer,
-        &[
-            "--source".to_string(),
-            format!("alpha={}:1", a.display()),
-            "--source".to_string(),
-            format!("beta={}:1", b.display()),
-            "--valid-fraction".into(),
-            "0.05".into(),
-        ],
-    );
+    let (mut arguments, tokenizer) = two_source_corpus(&dir, 2000);
+    arguments.extend(["--valid-fraction", "0.05"].map(String::from));
+    let pipeline = Pipeline::start_with(&tokenizer, &arguments);
     let out = dir.join("run");
     train(&pipeline.url, &out);
     let all = metrics(&out);

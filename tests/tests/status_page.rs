@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use flightlm_tests::runs::KillOnDrop;
 use flightlm_tests::{
     binary, last_json_line, python, repo_root, run_ok, sample_lines, scratch_dir, train_tokenizer,
-    Pipeline,
+    two_source_corpus, Pipeline,
 };
 
 /// `GET path` from `http://HOST:PORT`; returns the status code and the body.
@@ -127,26 +127,10 @@ fn source_tokens(families: &serde_json::Value, source: &str) -> u64 {
 #[test]
 fn the_status_page_and_metrics_follow_a_two_source_stream() {
     let dir = scratch_dir("status_page");
-    let lines = sample_lines(3000);
-    let (a, b) = (dir.join("a.txt"), dir.join("b.txt"));
-    std::fs::write(&a, lines[..1500].join("\n") + "\n").unwrap();
-    std::fs::write(&b, lines[1500..].join("\n") + "\n").unwrap();
-    let both = dir.join("both.txt");
-    std::fs::write(&both, lines.join("\n") + "\n").unwrap();
-    let tokenizer = train_tokenizer(&dir, &both, 800);
-    let pipeline = Pipeline::start_with(
-        &tokenizer,
-        &[
-            "--source".to_string(),
-            format!("alpha={}:1", a.display()),
-            "--source".to_string(),
-            format!("beta={}:1", b.display()),
-            "--valid-fraction".into(),
-            "0".into(),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-        ],
-    );
+    let (mut arguments, tokenizer) = two_source_corpus(&dir, 3000);
+    arguments
+        .extend(["--valid-fraction", "0", "--metrics-listen", "127.0.0.1:0"].map(String::from));
+    let pipeline = Pipeline::start_with(&tokenizer, &arguments);
     let base = pipeline
         .metrics
         .clone()

@@ -9,29 +9,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use flightlm_tests::{
-    binary, last_json_line, python, read_dump, repo_root, run_ok, run_with_timeout, sample_lines,
-    scratch_dir, train_tokenizer, Pipeline,
+    binary, last_json_line, python, read_dump, repo_root, run_ok, run_with_timeout, scratch_dir,
+    two_source_corpus, Pipeline,
 };
 
 /// Two sources cut from the sample corpus, and a tokenizer for both.
 fn two_sources(dir: &Path) -> (Vec<String>, PathBuf) {
-    let lines = sample_lines(3000);
-    let (a, b) = (dir.join("alpha.txt"), dir.join("beta.txt"));
-    std::fs::write(&a, lines[..1500].join("\n") + "\n").unwrap();
-    std::fs::write(&b, lines[1500..].join("\n") + "\n").unwrap();
-    let both = dir.join("both.txt");
-    std::fs::write(&both, lines.join("\n") + "\n").unwrap();
-    let tokenizer = train_tokenizer(dir, &both, 800);
-    let arguments = vec![
-        "--source".to_string(),
-        format!("alpha={}:1", a.display()),
-        "--source".to_string(),
-        format!("beta={}:1", b.display()),
-        "--valid-fraction".into(),
-        "0".into(),
-        "--shuffle-window".into(),
-        "48".into(),
-    ];
+    let (mut arguments, tokenizer) = two_source_corpus(dir, 3000);
+    arguments.extend(["--valid-fraction", "0", "--shuffle-window", "48"].map(String::from));
     (arguments, tokenizer)
 }
 
