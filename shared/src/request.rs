@@ -80,6 +80,12 @@ pub struct StreamRequest {
     /// weight at the time the stream first draws from them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<BTreeMap<String, f64>>,
+    /// With `weights`: they apply from the first chunk that starts at or after this block
+    /// sequence number; chunks before it keep the weights the cursor carries. A trainer that
+    /// changes its weights names a boundary some blocks ahead, so a stream opened beside the one
+    /// it reads gives the same blocks until there and it can change streams without waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_from: Option<u64>,
 }
 
 /// One of `count` disjoint slices of a stream.
@@ -120,7 +126,14 @@ impl StreamRequest {
             cursor: None,
             document_starts: false,
             weights: None,
+            weights_from: None,
         }
+    }
+
+    /// The request's weights apply from the first chunk starting at block `block_seq` or later.
+    pub fn with_weights_from(mut self, block_seq: Option<u64>) -> Self {
+        self.weights_from = block_seq;
+        self
     }
 
     pub fn with_weights(mut self, weights: Option<BTreeMap<String, f64>>) -> Self {
@@ -192,6 +205,11 @@ impl StreamRequest {
         }
         if let Some(weights) = &self.weights {
             check_weights(weights).map_err(RequestError::Invalid)?;
+        }
+        if self.weights_from.is_some() && self.weights.is_none() {
+            return Err(RequestError::Invalid(
+                "weights_from needs weights to apply from there".into(),
+            ));
         }
         Ok(())
     }

@@ -56,6 +56,15 @@ pub struct ChunkRequest {
     pub passes: Option<u64>,
     /// The stream's own weights from the first chunk after the starting one on (the request's).
     pub weights: Option<BTreeMap<String, f64>>,
+    /// `weights` apply from the first chunk starting at this block sequence number or later.
+    pub weights_from: Option<u64>,
+}
+
+impl ChunkRequest {
+    /// Whether the request's weights draw the chunk that starts at `block_seq`.
+    fn weights_apply(&self, block_seq: u64) -> bool {
+        self.weights_from.is_none_or(|from| block_seq >= from)
+    }
 }
 
 /// Draws the chunks of one stream from its sources, starting at a chunk state.
@@ -81,7 +90,9 @@ impl ChunkProducer {
         counters: Arc<ReadCounters>,
     ) -> Self {
         // The starting chunk is drawn again as it was first drawn; the request's weights follow.
-        let own_weights = state.weights.or_else(|| request.weights.clone());
+        let own_weights = state.weights.or_else(|| {
+            (request.weights.clone()).filter(|_| request.weights_apply(state.block_seq))
+        });
         Self {
             own_weights,
             corpus,
@@ -199,7 +210,9 @@ impl ChunkSource for ChunkProducer {
         };
         self.block_seq += chunk.blocks.len() as u64;
         if let Some(target) = &self.request.weights {
-            self.own_weights = Some(target.clone());
+            if self.request.weights_apply(self.block_seq) {
+                self.own_weights = Some(target.clone());
+            }
         }
         Ok(chunk)
     }

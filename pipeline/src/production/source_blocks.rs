@@ -25,6 +25,12 @@ use crate::read::sources::{CorpusFile, Format};
 
 /// Blocks a source prepares ahead of the mixer.
 const BLOCKS_AHEAD: usize = 64;
+/// An encoding job holds texts of about this many blocks (at 4 bytes per token), at most a read
+/// batch. The pool and the packer hold a few jobs ahead of the mixer, so a stream that is opened
+/// and soon closed again (a trainer changing its weights) costs the pipeline a few blocks' worth
+/// of encoding per source, not a read batch's, and its first block waits for one small job.
+const JOB_BLOCKS: u64 = 16;
+const BYTES_PER_TOKEN: u64 = 4;
 
 pub struct SourceBlock {
     pub tokens: Vec<u32>,
@@ -81,6 +87,7 @@ pub fn start_source(
     let reader_source = source.clone();
     let start = request.start.clone();
     let passes = request.passes;
+    let job_bytes = request.seq_len as u64 * JOB_BLOCKS * BYTES_PER_TOKEN;
     let bad_records = request.rules.bad_records.clone();
     let versions = request.versions.clone();
     std::thread::Builder::new()
@@ -89,7 +96,7 @@ pub fn start_source(
             read_source(
                 &reader_corpus,
                 &reader_source,
-                (&start, passes),
+                (&start, passes, job_bytes),
                 bad_records,
                 &versions,
                 jobs,
@@ -114,7 +121,7 @@ pub fn start_source(
 fn read_source(
     corpus: &Corpus,
     source: &Source,
-    (start, passes): (&SourcePosition, Option<u64>),
+    (start, passes, job_bytes): (&SourcePosition, Option<u64>, u64),
     bad_records: BadRecords,
     versions: &ReadVersions,
     jobs: Sender<Job>,
@@ -150,7 +157,14 @@ fn read_source(
                 let name: Arc<str> = file.name().into();
                 versions.record(pass, &file);
                 prefetch_line_files(source, &name);
-                let open = read_file(&reader, &file, &name, skip_rows, &mut sequence, &jobs);
+                let open = read_file(
+                    &reader,
+                    &file,
+                    &name,
+                    (skip_rows, job_bytes),
+                    &mut sequence,
+                    &jobs,
+                );
                 match open.await {
                     Ok(FileOutcome::Stopped) => return Ok(()),
                     Ok(FileOutcome::Read) => {}
@@ -212,7 +226,7 @@ async fn read_file(
     reader: &CorpusReader,
     file: &CorpusFile,
     name: &Arc<str>,
-    skip_rows: u64,
+    (skip_rows, job_bytes): (u64, u64),
     sequence: &mut u64,
     jobs: &Sender<Job>,
 ) -> Result<FileOutcome, (BadRecordKind, PipelineError)> {
@@ -234,17 +248,25 @@ async fn read_file(
             continue;
         }
         let skip = skip_rows.saturating_sub(row);
-        let batch = batch.slice(skip as usize, (length - skip) as usize);
-        let job = Job::Texts {
-            sequence: *sequence,
-            file: name.clone(),
-            first_row: row + skip,
-            texts: batch,
-        };
-        if jobs.send(job).is_err() {
-            return Ok(FileOutcome::Stopped);
+        // Jobs of about `job_bytes` each (see `JOB_BLOCKS`).
+        let offsets = batch.value_offsets();
+        let bytes = (offsets[length as usize] - offsets[skip as usize]).max(1) as u64;
+        let job_rows = (job_bytes * (length - skip) / bytes).max(1);
+        let mut offset = skip;
+        while offset < length {
+            let rows = (length - offset).min(job_rows);
+            let job = Job::Texts {
+                sequence: *sequence,
+                file: name.clone(),
+                first_row: row + offset,
+                texts: batch.slice(offset as usize, rows as usize),
+            };
+            if jobs.send(job).is_err() {
+                return Ok(FileOutcome::Stopped);
+            }
+            *sequence += 1;
+            offset += rows;
         }
-        *sequence += 1;
         row += length;
     }
     if row == 0 {

@@ -80,7 +80,7 @@ pub fn open_stream(
             weights: request
                 .weights
                 .as_ref()
-                .map(|weights| format!("{weights:?}")),
+                .map(|weights| format!("{weights:?} from {:?}", request.weights_from)),
         });
     let entry: Arc<str> = serde_json::to_string(&state)
         .expect("a StreamState always serializes")
@@ -88,7 +88,7 @@ pub fn open_stream(
     let make: MakeChunks = {
         let corpus = corpus.clone();
         let (split, seq_len, passes) = (request.split, request.seq_len, request.epoch_limit());
-        let weights = request.weights.clone();
+        let (weights, weights_from) = (request.weights.clone(), request.weights_from);
         Arc::new(move |entry: &str, counters: Arc<ReadCounters>| {
             let state: StreamState = serde_json::from_str(entry).map_err(|error| {
                 PipelineError::Control(format!("a chunk state does not parse: {error}"))
@@ -108,6 +108,7 @@ pub fn open_stream(
                 seq_len,
                 passes,
                 weights: weights.clone(),
+                weights_from,
             };
             let producer = ChunkProducer::new(corpus.clone(), chunks, state, counters);
             Ok(Box::new(producer) as Box<dyn ChunkSource>)

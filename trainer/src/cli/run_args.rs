@@ -215,7 +215,7 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     mixing_every: Option<usize>,
-    /// What the odm policy rewards: the relative fall of a source's loss over its last 4
+    /// What the odm policy rewards: the relative fall of a source's (smoothed) loss over its last 8
     /// updates (progress) or its loss, as the paper does (loss) [default: progress].
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -18,7 +18,7 @@ use flightlm_shared::client::PipelineEndpoint;
 use flightlm_shared::metrics_http;
 use flightlm_shared::{Cursor, Split, StreamRequest};
 use flightlm_trainer::config::AutodiffCheckpointing;
-use flightlm_trainer::data::pipeline::PipelineSource;
+use flightlm_trainer::data::pipeline::{switching_stream_window, PipelineSource};
 use flightlm_trainer::data::replicas::replica_endpoints;
 use flightlm_trainer::hf::{
     export_hf, write_tokenizer_config, HfRobertaConfig, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
@@ -56,16 +56,26 @@ pub(crate) fn pipeline_sources(
     config: &TrainConfig,
     pipeline: &PipelineEndpoint,
     cursor: Option<Cursor>,
-    weights: Option<BTreeMap<String, f64>>,
+    weights: Option<(BTreeMap<String, f64>, Option<u64>)>,
     retry_for: Duration,
 ) -> anyhow::Result<Vec<RankSource>> {
     let world = config.world_size();
+    let pipeline = &match weights {
+        Some(_) => pipeline
+            .clone()
+            .with_stream_window(Some(switching_stream_window(
+                config.seq_len,
+                config.batch_size,
+            ))),
+        None => pipeline.clone(),
+    };
     local_ranks(config)
         .map(|rank| {
             let mut request = StreamRequest::new(Split::Train, config.seq_len, config.batch_size)
                 .with_cursor(cursor.clone())
                 .with_document_starts(config.document_attention)
-                .with_weights(weights.clone());
+                .with_weights(weights.as_ref().map(|(weights, _)| weights.clone()))
+                .with_weights_from(weights.as_ref().and_then(|(_, from)| *from));
             if world > 1 {
                 request = request.with_shard(rank as u64, world as u64);
             }

@@ -14,3 +14,4 @@ pub mod replicas;
 pub mod source;
 pub mod synthetic;
 pub mod text_file;
+pub mod weight_switch;

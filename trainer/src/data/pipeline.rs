@@ -21,9 +21,18 @@ use flightlm_shared::{Cursor, Split, StreamRequest, TokenBlocks, TokenizerInfo};
 
 use crate::data::replicas::{replica_endpoints, Replicas};
 use crate::data::source::{push_up_to, BlockSource};
+use crate::data::weight_switch::{limit_of, Batches, Standby};
 
 /// Train batches decoded ahead of the loop.
 const PREFETCH_BATCHES: usize = 8;
+
+/// The HTTP/2 stream window of a run that changes its weights: what its prefetch holds, at up to
+/// 8 wire bytes per token, and at least 64 KiB. Each change drops a stream, and what the pipeline
+/// sent ahead on it (a whole 8 MiB default window: thousands of blocks) was made for nothing.
+pub fn switching_stream_window(seq_len: usize, batch_size: usize) -> u32 {
+    let prefetched = (PREFETCH_BATCHES * batch_size * seq_len * 8) as u64;
+    prefetched.clamp(64 << 10, 8 << 20) as u32
+}
 
 /// Train streams reopened after a failure, by every source of this process.
 static RECONNECTS: AtomicU64 = AtomicU64::new(0);
@@ -40,7 +49,9 @@ pub struct PipelineSource {
     /// Whether the streams carry their blocks' document starts.
     document_starts: bool,
     tokenizer: TokenizerInfo,
-    train: Receiver<anyhow::Result<TokenBlocks>>,
+    train: Batches,
+    /// A stream with new weights opened beside `train`, until it takes over (`weight_switch`).
+    standby: Option<Standby>,
     waited: Duration,
     retry_for: Duration,
     /// Resumes right after the last row handed to the training loop.
@@ -87,6 +98,7 @@ impl PipelineSource {
             document_starts,
             tokenizer,
             train,
+            standby: None,
             waited: Duration::ZERO,
             retry_for,
             cursor: resume,
@@ -100,7 +112,22 @@ fn start_prefetch(
     endpoint: &PipelineEndpoint,
     request: StreamRequest,
     retry_for: Duration,
-) -> anyhow::Result<(Receiver<anyhow::Result<TokenBlocks>>, TokenizerInfo)> {
+) -> anyhow::Result<(Batches, TokenizerInfo)> {
+    let (train, tokenizer_receiver) = spawn_prefetch(endpoint, request, retry_for)?;
+    let tokenizer = tokenizer_receiver
+        .recv()
+        .map_err(|_| anyhow!("the train stream ended before its first batch"))??;
+    Ok((train, tokenizer))
+}
+
+type TokenizerReceiver = Receiver<anyhow::Result<TokenizerInfo>>;
+
+/// Starts a prefetch thread reading `request`; its tokenizer comes with its first batch.
+fn spawn_prefetch(
+    endpoint: &PipelineEndpoint,
+    request: StreamRequest,
+    retry_for: Duration,
+) -> anyhow::Result<(Batches, TokenizerReceiver)> {
     let (sender, train) = bounded(PREFETCH_BATCHES);
     let (tokenizer_sender, tokenizer_receiver) = bounded(1);
     let fingerprint = request
@@ -119,10 +146,7 @@ fn start_prefetch(
         .name("train-prefetch".into())
         .spawn(move || prefetch.run())
         .context("starting the prefetch thread")?;
-    let tokenizer = tokenizer_receiver
-        .recv()
-        .map_err(|_| anyhow!("the train stream ended before its first batch"))??;
-    Ok((train, tokenizer))
+    Ok((train, tokenizer_receiver))
 }
 
 fn gave_up(error: ClientError, endpoint: &PipelineEndpoint, retry_for: Duration) -> anyhow::Error {
@@ -284,6 +308,32 @@ impl Prefetch {
     }
 }
 
+impl PipelineSource {
+    /// The next batch of the current stream, or of the standby once it takes over.
+    fn next_from_streams(&mut self) -> anyhow::Result<TokenBlocks> {
+        let Some(standby) = self.standby.as_mut() else {
+            return self
+                .train
+                .recv()
+                .map_err(|_| anyhow!("the train stream stopped"))?;
+        };
+        if !standby.ready() {
+            let batch = self
+                .train
+                .recv()
+                .map_err(|_| anyhow!("the train stream stopped"))??;
+            if let Ok(batch) = standby.pass(batch)? {
+                return Ok(batch);
+            }
+        }
+        let standby = self.standby.take().expect("a standby");
+        let (train, request, batch) = standby.take_over()?;
+        self.train = train;
+        self.request = request;
+        Ok(batch)
+    }
+}
+
 impl BlockSource for PipelineSource {
     fn tokenizer(&self) -> &TokenizerInfo {
         &self.tokenizer
@@ -291,10 +341,7 @@ impl BlockSource for PipelineSource {
 
     fn next_train_batch(&mut self) -> anyhow::Result<TokenBlocks> {
         let started = Instant::now();
-        let batch = self
-            .train
-            .recv()
-            .map_err(|_| anyhow!("the train stream stopped"))?;
+        let batch = self.next_from_streams();
         self.waited += started.elapsed();
         let batch = batch?;
         if batch.rows() > 0 {
@@ -307,21 +354,26 @@ impl BlockSource for PipelineSource {
         self.cursor.clone()
     }
 
-    /// Reopens the train stream at `cursor` with `weights`: the batches read ahead are dropped.
+    /// Opens the train stream again at `cursor` with `weights` from block `from`, beside the
+    /// current one, which the loop reads until the new one has its first batch (see
+    /// `weight_switch`). A standby not yet taken over is replaced.
     fn set_weights(
         &mut self,
         cursor: Option<Cursor>,
         weights: BTreeMap<String, f64>,
+        from: Option<u64>,
     ) -> anyhow::Result<()> {
         let request = self
             .request
             .clone()
             .with_cursor(cursor.clone())
-            .with_weights(Some(weights));
-        let (train, _) = start_prefetch(&self.endpoint, request.clone(), self.retry_for)?;
-        self.train = train;
-        self.request = request;
-        self.cursor = cursor;
+            .with_weights(Some(weights))
+            .with_weights_from(from);
+        // The current stream is what the loop reads up to the new boundary: a standby replaced
+        // before it took over never served a block.
+        let limit = limit_of(&request, &self.request);
+        let (train, _) = spawn_prefetch(&self.endpoint, request.clone(), self.retry_for)?;
+        self.standby = Some(Standby::new(train, request, limit));
         Ok(())
     }
 

@@ -31,12 +31,15 @@ pub trait BlockSource {
         None
     }
 
-    /// Continues the train stream after `cursor` (a position at or after the last block
-    /// returned) with mixture weights of its own; sources without a mixture refuse.
+    /// Continues the train stream after `cursor` (the position after the last block returned)
+    /// with mixture weights of its own, which apply from the first chunk starting at block
+    /// `from` or later (the chunk after the cursor's with `None`); sources without a mixture
+    /// refuse.
     fn set_weights(
         &mut self,
         _cursor: Option<Cursor>,
         _weights: BTreeMap<String, f64>,
+        _from: Option<u64>,
     ) -> anyhow::Result<()> {
         anyhow::bail!("this block source has no mixture whose weights could change")
     }

@@ -2,9 +2,11 @@
 //!
 //! With `odm` the run opens its train stream with weights of its own (docs/protocol.md, *Weights
 //! of one stream*) and every `mixing_every` steps hands the sources' losses since the last update
-//! to the [`odm`] policy, whose new weights the stream takes from the step's cursor on: every
-//! rank reopens its shard from that same global position, so all ranks change at the same block,
-//! and a resumed run (whose checkpoint holds the policy) continues the same trajectory.
+//! to the [`odm`] policy. Its new weights apply from the first chunk starting
+//! [`LOOKAHEAD_STEPS`] steps' blocks past the step's cursor: every rank opens its shard again from
+//! that same global position with that same boundary, beside the stream it reads, so all ranks
+//! change at the same block without waiting for the pipeline, and a resumed run (whose checkpoint
+//! holds the policy and the boundary) continues the same trajectory.
 
 pub mod odm;
 
@@ -36,16 +38,35 @@ pub struct MixingState {
     pub policy: Option<OdmPolicy>,
     #[serde(default)]
     pub pending: SourceLosses,
+    /// The block from whose chunk on the policy's latest weights apply, until the stream
+    /// reaches that chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_from: Option<u64>,
 }
+
+/// Steps between an update of the policy and the block its weights apply from (rounded up to the
+/// next chunk by the pipeline): the run reads on while the stream with the new weights starts
+/// (`data::weight_switch`). Short, so that an update takes effect before the next one comes.
+pub const LOOKAHEAD_STEPS: u64 = 2;
 
 impl MixingState {
     /// The weights the run's stream asks for: the policy's, or (before its first update) an
-    /// empty set, which makes the stream's weights its own with the pipeline's as their values.
-    pub fn stream_weights(&self) -> BTreeMap<String, f64> {
-        self.policy
+    /// empty set, which makes the stream's weights its own with the pipeline's as their values;
+    /// and the block they apply from, when the stream has not reached it yet.
+    pub fn stream_weights(&self) -> (BTreeMap<String, f64>, Option<u64>) {
+        let weights = self
+            .policy
             .as_ref()
             .map(OdmPolicy::weights)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (weights, self.weights_from)
+    }
+
+    /// Where the weights of an update at `cursor` apply from: `lookahead_blocks` past it.
+    pub fn schedule(&mut self, cursor: Option<&Cursor>, lookahead_blocks: u64) -> Option<u64> {
+        self.weights_from =
+            cursor.map(|cursor| cursor.state.block_seq + cursor.skip + lookahead_blocks);
+        self.weights_from
     }
 
     /// Adds a step's per-source loss sums (over every rank). After the run's first step, checks
@@ -78,6 +99,11 @@ impl MixingState {
             }
         }
         self.pending.merge(losses);
+        // Once the stream reads the chunk the latest weights apply from, they are the cursor's.
+        let reached = |from: &mut u64| cursor.is_some_and(|cursor| cursor.state.block_seq >= *from);
+        if self.weights_from.as_mut().is_some_and(reached) {
+            self.weights_from = None;
+        }
         Ok(())
     }
 
@@ -109,6 +135,6 @@ pub fn settings(reward: OdmReward) -> OdmSettings {
         reward,
         smoothing: 0.9,
         floor: 0.1,
-        window: 4,
+        window: 8,
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Every update the policy gets each source's mean training loss over the steps since the last
 //! one. A source's reward (its loss, as in the paper, or its learning progress: the relative fall
-//! of its loss over a window of updates) is divided by the probability the source was drawn
+//! of a moving average of its loss over a window of updates) is divided by the probability the source was drawn
 //! with (EXP3's importance weighting) and smoothed into an estimate `R̂ ← αR̂ + (1-α)r/π`. The
 //! weights are `π = (1 - Kε) · softmax(log prior + ε R̂) + ε`, where the exploration rate
 //! `ε_t = min(1/K, sqrt(ln K / (K t)))` decays with the updates, and no weight falls below
@@ -17,6 +17,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+
+/// How much of its moving average a source's loss keeps at each update (progress reward).
+const LOSS_SMOOTHING: f64 = 0.7;
 
 /// What the bandit rewards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -49,7 +52,8 @@ pub struct Arm {
     pub prior: f64,
     pub estimate: f64,
     pub weight: f64,
-    /// The source's mean loss at the latest updates, oldest first (at most `window + 1`).
+    /// The moving average of the source's mean loss at the latest updates, oldest first (at
+    /// most `window + 1`).
     pub losses: VecDeque<f64>,
 }
 
@@ -131,7 +135,13 @@ impl OdmPolicy {
             else {
                 continue;
             };
-            arm.losses.push_back(loss);
+            // A source's mean loss over one update's few blocks is noisy (±0.2 nats at tiny
+            // scales) next to what it learns in a window (a tenth of a nat): progress is
+            // measured on a moving average of it.
+            let smoothed = arm.losses.back().map_or(loss, |last| {
+                LOSS_SMOOTHING * last + (1.0 - LOSS_SMOOTHING) * loss
+            });
+            arm.losses.push_back(smoothed);
             while arm.losses.len() > settings.window + 1 {
                 arm.losses.pop_front();
             }
@@ -140,8 +150,8 @@ impl OdmPolicy {
                 OdmReward::Progress => {
                     // In percent: a loss reward is a few nats, and the exploration rate scales
                     // both; a fraction would leave the weights where they started.
-                    let oldest = arm.losses.front().copied().unwrap_or(loss);
-                    100.0 * (oldest - loss) / oldest.abs().max(f64::MIN_POSITIVE)
+                    let oldest = arm.losses.front().copied().unwrap_or(smoothed);
+                    100.0 * (oldest - smoothed) / oldest.abs().max(f64::MIN_POSITIVE)
                 }
             };
             let drawn_with = arm.weight.max(f64::MIN_POSITIVE);

@@ -135,8 +135,10 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
             if completed % config.mixing_every == 0 {
                 let settings = mixing::settings(config.mixing_reward);
                 let weights = mixing.update(settings, outcome.cursor.as_ref());
+                let lookahead = mixing::LOOKAHEAD_STEPS * config.global_batch() as u64;
+                let from = mixing.schedule(outcome.cursor.as_ref(), lookahead);
                 source
-                    .set_weights(outcome.cursor.clone(), weights)
+                    .set_weights(outcome.cursor.clone(), weights, from)
                     .map_err(TrainError::Source)?;
             }
         }
