@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{binary, run_ok, sample_corpus, scratch_dir, train_tokenizer, Pipeline};
@@ -255,4 +255,35 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM")
+}
+
+/// Starts `command`, waits for checkpoint `step`, SIGKILLs it; the run must not have finished.
+pub fn kill_after_checkpoint(command: &mut Command, out: &Path, step: usize) {
+    let mut child = KillOnDrop(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the trainer"),
+    );
+    let child = &mut child.0;
+    wait_for_checkpoint(out, step, child);
+    let _ = child.kill();
+    let status = child.wait().expect("waiting for the trainer");
+    assert!(!status.success(), "SIGKILL ends the process: {status}");
+    assert!(
+        !metrics(out).iter().any(|line| line["kind"] == "done"),
+        "the run finished before it could be killed; make it longer"
+    );
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "copying {}", from.display());
 }

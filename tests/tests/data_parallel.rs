@@ -9,13 +9,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use flightlm_tests::binary;
 use flightlm_tests::run_ok;
 use flightlm_tests::runs::{
-    assert_exact_audit, losses, metrics, resumed_from, setup, step_blocks, trainer,
-    wait_for_checkpoint, KillOnDrop, Setup, TIMEOUT,
+    assert_exact_audit, copy_dir, kill_after_checkpoint, losses, metrics, resumed_from, setup,
+    step_blocks, trainer, Setup, TIMEOUT,
 };
 use safetensors::SafeTensors;
 
@@ -96,37 +96,6 @@ fn two_cpu_ranks_train_like_one_rank_of_twice_the_batch() {
         .find(|line| line["kind"] == "start")
         .expect("start line");
     assert_eq!(start["world_size"], 2);
-}
-
-/// Starts `command`, waits for checkpoint `step`, SIGKILLs it; the run must not have finished.
-fn kill_after_checkpoint(command: &mut Command, out: &Path, step: usize) {
-    let mut child = KillOnDrop(
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting the trainer"),
-    );
-    let child = &mut child.0;
-    wait_for_checkpoint(out, step, child);
-    let _ = child.kill();
-    let status = child.wait().expect("waiting for the trainer");
-    assert!(!status.success(), "SIGKILL ends the process: {status}");
-    assert!(
-        !metrics(out).iter().any(|line| line["kind"] == "done"),
-        "the run finished before it could be killed; make it longer"
-    );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp");
-    assert!(status.success(), "copying {}", from.display());
 }
 
 #[test]
