@@ -8,7 +8,8 @@
 # held-out loss; and of the three learnable sources alone), the odm run's final weights, and the
 # training speed of both runs (tokens/s over the train lines). Then the cost of odm's updates and
 # stream changes alone: COST_PAIRS pairs (default 3) of 300-step tiny runs, static and odm
-# alternating, and the median ratio of their step times.
+# alternating, and the median ratio of their step times; with pipeline and trainer sharing the
+# cores, then on separate cores.
 # Usage: bash scripts/bench-mixing.sh [TINY_STEPS [SMALL_STEPS]]   (default: 600 300)
 set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -43,19 +44,27 @@ EOF
 "$FLIGHTLM_BIN/flightlm-pipeline" train-tokenizer --input "$WORK/kjv.txt" --vocab-size 2000 \
     --out "$WORK/tokenizer" > /dev/null
 
-PORT=$((20000 + RANDOM % 20000))
 SOURCES=()
 for name in verses reversed shuffled noise; do
     SOURCES+=(--source "$name=$WORK/$name.txt:1")
 done
-"$FLIGHTLM_BIN/flightlm-pipeline" serve --tokenizer "$WORK/tokenizer/tokenizer.json" \
-    "${SOURCES[@]}" --valid-fraction 0.02 --listen "127.0.0.1:$PORT" > "$WORK/pipeline.log" 2>&1 &
-PIPELINE=$!
-trap 'kill $PIPELINE 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-    "$FLIGHTLM_BIN/flightlm-pipeline" stats --pipeline "http://127.0.0.1:$PORT" > /dev/null 2>&1 && break
-    sleep 0.1
-done
+PIPELINE=""
+trap '[ -n "$PIPELINE" ] && kill $PIPELINE 2>/dev/null || true' EXIT
+# Starts the pipeline on a fresh port (PORT), under the command prefix given (e.g. taskset).
+serve() {
+    [ -n "$PIPELINE" ] && { kill $PIPELINE; wait $PIPELINE 2>/dev/null || true; }
+    PORT=$((20000 + RANDOM % 20000))
+    "$@" "$FLIGHTLM_BIN/flightlm-pipeline" serve --tokenizer "$WORK/tokenizer/tokenizer.json" \
+        "${SOURCES[@]}" --valid-fraction 0.02 --listen "127.0.0.1:$PORT" \
+        >> "$WORK/pipeline.log" 2>&1 &
+    PIPELINE=$!
+    for _ in $(seq 100); do
+        "$FLIGHTLM_BIN/flightlm-pipeline" stats --pipeline "http://127.0.0.1:$PORT" \
+            > /dev/null 2>&1 && return
+        sleep 0.1
+    done
+}
+serve
 
 for preset in tiny small; do
     steps=$TINY_STEPS
@@ -70,19 +79,34 @@ for preset in tiny small; do
     done
 done
 
-# The cost: the tiny preset's short steps (about 30 ms) make any wait or extra pipeline work show.
-for pair in $(seq "${COST_PAIRS:-3}"); do
-    for mixing in static odm; do
-        "$FLIGHTLM_BIN/flightlm-trainer" train --pipeline "http://127.0.0.1:$PORT" \
-            --objective mlm --preset tiny --seq-len 64 --batch-size 16 --grad-accum 1 \
-            --warmup-steps 20 --max-steps 300 --log-every 25 --eval-every 100000 \
-            --save-every 100000 --mixing "$mixing" --out "$WORK/cost-$pair-$mixing" > /dev/null
+# The cost: the tiny preset's short steps (about 80 ms) make any wait or extra pipeline work
+# show. Once with pipeline and trainer sharing every core, once (with taskset) with the pipeline
+# on the last core and the trainer on the others, as with a pipeline on a host of its own.
+cost_pairs() {
+    local setting=$1
+    shift
+    for pair in $(seq "${COST_PAIRS:-3}"); do
+        for mixing in static odm; do
+            "$@" "$FLIGHTLM_BIN/flightlm-trainer" train --pipeline "http://127.0.0.1:$PORT" \
+                --objective mlm --preset tiny --seq-len 64 --batch-size 16 --grad-accum 1 \
+                --warmup-steps 20 --max-steps 300 --log-every 25 --eval-every 100000 \
+                --save-every 100000 --mixing "$mixing" \
+                --out "$WORK/cost-$setting-$pair-$mixing" > /dev/null
+        done
     done
-done
+}
+cost_pairs shared
+SETTINGS=shared
+CORES=$(nproc)
+if command -v taskset > /dev/null && [ "$CORES" -ge 2 ]; then
+    serve taskset -c $((CORES - 1))
+    cost_pairs separate taskset -c 0-$((CORES - 2))
+    SETTINGS="shared separate"
+fi
 
-python3 - "$WORK" "${COST_PAIRS:-3}" <<'EOF'
+python3 - "$WORK" "${COST_PAIRS:-3}" "$SETTINGS" <<'EOF'
 import json, math, statistics, sys
-work, pairs = sys.argv[1], int(sys.argv[2])
+work, pairs, settings = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 sources = ["verses", "reversed", "shuffled", "noise"]
 header = f"{'preset':<6} {'mixing':<7}" + "".join(f" {s:>9}" for s in sources)
 print(header + f" {'mixture':>9} {'learnable':>9} {'tok/s':>8}  final weights")
@@ -108,10 +132,14 @@ def step_seconds(run):
     train = [json.loads(l) for l in open(f"{work}/{run}/metrics.jsonl") if '"train"' in l]
     speed = statistics.mean(line["tokens_per_s"] for line in train[1:])
     return 16 * 64 / speed
-ratios = []
-for pair in range(1, pairs + 1):
-    static, odm = step_seconds(f"cost-{pair}-static"), step_seconds(f"cost-{pair}-odm")
-    ratios.append(odm / static)
-    print(f"cost pair {pair}: static {1000 * static:.1f} ms/step, odm {1000 * odm:.1f} ms/step, ratio {odm / static:.3f}")
-print(f"cost: odm's step time is {statistics.median(ratios):.3f}x static's (median of {pairs} pairs)")
+for setting in settings:
+    ratios = []
+    for pair in range(1, pairs + 1):
+        static = step_seconds(f"cost-{setting}-{pair}-static")
+        odm = step_seconds(f"cost-{setting}-{pair}-odm")
+        ratios.append(odm / static)
+        print(f"cost ({setting} cores) pair {pair}: static {1000 * static:.1f} ms/step, "
+              f"odm {1000 * odm:.1f} ms/step, ratio {odm / static:.3f}")
+    print(f"cost ({setting} cores): odm's step time is {statistics.median(ratios):.3f}x "
+          f"static's (median of {pairs} pairs)")
 EOF
