@@ -93,25 +93,37 @@ pub fn assert_same_losses(
     tolerance: f64,
     what: &str,
 ) {
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "{what}: every step logged exactly once"
-    );
-    let mut largest = 0f64;
-    for (step, loss) in got {
-        let reference = expected[step];
-        let relative = (loss - reference).abs() / reference.abs();
-        assert!(
-            relative <= tolerance,
-            "{what}: step {step}: {loss} vs {reference}"
-        );
-        largest = largest.max(relative);
-    }
+    let largest = assert_close(got, expected, tolerance, what);
     eprintln!(
         "{what}: {} losses, largest relative difference {largest:.2e}",
         got.len()
     );
+}
+
+/// `got` and `expected` have the same keys, each value within `tolerance` (relative) of
+/// `expected`'s; returns the largest relative difference.
+pub fn assert_close<K: Ord + std::fmt::Debug>(
+    got: &BTreeMap<K, f64>,
+    expected: &BTreeMap<K, f64>,
+    tolerance: f64,
+    what: &str,
+) -> f64 {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{what}: the same keys (every step logged exactly once)"
+    );
+    let mut largest = 0f64;
+    for (key, value) in got {
+        let reference = expected[key];
+        let relative = (value - reference).abs() / reference.abs();
+        assert!(
+            relative <= tolerance,
+            "{what}: {key:?}: {value} vs {reference}"
+        );
+        largest = largest.max(relative);
+    }
+    largest
 }
 
 pub fn audit(out: &Path) -> serde_json::Value {

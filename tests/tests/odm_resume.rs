@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use flightlm_tests::runs::{
-    assert_exact_audit, assert_same_losses, copy_dir, kill_after_checkpoint, losses, metrics,
-    resumed_from, step_blocks, trainer, TIMEOUT,
+    assert_close, assert_exact_audit, assert_same_losses, copy_dir, kill_after_checkpoint, losses,
+    metrics, resumed_from, step_blocks, trainer, TIMEOUT,
 };
 use flightlm_tests::{binary, run_ok, scratch_dir, two_source_corpus, Pipeline};
 
@@ -34,31 +34,6 @@ fn mixing_by_step(out: &Path) -> Mixing {
             (step, (weights, by_source(&line["loss_by_source"])))
         })
         .collect()
-}
-
-/// `got` and `expected` name the same sources, each value within `tolerance` (relative).
-fn assert_close(
-    got: &BTreeMap<String, f64>,
-    expected: &BTreeMap<String, f64>,
-    tolerance: f64,
-    what: &str,
-) -> f64 {
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "{what}"
-    );
-    let mut largest = 0f64;
-    for (source, value) in got {
-        let reference = expected[source];
-        let relative = (value - reference).abs() / reference.abs();
-        assert!(
-            relative <= tolerance,
-            "{what}: {source} at {value}, uninterrupted {reference}"
-        );
-        largest = largest.max(relative);
-    }
-    largest
 }
 
 #[test]

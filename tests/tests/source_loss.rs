@@ -49,14 +49,7 @@ fn each_source_has_its_training_and_eval_loss_in_metrics_and_tensorboard() {
         let names: Vec<&str> = losses.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["alpha", "beta"], "{line}");
         // The step's loss is the token-weighted mean of its sources' losses.
-        let low = losses
-            .iter()
-            .map(|(_, loss)| *loss)
-            .fold(f64::MAX, f64::min);
-        let high = losses
-            .iter()
-            .map(|(_, loss)| *loss)
-            .fold(f64::MIN, f64::max);
+        let (low, high) = range(&losses);
         let loss = line["loss"].as_f64().unwrap();
         assert!(
             low > 0.0 && low - 1e-9 <= loss && loss <= high + 1e-9,
@@ -69,14 +62,7 @@ fn each_source_has_its_training_and_eval_loss_in_metrics_and_tensorboard() {
         let losses = by_source(line, "eval_loss_by_source");
         assert_eq!(losses.len(), 2, "{line}");
         let loss = line["eval_loss"].as_f64().unwrap();
-        let low = losses
-            .iter()
-            .map(|(_, loss)| *loss)
-            .fold(f64::MAX, f64::min);
-        let high = losses
-            .iter()
-            .map(|(_, loss)| *loss)
-            .fold(f64::MIN, f64::max);
+        let (low, high) = range(&losses);
         assert!(low - 1e-9 <= loss && loss <= high + 1e-9, "{line}");
     }
 
@@ -126,4 +112,11 @@ fn with_one_source_its_loss_is_the_runs_loss() {
         let main = line["eval_loss_by_source"]["main"].as_f64().expect("main");
         assert!(close(main, line["eval_loss"].as_f64().unwrap()), "{line}");
     }
+}
+
+/// The lowest and the highest of the sources' losses.
+fn range(losses: &[(String, f64)]) -> (f64, f64) {
+    let values = losses.iter().map(|(_, loss)| *loss);
+    let low = values.clone().fold(f64::MAX, f64::min);
+    (low, values.fold(f64::MIN, f64::max))
 }

@@ -160,24 +160,8 @@ fn the_source_column_counts_what_stats_counts_in_rust_and_python() {
         Duration::from_secs(120),
     ));
     let listed = stats(&pipeline.url);
-    let stream_counts: BTreeMap<String, u64> = listed["streams"][0]["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|source| {
-            let name = source["source"].as_str().unwrap().to_string();
-            (name, source["blocks"].as_u64().unwrap())
-        })
-        .collect();
-    let served: BTreeMap<String, u64> = listed["served"]["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|source| {
-            let name = source["source"].as_str().unwrap().to_string();
-            (name, source["blocks"].as_u64().unwrap())
-        })
-        .collect();
+    let stream_counts = blocks_by_source(&listed["streams"][0]["sources"]);
+    let served = blocks_by_source(&listed["served"]["sources"]);
     let column: BTreeMap<String, u64> = serde_json::from_value(summary["sources"].clone()).unwrap();
     assert_eq!(column.len(), 2, "{summary}");
     assert_eq!(column, stream_counts, "{listed}");
@@ -208,4 +192,17 @@ print(json.dumps({{"counts": counts, "beta": beta}}))
         serde_json::from_value(answer["counts"].clone()).unwrap();
     assert_eq!(python_counts, column, "{answer}");
     assert_eq!(answer["beta"], serde_json::json!({"beta": 100}), "{answer}");
+}
+
+/// A `stats` list of sources as source → blocks.
+fn blocks_by_source(sources: &serde_json::Value) -> BTreeMap<String, u64> {
+    sources
+        .as_array()
+        .expect("a list of sources")
+        .iter()
+        .map(|source| {
+            let name = source["source"].as_str().unwrap().to_string();
+            (name, source["blocks"].as_u64().unwrap())
+        })
+        .collect()
 }
