@@ -22,5 +22,5 @@ pub mod tokenizer_file;
 pub mod tokenizer_info;
 
 pub use cursor::{Cursor, FileVersion, SourcePosition, StreamState};
-pub use request::{Shard, Split, StreamRequest, CONTRACT_VERSION};
+pub use request::{Shard, Split, StreamRequest, StreamWeights, CONTRACT_VERSION};
 pub use schema::{TokenBlocks, TokenizerInfo};

@@ -86,6 +86,49 @@ pub struct StreamRequest {
     /// it reads gives the same blocks until there and it can change streams without waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights_from: Option<u64>,
+    /// Names the run this stream belongs to, for `stream-weights` updates of its weights while it
+    /// runs (every stream of the run on this pipeline follows them). Needs `weights`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// With `run`: the stream draws no chunk starting at or after this block sequence number
+    /// until a `stream-weights` update moves it on, so an update naming a boundary at or after it
+    /// always finds the chunks from there not drawn yet and changes the open stream in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_until: Option<u64>,
+}
+
+/// The body of a `stream-weights` action: a change of the weights of a run's open streams,
+/// scheduled ahead of what they drew (docs/protocol.md, *Weights of one stream*).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamWeights {
+    /// The `run` the streams were opened with.
+    pub run: String,
+    /// New weights, from the first chunk starting at or after `from`; `None` only moves `until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<BTreeMap<String, f64>>,
+    #[serde(default)]
+    pub from: u64,
+    /// The streams may draw chunks starting before this block from now on.
+    pub until: u64,
+}
+
+impl StreamWeights {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.run.is_empty() {
+            return Err("stream-weights names no run".into());
+        }
+        if let Some(weights) = &self.weights {
+            check_weights(weights)?;
+            if self.until < self.from {
+                return Err(format!(
+                    "until {} comes before the weights' boundary {}",
+                    self.until, self.from
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One of `count` disjoint slices of a stream.
@@ -127,7 +170,17 @@ impl StreamRequest {
             document_starts: false,
             weights: None,
             weights_from: None,
+            run: None,
+            weights_until: None,
         }
+    }
+
+    /// The stream follows the `stream-weights` updates of `run`, drawing no chunk from `until`
+    /// on before one moves it.
+    pub fn with_run(mut self, run: Option<String>, until: Option<u64>) -> Self {
+        self.run = run;
+        self.weights_until = until;
+        self
     }
 
     /// The request's weights apply from the first chunk starting at block `block_seq` or later.
@@ -209,6 +262,16 @@ impl StreamRequest {
         if self.weights_from.is_some() && self.weights.is_none() {
             return Err(RequestError::Invalid(
                 "weights_from needs weights to apply from there".into(),
+            ));
+        }
+        if self.run.is_some() && self.weights.is_none() {
+            return Err(RequestError::Invalid(
+                "run needs weights: a run's updates change the stream's own weights".into(),
+            ));
+        }
+        if self.weights_until.is_some() && self.run.is_none() {
+            return Err(RequestError::Invalid(
+                "weights_until needs a run whose updates move it".into(),
             ));
         }
         Ok(())

@@ -48,8 +48,10 @@ fn a_static_run_beside_an_odm_run_gets_the_blocks_it_gets_alone() {
         .windows(2)
         .filter(|pair| pair[0] != pair[1])
         .count();
+    // Weights change at most once per 64-block chunk: an update due while the previous one has
+    // not reached its chunk waits (`MixingState::update_due`), so 640 blocks give about 10.
     assert!(
-        changes >= 20,
+        changes >= 8,
         "the odm run changed its weights {changes} times"
     );
 }

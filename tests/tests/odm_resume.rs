@@ -3,7 +3,8 @@
 //! for bit on two ranks; within 1e-6 relative on one, whose per-source sums add up in another
 //! order), every step draws the same blocks from the same sources, losses agree within 1e-5
 //! relative, and `audit-blocks` finds nothing lost or repeated. With an update every 3 steps the
-//! checkpoints often hold a change still waiting for its chunk boundary.
+//! checkpoints often hold a change still waiting for its chunk boundary, and the stream is often
+//! waiting for the next update at its `until` when the run is killed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,6 +54,11 @@ fn an_odm_run_killed_on_two_ranks_resumes_on_two_and_on_one_with_the_same_trajec
         format!("gamma={}:1", gamma.display()),
         "--valid-fraction".into(),
         "0.05".into(),
+        // Chunks of 8 blocks: weights change at most once per chunk, and an update due while
+        // the previous one waits for its chunk waits too, so 64-block chunks would allow only
+        // a few changes in this short run.
+        "--shuffle-window".into(),
+        "8".into(),
     ]);
     let pipeline = Pipeline::start_with(&tokenizer, &arguments);
     let two = "--batch-size 4 --devices cpu:2 --mixing odm --mixing-every 3";

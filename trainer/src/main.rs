@@ -165,14 +165,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let retry_for = std::time::Duration::from_secs(pipeline_retry_s);
             let live = serve_live_metrics(metrics_listen.as_deref())?;
             // An odm run's stream has weights of its own from its start (see `mixing`).
-            let weights = (config.mixing == Mixing::Odm).then(|| {
-                resume
-                    .as_ref()
-                    .and_then(|(_, state)| state.mixing.as_ref())
-                    .map(MixingState::stream_weights)
-                    .unwrap_or_default()
+            let mixing = (config.mixing == Mixing::Odm).then(|| {
+                let (step, state) = match &resume {
+                    Some((_, state)) => (state.step, state.mixing.clone().unwrap_or_default()),
+                    None => (0, MixingState::default()),
+                };
+                let global_batch = config.global_batch();
+                state.stream_mixing(step, cursor.as_ref(), global_batch, config.mixing_every)
             });
-            let sources = pipeline_sources(&config, &pipeline, cursor, weights, retry_for)?;
+            let sources = pipeline_sources(&config, &pipeline, cursor, mixing, retry_for)?;
             if let (0, Some(source)) = (config.node_rank, sources.first()) {
                 save_tokenizer_roles(&out, source.tokenizer(), config.seq_len);
             }

@@ -1,5 +1,5 @@
-//! Changing the corpus while streams run: the `add-source` and `set-weight` actions, and the
-//! `--watch` directory poller.
+//! Changing the corpus while streams run: the `add-source`, `set-weight` and `stream-weights`
+//! actions, and the `--watch` directory poller.
 //!
 //! Running streams pick changes up at their next file or chunk boundary; nothing restarts and every
 //! cursor stays valid, because cursors name files and sources, never positions in a list.
@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flightlm_shared::StreamWeights;
 use serde::Deserialize;
 
 use crate::access::{confine, confine_inputs};
 use crate::corpus::{Corpus, Source};
 use crate::error::{PipelineError, Result};
+use crate::production::weight_schedule::WeightSchedules;
 use crate::read::reader::{reader_runtime, CorpusReader};
 use crate::read::remote;
 use crate::read::sources::{collect_directory, resolve_inputs};
@@ -95,6 +97,20 @@ pub fn set_weight(corpus: &Corpus, body: &[u8]) -> Result<()> {
     source.set_weight(request.weight);
     tracing::info!(source = %request.source, weight = request.weight, "weight changed");
     Ok(())
+}
+
+/// Applies a run's change of weights to its open streams (`weight_schedule`): the sources it
+/// names must be ones this pipeline serves. False when no stream of the run is open here.
+pub fn stream_weights(corpus: &Corpus, schedules: &WeightSchedules, body: &[u8]) -> Result<bool> {
+    let update: StreamWeights = parse(body, "stream-weights")?;
+    if let Some(weights) = &update.weights {
+        if let Some(unknown) = weights.keys().find(|name| corpus.source(name).is_none()) {
+            return Err(PipelineError::Control(format!(
+                "stream-weights names source `{unknown}`, which this pipeline does not serve"
+            )));
+        }
+    }
+    schedules.update(&update)
 }
 
 /// Polls `directory` (or a remote prefix, listed again at every poll) every `interval` and adds

@@ -51,8 +51,9 @@ pub type MakeChunks = Arc<
 
 /// Where a hub's chunks come from (a [`crate::production::chunk_producer::ChunkProducer`]).
 pub trait ChunkSource: Send + 'static {
-    /// The next chunk; called again until one comes back with `last` set.
-    fn next_chunk(&mut self) -> Result<Chunk, PipelineError>;
+    /// The next chunk; called again until one comes back with `last` set. `stop` says that
+    /// nobody reads the chunks any more (for a source that waits before it draws one).
+    fn next_chunk(&mut self, stop: &dyn Fn() -> bool) -> Result<Chunk, PipelineError>;
 }
 
 /// What readers of one hub must agree on.
@@ -193,7 +194,7 @@ impl Hub {
             if !self.wait_for_room() {
                 return;
             }
-            let made = producer.next_chunk();
+            let made = producer.next_chunk(&|| self.lock().closed);
             let mut state = self.lock();
             match made {
                 Ok(chunk) => {

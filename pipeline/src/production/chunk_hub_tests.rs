@@ -16,7 +16,7 @@ struct Counting {
 }
 
 impl ChunkSource for Counting {
-    fn next_chunk(&mut self) -> Result<Chunk, PipelineError> {
+    fn next_chunk(&mut self, _stop: &dyn Fn() -> bool) -> Result<Chunk, PipelineError> {
         self.made.fetch_add(1, Ordering::SeqCst);
         let index = self.next;
         self.next += 1;
@@ -185,11 +185,11 @@ struct Gated {
 }
 
 impl ChunkSource for Gated {
-    fn next_chunk(&mut self) -> Result<Chunk, PipelineError> {
+    fn next_chunk(&mut self, _stop: &dyn Fn() -> bool) -> Result<Chunk, PipelineError> {
         if let Some(go) = self.go.take() {
             let _ = go.recv();
         }
-        self.counting.next_chunk()
+        self.counting.next_chunk(_stop)
     }
 }
 

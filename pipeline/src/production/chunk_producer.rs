@@ -22,6 +22,7 @@ use crate::production::mixture::{chunk_order, pick_source};
 use crate::production::source_blocks::{start_source, SourceBlock, SourceItem, SourceRequest};
 use crate::production::stats::ReadCounters;
 use crate::production::tokenize::EncodeRules;
+use crate::production::weight_schedule::WeightSchedule;
 
 /// One chunk of the global block sequence.
 pub struct Chunk {
@@ -58,6 +59,9 @@ pub struct ChunkRequest {
     pub weights: Option<BTreeMap<String, f64>>,
     /// `weights` apply from the first chunk starting at this block sequence number or later.
     pub weights_from: Option<u64>,
+    /// The run's changes of weights while the stream runs: a chunk waits until every change
+    /// that may apply to it is known, and the latest that does draws it.
+    pub schedule: Option<Arc<WeightSchedule>>,
 }
 
 impl ChunkRequest {
@@ -140,7 +144,12 @@ impl ChunkProducer {
 }
 
 impl ChunkSource for ChunkProducer {
-    fn next_chunk(&mut self) -> Result<Chunk, PipelineError> {
+    fn next_chunk(&mut self, stop: &dyn Fn() -> bool) -> Result<Chunk, PipelineError> {
+        if let Some(schedule) = &self.request.schedule {
+            if let Some(weights) = schedule.weights_for(self.block_seq, stop)? {
+                self.own_weights = Some(weights);
+            }
+        }
         self.add_new_sources();
         let passes = self.request.passes;
         let mut positions = Vec::with_capacity(self.producers.len());

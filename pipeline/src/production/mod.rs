@@ -5,6 +5,7 @@
 //! [`source_blocks`] runs both per source, labelling every block with the position it starts
 //! at. [`chunk_producer`] interleaves the sources by a seeded [`mixture`] draw and shuffles
 //! chunks of blocks; [`chunk_hub`] shares that one production among the shards of a job.
+//! [`weight_schedule`] holds the weight changes a run sends its open streams.
 //! [`stats`] holds the live counters every stage updates, [`served`] their totals since start.
 
 pub mod chunk_hub;
@@ -15,3 +16,4 @@ pub mod served;
 pub mod source_blocks;
 pub mod stats;
 pub mod tokenize;
+pub mod weight_schedule;

@@ -22,6 +22,7 @@ use crate::production::chunk_hub::{ChunkSource, HubKey, HubRegistry, MakeChunks,
 use crate::production::chunk_producer::{ChunkProducer, ChunkRequest};
 use crate::production::stats::{ReadCounters, StreamStats};
 use crate::production::tokenize::{EncodeRules, SplitFilter};
+use crate::production::weight_schedule::WeightSchedules;
 
 /// Record batches waiting for the network: a little slack so encoding overlaps sending.
 const BATCHES_IN_FLIGHT: usize = 4;
@@ -41,6 +42,7 @@ pub struct OpenStream {
 pub fn open_stream(
     corpus: &Arc<Corpus>,
     hubs: &HubRegistry,
+    schedules: &WeightSchedules,
     request: &StreamRequest,
 ) -> Result<OpenStream, PipelineError> {
     let fingerprint = corpus.fingerprint(request.split, request.seq_len);
@@ -77,11 +79,13 @@ pub fn open_stream(
             fingerprint,
             passes: request.epoch_limit(),
             shard_count: shard.count,
-            weights: request
-                .weights
-                .as_ref()
-                .map(|weights| format!("{weights:?} from {:?}", request.weights_from)),
+            // A run's shards share its production, whose weights its updates change.
+            weights: request.weights.as_ref().map(|weights| match &request.run {
+                Some(run) => format!("run {run}"),
+                None => format!("{weights:?} from {:?}", request.weights_from),
+            }),
         });
+    let schedule = (request.run.as_deref()).map(|run| schedules.open(run, request.weights_until));
     let entry: Arc<str> = serde_json::to_string(&state)
         .expect("a StreamState always serializes")
         .into();
@@ -109,6 +113,7 @@ pub fn open_stream(
                 passes,
                 weights: weights.clone(),
                 weights_from,
+                schedule: schedule.clone(),
             };
             let producer = ChunkProducer::new(corpus.clone(), chunks, state, counters);
             Ok(Box::new(producer) as Box<dyn ChunkSource>)

@@ -27,12 +27,13 @@ use tonic::transport::Identity;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::{AuthToken, AUTHORIZATION};
-use crate::corpus::control::{add_source, set_weight};
+use crate::corpus::control::{add_source, set_weight, stream_weights};
 use crate::corpus::Corpus;
 use crate::error::PipelineError;
 use crate::observe::status::PipelineStatus;
 use crate::production::chunk_hub::HubRegistry;
 use crate::production::stats::StreamRegistry;
+use crate::production::weight_schedule::WeightSchedules;
 use crate::service::block_stream::open_stream;
 use crate::service::listener::{flight_data_encoder, ipc_options};
 
@@ -42,6 +43,7 @@ pub const SOURCES_ACTION: &str = "sources";
 pub const ADD_SOURCE_ACTION: &str = "add-source";
 pub const SET_WEIGHT_ACTION: &str = "set-weight";
 pub const TOKENIZER_ACTION: &str = "tokenizer";
+pub const STREAM_WEIGHTS_ACTION: &str = "stream-weights";
 
 type FlightStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -52,6 +54,8 @@ pub struct PipelineService {
     status: Arc<PipelineStatus>,
     /// Productions that the shards of one job share.
     hubs: HubRegistry,
+    /// The weight changes of the runs whose streams are open (`stream-weights`).
+    schedules: WeightSchedules,
     access: Access,
     /// Becomes true when the server starts shutting down: open streams end after the batch in
     /// flight, with UNAVAILABLE so their readers resume elsewhere or later.
@@ -89,6 +93,7 @@ impl PipelineService {
             streams: status.streams.clone(),
             status,
             hubs: HubRegistry::default(),
+            schedules: WeightSchedules::default(),
             access,
             draining,
         }
@@ -162,19 +167,15 @@ impl FlightService for PipelineService {
         }
         tracing::info!(?stream_request, "stream opened");
         let schema = stream_schema(&stream_request, &self.corpus.tokenizer_info);
-        let stream =
-            open_stream(&self.corpus, &self.hubs, &stream_request).map_err(
-                |error| match error {
-                    PipelineError::Cursor(_) | PipelineError::Remote { .. } => {
-                        Status::failed_precondition(error.to_string())
-                    }
-                    PipelineError::RemoteUnavailable { .. } => {
-                        Status::unavailable(error.to_string())
-                    }
-                    PipelineError::Request(_) => Status::invalid_argument(error.to_string()),
-                    other => Status::internal(other.to_string()),
-                },
-            )?;
+        let stream = open_stream(&self.corpus, &self.hubs, &self.schedules, &stream_request)
+            .map_err(|error| match error {
+                PipelineError::Cursor(_) | PipelineError::Remote { .. } => {
+                    Status::failed_precondition(error.to_string())
+                }
+                PipelineError::RemoteUnavailable { .. } => Status::unavailable(error.to_string()),
+                PipelineError::Request(_) => Status::invalid_argument(error.to_string()),
+                other => Status::internal(other.to_string()),
+            })?;
         let stats = self
             .streams
             .register(&stream_request, stream.reading(), client);
@@ -257,10 +258,22 @@ impl FlightService for PipelineService {
                 set.map_err(control_error)?;
                 self.corpus.describe_sources()
             }
+            STREAM_WEIGHTS_ACTION => {
+                let updated = stream_weights(&self.corpus, &self.schedules, &action.body);
+                self.status
+                    .count_action(STREAM_WEIGHTS_ACTION, updated.is_ok());
+                if !updated.map_err(control_error)? {
+                    // A restarted pipeline, another replica: the trainer opens its stream again
+                    // with the change in its request.
+                    return Err(Status::unavailable("no stream of this run is open here"));
+                }
+                serde_json::json!({"status": "ok"})
+            }
             other => {
                 return Err(Status::invalid_argument(format!(
                     "unknown action `{other}` (known: {HEALTH_ACTION}, {STATS_ACTION}, \
-                     {SOURCES_ACTION}, {ADD_SOURCE_ACTION}, {SET_WEIGHT_ACTION}, {TOKENIZER_ACTION})"
+                     {SOURCES_ACTION}, {ADD_SOURCE_ACTION}, {SET_WEIGHT_ACTION}, \
+                     {STREAM_WEIGHTS_ACTION}, {TOKENIZER_ACTION})"
                 )))
             }
         };

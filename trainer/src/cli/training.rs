@@ -2,7 +2,6 @@
 //! metrics and checkpoints on node 0, the loop on the configured backend (one device, or a
 //! data-parallel group), and the final export.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,11 +17,12 @@ use flightlm_shared::client::PipelineEndpoint;
 use flightlm_shared::metrics_http;
 use flightlm_shared::{Cursor, Split, StreamRequest};
 use flightlm_trainer::config::AutodiffCheckpointing;
-use flightlm_trainer::data::pipeline::{switching_stream_window, PipelineSource};
+use flightlm_trainer::data::pipeline::PipelineSource;
 use flightlm_trainer::data::replicas::replica_endpoints;
 use flightlm_trainer::hf::{
     export_hf, write_tokenizer_config, HfRobertaConfig, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
 };
+use flightlm_trainer::mixing::StreamMixing;
 use flightlm_trainer::model::{Roberta, RobertaConfig};
 use flightlm_trainer::run::block_log::BlockLog;
 use flightlm_trainer::run::checkpoint::{CheckpointStore, TrainingState};
@@ -56,26 +56,26 @@ pub(crate) fn pipeline_sources(
     config: &TrainConfig,
     pipeline: &PipelineEndpoint,
     cursor: Option<Cursor>,
-    weights: Option<(BTreeMap<String, f64>, Option<u64>)>,
+    mixing: Option<StreamMixing>,
     retry_for: Duration,
 ) -> anyhow::Result<Vec<RankSource>> {
     let world = config.world_size();
-    let pipeline = &match weights {
-        Some(_) => pipeline
-            .clone()
-            .with_stream_window(Some(switching_stream_window(
-                config.seq_len,
-                config.batch_size,
-            ))),
-        None => pipeline.clone(),
-    };
+    // The name every rank of this process gives its stream, so that the pipeline changes their
+    // shared production once for all of them.
+    let run = mixing
+        .as_ref()
+        .map(|_| format!("{:016x}", rand::random::<u64>()));
     local_ranks(config)
         .map(|rank| {
             let mut request = StreamRequest::new(Split::Train, config.seq_len, config.batch_size)
                 .with_cursor(cursor.clone())
-                .with_document_starts(config.document_attention)
-                .with_weights(weights.as_ref().map(|(weights, _)| weights.clone()))
-                .with_weights_from(weights.as_ref().and_then(|(_, from)| *from));
+                .with_document_starts(config.document_attention);
+            if let Some(mixing) = &mixing {
+                request = request
+                    .with_weights(Some(mixing.weights.clone()))
+                    .with_weights_from(mixing.from)
+                    .with_run(run.clone(), Some(mixing.until));
+            }
             if world > 1 {
                 request = request.with_shard(rank as u64, world as u64);
             }

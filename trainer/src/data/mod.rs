@@ -14,4 +14,3 @@ pub mod replicas;
 pub mod source;
 pub mod synthetic;
 pub mod text_file;
-pub mod weight_switch;

@@ -7,32 +7,31 @@
 //! training sees no gap and no repeat. With several replicas of the pipeline
 //! (`--pipeline URL1,URL2`, see [`crate::data::replicas`]) it continues on the next one at once.
 //! The valid split is a finite stream read on request; the training loop reads it once and keeps
-//! it.
+//! it. A run that steers its mixture sends each change of weights through the prefetch thread,
+//! which passes it to the pipeline serving its stream (`stream-weights`) and opens the stream
+//! again with the change in its request when that pipeline does not know the run (a restart).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use flightlm_shared::backoff::Backoff;
-use flightlm_shared::client::{BlockStream, ClientError, PipelineEndpoint};
-use flightlm_shared::{Cursor, Split, StreamRequest, TokenBlocks, TokenizerInfo};
+use flightlm_shared::client::{run_action_with_body, BlockStream, ClientError, PipelineEndpoint};
+use flightlm_shared::{Cursor, Split, StreamRequest, StreamWeights, TokenBlocks, TokenizerInfo};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::data::replicas::{replica_endpoints, Replicas};
 use crate::data::source::{push_up_to, BlockSource};
-use crate::data::weight_switch::{limit_of, Batches, Standby};
+use crate::mixing::WeightChange;
 
 /// Train batches decoded ahead of the loop.
 const PREFETCH_BATCHES: usize = 8;
 
-/// The HTTP/2 stream window of a run that changes its weights: what its prefetch holds, at up to
-/// 8 wire bytes per token, and at least 64 KiB. Each change drops a stream, and what the pipeline
-/// sent ahead on it (a whole 8 MiB default window: thousands of blocks) was made for nothing.
-pub fn switching_stream_window(seq_len: usize, batch_size: usize) -> u32 {
-    let prefetched = (PREFETCH_BATCHES * batch_size * seq_len * 8) as u64;
-    prefetched.clamp(64 << 10, 8 << 20) as u32
-}
+/// The pipeline action that changes a run's stream weights while its streams run.
+const STREAM_WEIGHTS_ACTION: &str = "stream-weights";
+
+type Batches = Receiver<anyhow::Result<TokenBlocks>>;
 
 /// Train streams reopened after a failure, by every source of this process.
 static RECONNECTS: AtomicU64 = AtomicU64::new(0);
@@ -50,14 +49,14 @@ pub struct PipelineSource {
     document_starts: bool,
     tokenizer: TokenizerInfo,
     train: Batches,
-    /// A stream with new weights opened beside `train`, until it takes over (`weight_switch`).
-    standby: Option<Standby>,
+    /// Changes of the stream's weights, for the prefetch thread to pass on.
+    weight_changes: UnboundedSender<StreamWeights>,
     waited: Duration,
     retry_for: Duration,
     /// Resumes right after the last row handed to the training loop.
     cursor: Option<Cursor>,
-    /// The train stream's request (its shard, columns and weights), for reopening it.
-    request: StreamRequest,
+    /// The run whose weight changes the train stream follows (its request's `run`).
+    run: Option<String>,
 }
 
 impl PipelineSource {
@@ -89,16 +88,17 @@ impl PipelineSource {
     ) -> anyhow::Result<Self> {
         let (seq_len, batch_size) = (request.seq_len, request.batch_size);
         let (resume, document_starts) = (request.cursor.clone(), request.document_starts);
-        let (train, tokenizer) = start_prefetch(endpoint, request.clone(), retry_for)?;
+        let run = request.run.clone();
+        let (train, weight_changes, tokenizer) = start_prefetch(endpoint, request, retry_for)?;
         Ok(PipelineSource {
-            request,
+            run,
+            weight_changes,
             endpoint: endpoint.clone(),
             seq_len,
             batch_size,
             document_starts,
             tokenizer,
             train,
-            standby: None,
             waited: Duration::ZERO,
             retry_for,
             cursor: resume,
@@ -107,29 +107,15 @@ impl PipelineSource {
 }
 
 /// Starts a prefetch thread reading `request` and waits for its first batch, which names the
-/// tokenizer.
+/// tokenizer; returns its batches and where to send it changes of the stream's weights.
 fn start_prefetch(
     endpoint: &PipelineEndpoint,
     request: StreamRequest,
     retry_for: Duration,
-) -> anyhow::Result<(Batches, TokenizerInfo)> {
-    let (train, tokenizer_receiver) = spawn_prefetch(endpoint, request, retry_for)?;
-    let tokenizer = tokenizer_receiver
-        .recv()
-        .map_err(|_| anyhow!("the train stream ended before its first batch"))??;
-    Ok((train, tokenizer))
-}
-
-type TokenizerReceiver = Receiver<anyhow::Result<TokenizerInfo>>;
-
-/// Starts a prefetch thread reading `request`; its tokenizer comes with its first batch.
-fn spawn_prefetch(
-    endpoint: &PipelineEndpoint,
-    request: StreamRequest,
-    retry_for: Duration,
-) -> anyhow::Result<(Batches, TokenizerReceiver)> {
+) -> anyhow::Result<(Batches, UnboundedSender<StreamWeights>, TokenizerInfo)> {
     let (sender, train) = bounded(PREFETCH_BATCHES);
     let (tokenizer_sender, tokenizer_receiver) = bounded(1);
+    let (weight_changes, changes) = unbounded_channel();
     let fingerprint = request
         .cursor
         .as_ref()
@@ -140,13 +126,17 @@ fn spawn_prefetch(
         retry_for,
         sender,
         tokenizer_sender,
+        changes,
         connected: false,
     };
     std::thread::Builder::new()
         .name("train-prefetch".into())
         .spawn(move || prefetch.run())
         .context("starting the prefetch thread")?;
-    Ok((train, tokenizer_receiver))
+    let tokenizer = tokenizer_receiver
+        .recv()
+        .map_err(|_| anyhow!("the train stream ended before its first batch"))??;
+    Ok((train, weight_changes, tokenizer))
 }
 
 fn gave_up(error: ClientError, endpoint: &PipelineEndpoint, retry_for: Duration) -> anyhow::Error {
@@ -164,6 +154,8 @@ struct Prefetch {
     retry_for: Duration,
     sender: Sender<anyhow::Result<TokenBlocks>>,
     tokenizer_sender: Sender<anyhow::Result<TokenizerInfo>>,
+    /// Changes of the stream's weights from the training loop.
+    changes: UnboundedReceiver<StreamWeights>,
     /// The current connection delivered at least one batch.
     connected: bool,
 }
@@ -263,7 +255,19 @@ impl Prefetch {
             Ok(stream) => stream,
             Err(error) => return StreamEnd::Broken(error),
         };
-        while let Some(batch) = stream.next().await {
+        loop {
+            let batch = tokio::select! {
+                batch = stream.next() => batch,
+                Some(change) = self.changes.recv() => {
+                    if let Err(error) = self.change_weights(change).await {
+                        return StreamEnd::Broken(error);
+                    }
+                    continue;
+                }
+            };
+            let Some(batch) = batch else {
+                return StreamEnd::Finished;
+            };
             let batch = match batch {
                 Ok(batch) => batch,
                 Err(error) => return StreamEnd::Broken(error),
@@ -296,7 +300,20 @@ impl Prefetch {
                 return StreamEnd::BackToFirst;
             }
         }
-        StreamEnd::Finished
+    }
+
+    /// Takes a change of weights into the request (what a reconnection asks for) and passes it
+    /// to the pipeline serving the stream. A pipeline that has no stream of the run answers
+    /// `Unavailable`, which opens the stream again, with the change in its request.
+    async fn change_weights(&mut self, change: StreamWeights) -> Result<(), ClientError> {
+        if let Some(weights) = &change.weights {
+            self.request.weights = Some(weights.clone());
+            self.request.weights_from = Some(change.from);
+        }
+        self.request.weights_until = Some(change.until);
+        let body = serde_json::to_vec(&change).expect("a StreamWeights always serializes");
+        run_action_with_body(self.replicas.current(), STREAM_WEIGHTS_ACTION, body).await?;
+        Ok(())
     }
 
     fn fail(&self, error: anyhow::Error, announced: bool) {
@@ -308,32 +325,6 @@ impl Prefetch {
     }
 }
 
-impl PipelineSource {
-    /// The next batch of the current stream, or of the standby once it takes over.
-    fn next_from_streams(&mut self) -> anyhow::Result<TokenBlocks> {
-        let Some(standby) = self.standby.as_mut() else {
-            return self
-                .train
-                .recv()
-                .map_err(|_| anyhow!("the train stream stopped"))?;
-        };
-        if !standby.ready() {
-            let batch = self
-                .train
-                .recv()
-                .map_err(|_| anyhow!("the train stream stopped"))??;
-            if let Ok(batch) = standby.pass(batch)? {
-                return Ok(batch);
-            }
-        }
-        let standby = self.standby.take().expect("a standby");
-        let (train, request, batch) = standby.take_over()?;
-        self.train = train;
-        self.request = request;
-        Ok(batch)
-    }
-}
-
 impl BlockSource for PipelineSource {
     fn tokenizer(&self) -> &TokenizerInfo {
         &self.tokenizer
@@ -341,7 +332,10 @@ impl BlockSource for PipelineSource {
 
     fn next_train_batch(&mut self) -> anyhow::Result<TokenBlocks> {
         let started = Instant::now();
-        let batch = self.next_from_streams();
+        let batch = self
+            .train
+            .recv()
+            .map_err(|_| anyhow!("the train stream stopped"))?;
         self.waited += started.elapsed();
         let batch = batch?;
         if batch.rows() > 0 {
@@ -354,27 +348,21 @@ impl BlockSource for PipelineSource {
         self.cursor.clone()
     }
 
-    /// Opens the train stream again at `cursor` with `weights` from block `from`, beside the
-    /// current one, which the loop reads until the new one has its first batch (see
-    /// `weight_switch`). A standby not yet taken over is replaced.
-    fn set_weights(
-        &mut self,
-        cursor: Option<Cursor>,
-        weights: BTreeMap<String, f64>,
-        from: Option<u64>,
-    ) -> anyhow::Result<()> {
-        let request = self
-            .request
-            .clone()
-            .with_cursor(cursor.clone())
-            .with_weights(Some(weights))
-            .with_weights_from(from);
-        // The current stream is what the loop reads up to the new boundary: a standby replaced
-        // before it took over never served a block.
-        let limit = limit_of(&request, &self.request);
-        let (train, _) = spawn_prefetch(&self.endpoint, request.clone(), self.retry_for)?;
-        self.standby = Some(Standby::new(train, request, limit));
-        Ok(())
+    /// Passes the change to the prefetch thread, which sends it to the pipeline: the stream
+    /// waits at its `until` for it, so it lands at its boundary however late it arrives.
+    fn set_weights(&mut self, change: WeightChange) -> anyhow::Result<()> {
+        let run = self.run.clone().ok_or_else(|| {
+            anyhow!("the train stream was opened without a run, so its weights cannot change")
+        })?;
+        let change = StreamWeights {
+            run,
+            weights: change.weights,
+            from: change.from,
+            until: change.until,
+        };
+        self.weight_changes
+            .send(change)
+            .map_err(|_| anyhow!("the train stream stopped"))
     }
 
     /// Reads the valid split (up to `max_blocks`), retrying like the train stream while the

@@ -3,12 +3,11 @@
 //! The loop only needs this trait, so it can be driven by a live pipeline ([`crate::data::pipeline`]) in
 //! production and by an in-memory source in unit tests.
 
-use std::collections::BTreeMap;
-
 use flightlm_shared::{Cursor, TokenBlocks, TokenizerInfo};
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
+use crate::mixing::WeightChange;
 
 pub trait BlockSource {
     /// The tokenizer behind the ids (vocab size and special ids size the model and the collator).
@@ -31,16 +30,9 @@ pub trait BlockSource {
         None
     }
 
-    /// Continues the train stream after `cursor` (the position after the last block returned)
-    /// with mixture weights of its own, which apply from the first chunk starting at block
-    /// `from` or later (the chunk after the cursor's with `None`); sources without a mixture
-    /// refuse.
-    fn set_weights(
-        &mut self,
-        _cursor: Option<Cursor>,
-        _weights: BTreeMap<String, f64>,
-        _from: Option<u64>,
-    ) -> anyhow::Result<()> {
+    /// Changes the train stream's own mixture weights as `change` says (`mixing`); sources
+    /// without a mixture refuse.
+    fn set_weights(&mut self, _change: WeightChange) -> anyhow::Result<()> {
         anyhow::bail!("this block source has no mixture whose weights could change")
     }
 }

@@ -1,12 +1,13 @@
 //! Steering the mixture while the model trains: `--mixing static|odm`.
 //!
-//! With `odm` the run opens its train stream with weights of its own (docs/protocol.md, *Weights
-//! of one stream*) and every `mixing_every` steps hands the sources' losses since the last update
-//! to the [`odm`] policy. Its new weights apply from the first chunk starting
-//! [`LOOKAHEAD_STEPS`] steps' blocks past the step's cursor: every rank opens its shard again from
-//! that same global position with that same boundary, beside the stream it reads, so all ranks
-//! change at the same block without waiting for the pipeline, and a resumed run (whose checkpoint
-//! holds the policy and the boundary) continues the same trajectory.
+//! With `odm` the run opens its train stream with weights of its own and a run name
+//! (docs/protocol.md, *Weights of one stream*), and every `mixing_every` steps hands the
+//! sources' losses since the last update to the [`odm`] policy. Its new weights apply from the
+//! first chunk starting [`LOOKAHEAD_STEPS`] steps' blocks past the step's cursor. The stream
+//! draws nothing past the block where the next update's weights will apply (`until`) before that
+//! update comes, so the pipeline changes the open stream in place, every rank's shard changes at
+//! the same block, and where a change lands never depends on timing: a resumed run (whose
+//! checkpoint holds the policy and the boundary) continues the same trajectory.
 
 pub mod odm;
 
@@ -45,28 +46,88 @@ pub struct MixingState {
 }
 
 /// Steps between an update of the policy and the block its weights apply from (rounded up to the
-/// next chunk by the pipeline): the run reads on while the stream with the new weights starts
-/// (`data::weight_switch`). Short, so that an update takes effect before the next one comes.
+/// next chunk by the pipeline): what the run can read while the update reaches the pipeline.
 pub const LOOKAHEAD_STEPS: u64 = 2;
 
+/// A change of the run's stream weights that an update sends: `weights` (none when only `until`
+/// moves) from the first chunk starting at or after block `from`; the stream may draw chunks
+/// starting before `until` from then on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightChange {
+    pub weights: Option<BTreeMap<String, f64>>,
+    pub from: u64,
+    pub until: u64,
+}
+
+/// Blocks consumed by every rank together up to `cursor`.
+fn consumed(cursor: Option<&Cursor>) -> u64 {
+    cursor.map_or(0, |cursor| cursor.state.block_seq + cursor.skip)
+}
+
+/// What an odm run's train stream is opened with: the weights, the block they apply from (while
+/// the stream has not reached it), and where it waits for the next update.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamMixing {
+    pub weights: BTreeMap<String, f64>,
+    pub from: Option<u64>,
+    pub until: u64,
+}
+
 impl MixingState {
-    /// The weights the run's stream asks for: the policy's, or (before its first update) an
-    /// empty set, which makes the stream's weights its own with the pipeline's as their values;
-    /// and the block they apply from, when the stream has not reached it yet.
-    pub fn stream_weights(&self) -> (BTreeMap<String, f64>, Option<u64>) {
+    /// The stream of a run at `step` (after `cursor`): the policy's weights, or (before its
+    /// first update) an empty set, which makes the stream's weights its own with the pipeline's
+    /// as their values; the boundary of the latest update; and the block the next update's
+    /// weights will apply from, where the stream waits for it.
+    pub fn stream_mixing(
+        &self,
+        step: usize,
+        cursor: Option<&Cursor>,
+        global_batch: usize,
+        every: usize,
+    ) -> StreamMixing {
         let weights = self
             .policy
             .as_ref()
             .map(OdmPolicy::weights)
             .unwrap_or_default();
-        (weights, self.weights_from)
+        let next_update = (step / every + 1) * every;
+        let steps_ahead = (next_update - step) as u64 + LOOKAHEAD_STEPS;
+        StreamMixing {
+            weights,
+            from: self.weights_from,
+            until: consumed(cursor) + steps_ahead * global_batch as u64,
+        }
     }
 
-    /// Where the weights of an update at `cursor` apply from: `lookahead_blocks` past it.
-    pub fn schedule(&mut self, cursor: Option<&Cursor>, lookahead_blocks: u64) -> Option<u64> {
-        self.weights_from =
-            cursor.map(|cursor| cursor.state.block_seq + cursor.skip + lookahead_blocks);
-        self.weights_from
+    /// The update due after the step that ended at `cursor`: new weights from the policy, from
+    /// [`LOOKAHEAD_STEPS`] past the cursor. While the previous weights wait for their chunk (a
+    /// pipeline shuffling chunks longer than an update's blocks), the policy waits too and only
+    /// `until` moves on, so a stream never holds more than one change not yet reached.
+    pub fn update_due(
+        &mut self,
+        settings: OdmSettings,
+        cursor: Option<&Cursor>,
+        global_batch: usize,
+        every: usize,
+    ) -> WeightChange {
+        let at = consumed(cursor);
+        let blocks = |steps: u64| steps * global_batch as u64;
+        let until = at + blocks(every as u64 + LOOKAHEAD_STEPS);
+        if let Some(from) = self.weights_from {
+            return WeightChange {
+                weights: None,
+                from,
+                until,
+            };
+        }
+        let weights = self.update(settings, cursor);
+        let from = at + blocks(LOOKAHEAD_STEPS);
+        self.weights_from = Some(from);
+        WeightChange {
+            weights: Some(weights),
+            from,
+            until,
+        }
     }
 
     /// Adds a step's per-source loss sums (over every rank). After the run's first step, checks

@@ -134,12 +134,13 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
             mixing.add_step(losses, outcome.cursor.as_ref(), first)?;
             if completed % config.mixing_every == 0 {
                 let settings = mixing::settings(config.mixing_reward);
-                let weights = mixing.update(settings, outcome.cursor.as_ref());
-                let lookahead = mixing::LOOKAHEAD_STEPS * config.global_batch() as u64;
-                let from = mixing.schedule(outcome.cursor.as_ref(), lookahead);
-                source
-                    .set_weights(outcome.cursor.clone(), weights, from)
-                    .map_err(TrainError::Source)?;
+                let change = mixing.update_due(
+                    settings,
+                    outcome.cursor.as_ref(),
+                    config.global_batch(),
+                    config.mixing_every,
+                );
+                source.set_weights(change).map_err(TrainError::Source)?;
             }
         }
         progress.record_step(
