@@ -1,7 +1,7 @@
 //! `--mixing odm`: a run steers its own mixture from its sources' losses. Three sources with
 //! equal weights, two halves of the sample corpus and one of uniformly random word tokens: with
 //! the default reward (learning progress) the noise source ends below its starting weight. A run with one source, or on a stream whose blocks name no source, is
-//! refused in one line.
+//! refused in one line, before its first step.
 
 use std::path::Path;
 use std::process::Command;
@@ -127,6 +127,9 @@ fn odm_is_refused_without_a_mixture_or_without_sources() {
         lines[0].contains("at least two sources") && lines[0].contains("main"),
         "{message}"
     );
+    // Refused before its first step.
+    let logged = std::fs::read_to_string(dir.join("one").join("metrics.jsonl")).unwrap_or_default();
+    assert!(!logged.contains("\"train\""), "{logged}");
 
     // Generated blocks name no source.
     let unnamed = run_with_timeout(

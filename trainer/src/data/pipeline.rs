@@ -33,6 +33,32 @@ const STREAM_WEIGHTS_ACTION: &str = "stream-weights";
 
 type Batches = Receiver<anyhow::Result<TokenBlocks>>;
 
+/// What the train stream's first batch tells before training starts.
+struct StreamStart {
+    tokenizer: TokenizerInfo,
+    mixture_sources: Option<Vec<String>>,
+}
+
+/// The sources a stream draws from, as its first batch names them: every source its own weights
+/// name (a stream with weights of its own names all it reads), else those of the batch's rows;
+/// `None` when the blocks name no source.
+fn mixture_sources(batch: &TokenBlocks) -> Option<Vec<String>> {
+    if batch.sources.is_empty() {
+        return None;
+    }
+    let own = (batch.rows() > 0)
+        .then(|| batch.cursor_after(0).ok())
+        .flatten()
+        .and_then(|cursor| cursor.state.weights);
+    let mut names: Vec<String> = match own {
+        Some(weights) => weights.into_keys().collect(),
+        None => batch.sources.iter().map(|name| name.to_string()).collect(),
+    };
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
 /// Train streams reopened after a failure, by every source of this process.
 static RECONNECTS: AtomicU64 = AtomicU64::new(0);
 
@@ -48,6 +74,8 @@ pub struct PipelineSource {
     /// Whether the streams carry their blocks' document starts.
     document_starts: bool,
     tokenizer: TokenizerInfo,
+    /// The sources the stream's first batch named (`BlockSource::mixture_sources`).
+    mixture_sources: Option<Vec<String>>,
     train: Batches,
     /// Changes of the stream's weights, for the prefetch thread to pass on.
     weight_changes: UnboundedSender<StreamWeights>,
@@ -89,15 +117,16 @@ impl PipelineSource {
         let (seq_len, batch_size) = (request.seq_len, request.batch_size);
         let (resume, document_starts) = (request.cursor.clone(), request.document_starts);
         let run = request.run.clone();
-        let (train, weight_changes, tokenizer) = start_prefetch(endpoint, request, retry_for)?;
+        let (train, weight_changes, start) = start_prefetch(endpoint, request, retry_for)?;
         Ok(PipelineSource {
             run,
+            mixture_sources: start.mixture_sources,
             weight_changes,
             endpoint: endpoint.clone(),
             seq_len,
             batch_size,
             document_starts,
-            tokenizer,
+            tokenizer: start.tokenizer,
             train,
             waited: Duration::ZERO,
             retry_for,
@@ -112,7 +141,7 @@ fn start_prefetch(
     endpoint: &PipelineEndpoint,
     request: StreamRequest,
     retry_for: Duration,
-) -> anyhow::Result<(Batches, UnboundedSender<StreamWeights>, TokenizerInfo)> {
+) -> anyhow::Result<(Batches, UnboundedSender<StreamWeights>, StreamStart)> {
     let (sender, train) = bounded(PREFETCH_BATCHES);
     let (tokenizer_sender, tokenizer_receiver) = bounded(1);
     let (weight_changes, changes) = unbounded_channel();
@@ -153,7 +182,7 @@ struct Prefetch {
     request: StreamRequest,
     retry_for: Duration,
     sender: Sender<anyhow::Result<TokenBlocks>>,
-    tokenizer_sender: Sender<anyhow::Result<TokenizerInfo>>,
+    tokenizer_sender: Sender<anyhow::Result<StreamStart>>,
     /// Changes of the stream's weights from the training loop.
     changes: UnboundedReceiver<StreamWeights>,
     /// The current connection delivered at least one batch.
@@ -276,7 +305,11 @@ impl Prefetch {
             self.replicas.delivered();
             if !*announced {
                 if let Some(tokenizer) = stream.tokenizer() {
-                    let _ = self.tokenizer_sender.send(Ok(tokenizer.clone()));
+                    let start = StreamStart {
+                        tokenizer: tokenizer.clone(),
+                        mixture_sources: mixture_sources(&batch),
+                    };
+                    let _ = self.tokenizer_sender.send(Ok(start));
                     *announced = true;
                 }
             }
@@ -328,6 +361,10 @@ impl Prefetch {
 impl BlockSource for PipelineSource {
     fn tokenizer(&self) -> &TokenizerInfo {
         &self.tokenizer
+    }
+
+    fn mixture_sources(&self) -> Option<Vec<String>> {
+        self.mixture_sources.clone()
     }
 
     fn next_train_batch(&mut self) -> anyhow::Result<TokenBlocks> {

@@ -30,6 +30,12 @@ pub trait BlockSource {
         None
     }
 
+    /// The sources the train stream draws its blocks from, as its blocks name them; `None` when
+    /// they name none (generated corpora, a pipeline without the `source` column).
+    fn mixture_sources(&self) -> Option<Vec<String>> {
+        None
+    }
+
     /// Changes the train stream's own mixture weights as `change` says (`mixing`); sources
     /// without a mixture refuse.
     fn set_weights(&mut self, _change: WeightChange) -> anyhow::Result<()> {

@@ -130,42 +130,14 @@ impl MixingState {
         }
     }
 
-    /// Adds a step's per-source loss sums (over every rank). After the run's first step, checks
-    /// that the stream is a mixture whose blocks name their sources.
-    pub fn add_step(
-        &mut self,
-        losses: &SourceLosses,
-        cursor: Option<&Cursor>,
-        first_step: bool,
-    ) -> Result<(), TrainError> {
-        if first_step {
-            if losses.is_empty() {
-                return Err(TrainError::Mixing(
-                    "--mixing odm needs a stream whose blocks name their source (a `source` \
-                     column); this pipeline's stream has none"
-                        .into(),
-                ));
-            }
-            let sources = cursor
-                .and_then(|cursor| cursor.state.weights.as_ref())
-                .map(|weights| weights.keys().cloned().collect::<Vec<_>>())
-                .unwrap_or_default();
-            if sources.len() < 2 {
-                return Err(TrainError::Mixing(format!(
-                    "--mixing odm needs a mixture of at least two sources; the pipeline's train \
-                     split has {} ({})",
-                    sources.len(),
-                    sources.join(", ")
-                )));
-            }
-        }
+    /// Adds a step's per-source loss sums (over every rank).
+    pub fn add_step(&mut self, losses: &SourceLosses, cursor: Option<&Cursor>) {
         self.pending.merge(losses);
         // Once the stream reads the chunk the latest weights apply from, they are the cursor's.
         let reached = |from: &mut u64| cursor.is_some_and(|cursor| cursor.state.block_seq >= *from);
         if self.weights_from.as_mut().is_some_and(reached) {
             self.weights_from = None;
         }
-        Ok(())
     }
 
     /// Updates the policy with the pending losses and returns its weights. The policy starts
@@ -188,6 +160,27 @@ impl MixingState {
         let losses = std::mem::take(&mut self.pending).means();
         policy.update(&losses)
     }
+}
+
+/// Checks, before the first step, that the train stream is a mixture whose blocks name their
+/// sources (`BlockSource::mixture_sources`).
+pub fn check_sources(sources: Option<Vec<String>>) -> Result<(), TrainError> {
+    let Some(sources) = sources else {
+        return Err(TrainError::Mixing(
+            "--mixing odm needs a stream whose blocks name their source (a `source` column); \
+             this pipeline's stream has none"
+                .into(),
+        ));
+    };
+    if sources.len() < 2 {
+        return Err(TrainError::Mixing(format!(
+            "--mixing odm needs a mixture of at least two sources; the pipeline's train split \
+             has {} ({})",
+            sources.len(),
+            sources.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// The policy's settings for a run.

@@ -22,7 +22,7 @@ use flightlm_shared::TokenizerInfo;
 use crate::config::TrainConfig;
 use crate::data::source::{check_tokenizer, BlockSource};
 use crate::error::TrainError;
-use crate::mixing;
+use crate::mixing::{self, Mixing};
 use crate::model::{Roberta, RobertaConfig};
 use crate::run::block_log::BlockLog;
 use crate::run::checkpoint::{BestCheckpoint, CheckpointStore};
@@ -120,6 +120,9 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
     mut control: RunControl<'_>,
 ) -> Result<TrainSummary<B>, TrainError> {
     let run = RankRun::prepare(config, source, device, role)?;
+    if config.mixing == Mixing::Odm {
+        mixing::check_sources(source.mixture_sources())?;
+    }
     let (mut model, mut progress) = run.start_or_resume(model, source, &control, metrics)?;
     let mut stopped = false;
     for step in progress.state.step..config.max_steps {
@@ -129,9 +132,7 @@ pub(crate) fn train_rank<B: AutodiffBackend>(
         let mut unread_norm = outcome.update.grad_norm;
         let completed = step + 1;
         if let Some(mixing) = progress.state.mixing.as_mut() {
-            let first = step == 0;
-            let losses = &outcome.source_losses;
-            mixing.add_step(losses, outcome.cursor.as_ref(), first)?;
+            mixing.add_step(&outcome.source_losses, outcome.cursor.as_ref());
             if completed % config.mixing_every == 0 {
                 let settings = mixing::settings(config.mixing_reward);
                 let change = mixing.update_due(
