@@ -7,10 +7,12 @@
 # valid split, `eval_loss_by_source`), the equal-weight mixture's (exp of the sources' mean
 # held-out loss; and of the three learnable sources alone), the odm run's final weights, and the
 # training speed of both runs (tokens/s over the train lines). Then the cost of odm's updates and
-# stream changes alone: COST_PAIRS pairs (default 3) of 300-step tiny runs, static and odm
-# alternating, and the median ratio of their step times; with pipeline and trainer sharing the
-# cores, then on separate cores.
-# Usage: bash scripts/bench-mixing.sh [TINY_STEPS [SMALL_STEPS]]   (default: 600 300)
+# changes of weights alone: COST_PAIRS pairs (default 3) of 300-step tiny runs, static and odm
+# alternating: the median ratios of their step times and of the trainer's CPU time, and for each
+# pair the CPU seconds of trainer and pipeline and the share of time the trainer waited for data;
+# with pipeline and trainer sharing the cores, then on separate cores.
+# Usage: bash scripts/bench-mixing.sh [TINY_STEPS [SMALL_STEPS]]   (default: 600 300; 0 0 measures
+# the cost only)
 set -euo pipefail
 FLIGHTLM_REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$FLIGHTLM_REPO"
@@ -69,6 +71,7 @@ serve
 for preset in tiny small; do
     steps=$TINY_STEPS
     [ "$preset" = small ] && steps=$SMALL_STEPS
+    [ "$steps" -gt 0 ] || continue
     for mixing in static odm; do
         echo "== $preset, $mixing: $steps steps"
         "$FLIGHTLM_BIN/flightlm-trainer" train --pipeline "http://127.0.0.1:$PORT" \
@@ -79,6 +82,11 @@ for preset in tiny small; do
     done
 done
 
+# CPU time of the pipeline process so far, in clock ticks (user + system).
+pipeline_ticks() {
+    awk '{print $14 + $15}' "/proc/$PIPELINE/stat"
+}
+
 # The cost: the tiny preset's short steps (about 80 ms) make any wait or extra pipeline work
 # show. Once with pipeline and trainer sharing every core, once (with taskset) with the pipeline
 # on the last core and the trainer on the others, as with a pipeline on a host of its own.
@@ -87,11 +95,19 @@ cost_pairs() {
     shift
     for pair in $(seq "${COST_PAIRS:-3}"); do
         for mixing in static odm; do
-            "$@" "$FLIGHTLM_BIN/flightlm-trainer" train --pipeline "http://127.0.0.1:$PORT" \
+            local before
+            before=$(pipeline_ticks)
+            local out="$WORK/cost-$setting-$pair-$mixing"
+            mkdir -p "$out"
+            # The trainer's CPU seconds (user, system), by bash's `time`.
+            local TIMEFORMAT='%U %S'
+            { time "$@" "$FLIGHTLM_BIN/flightlm-trainer" train \
+                --pipeline "http://127.0.0.1:$PORT" \
                 --objective mlm --preset tiny --seq-len 64 --batch-size 16 --grad-accum 1 \
                 --warmup-steps 20 --max-steps 300 --log-every 25 --eval-every 100000 \
                 --save-every 100000 --mixing "$mixing" \
-                --out "$WORK/cost-$setting-$pair-$mixing" > /dev/null
+                --out "$out" > /dev/null 2> "$out.stderr"; } 2> "$out.trainer-cpu"
+            echo $(($(pipeline_ticks) - before)) > "$out/pipeline-ticks"
         done
     done
 }
@@ -104,13 +120,16 @@ if command -v taskset > /dev/null && [ "$CORES" -ge 2 ]; then
     SETTINGS="shared separate"
 fi
 
-python3 - "$WORK" "${COST_PAIRS:-3}" "$SETTINGS" <<'EOF'
-import json, math, statistics, sys
+python3 - "$WORK" "${COST_PAIRS:-3}" "$SETTINGS" "$(getconf CLK_TCK)" <<'EOF'
+import json, math, os, statistics, sys
 work, pairs, settings = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 sources = ["verses", "reversed", "shuffled", "noise"]
 header = f"{'preset':<6} {'mixing':<7}" + "".join(f" {s:>9}" for s in sources)
 print(header + f" {'mixture':>9} {'learnable':>9} {'tok/s':>8}  final weights")
+TICKS = int(sys.argv[4])
 for preset in ["tiny", "small"]:
+    if not os.path.exists(f"{work}/{preset}-odm/metrics.jsonl"):
+        continue
     speeds = {}
     for mixing in ["static", "odm"]:
         lines = [json.loads(l) for l in open(f"{work}/{preset}-{mixing}/metrics.jsonl")]
@@ -127,19 +146,29 @@ for preset in ["tiny", "small"]:
               + f" {mixture:9.1f} {learnable:9.1f} {speed:8.0f}  {shown}")
     print(f"{preset:<6} odm trains at {speeds['odm'] / speeds['static']:.3f}x static's tokens/s")
 
-def step_seconds(run):
+def train_lines(run):
     # Train lines only (the start's evaluation is not a step); the first window holds start-up.
-    train = [json.loads(l) for l in open(f"{work}/{run}/metrics.jsonl") if '"train"' in l]
-    speed = statistics.mean(line["tokens_per_s"] for line in train[1:])
-    return 16 * 64 / speed
+    return [json.loads(l) for l in open(f"{work}/{run}/metrics.jsonl") if '"train"' in l][1:]
+def step_seconds(run):
+    return 16 * 64 / statistics.mean(line["tokens_per_s"] for line in train_lines(run))
+def data_wait(run):
+    return statistics.mean(line["data_wait"] for line in train_lines(run))
 for setting in settings:
-    ratios = []
+    ratios, trainer_ratios = [], []
     for pair in range(1, pairs + 1):
         static = step_seconds(f"cost-{setting}-{pair}-static")
         odm = step_seconds(f"cost-{setting}-{pair}-odm")
         ratios.append(odm / static)
+        run = {m: f"{work}/cost-{setting}-{pair}-{m}" for m in ["static", "odm"]}
+        cpu = {m: int(open(f"{run[m]}/pipeline-ticks").read()) / TICKS for m in run}
+        trainer = {m: sum(map(float, open(f"{run[m]}.trainer-cpu").read().split())) for m in run}
+        trainer_ratios.append(trainer["odm"] / trainer["static"])
         print(f"cost ({setting} cores) pair {pair}: static {1000 * static:.1f} ms/step, "
-              f"odm {1000 * odm:.1f} ms/step, ratio {odm / static:.3f}")
+              f"odm {1000 * odm:.1f} ms/step, ratio {odm / static:.3f}; CPU s trainer "
+              f"{trainer['static']:.1f} / {trainer['odm']:.1f}, pipeline "
+              f"{cpu['static']:.2f} / {cpu['odm']:.2f}; waiting for data "
+              f"{100 * data_wait(run['static']):.2f} % / {100 * data_wait(run['odm']):.2f} %")
     print(f"cost ({setting} cores): odm's step time is {statistics.median(ratios):.3f}x "
-          f"static's (median of {pairs} pairs)")
+          f"static's, its trainer CPU time {statistics.median(trainer_ratios):.3f}x "
+          f"(medians of {pairs} pairs)")
 EOF
