@@ -159,9 +159,11 @@ for setting in settings:
         static = step_seconds(f"cost-{setting}-{pair}-static")
         odm = step_seconds(f"cost-{setting}-{pair}-odm")
         ratios.append(odm / static)
-        run = {m: f"{work}/cost-{setting}-{pair}-{m}" for m in ["static", "odm"]}
-        cpu = {m: int(open(f"{run[m]}/pipeline-ticks").read()) / TICKS for m in run}
-        trainer = {m: sum(map(float, open(f"{run[m]}.trainer-cpu").read().split())) for m in run}
+        run = {m: f"cost-{setting}-{pair}-{m}" for m in ["static", "odm"]}
+        cpu = {m: int(open(f"{work}/{run[m]}/pipeline-ticks").read()) / TICKS for m in run}
+        trainer = {
+            m: sum(map(float, open(f"{work}/{run[m]}.trainer-cpu").read().split())) for m in run
+        }
         trainer_ratios.append(trainer["odm"] / trainer["static"])
         print(f"cost ({setting} cores) pair {pair}: static {1000 * static:.1f} ms/step, "
               f"odm {1000 * odm:.1f} ms/step, ratio {odm / static:.3f}; CPU s trainer "
