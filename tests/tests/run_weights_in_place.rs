@@ -1,8 +1,9 @@
 //! `stream-weights` changes a run's open stream in place: a stream opened with a `run` draws
 //! nothing from its `weights_until` on until an update moves it, the update's weights draw the
 //! chunks from its boundary, and the blocks are those of a stream opened with that change in its
-//! request. An update for a chunk already drawn, or other weights for a boundary already set, is
-//! refused; a run with no open stream is `Unavailable` (the trainer then opens its stream again).
+//! request. An update for a chunk already drawn, other weights for a boundary already set, or
+//! weights naming a source the pipeline does not serve are refused; a run with no open stream is
+//! `Unavailable` (the trainer then opens its stream again).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -105,6 +106,11 @@ fn a_run_changes_its_open_stream_in_place_at_the_boundary_it_names() {
         let late = action(update("run-a", Some(weights(0.0, 1.0)), CHUNK, 4 * CHUNK)).await;
         let late = late.expect_err("a boundary already drawn");
         assert!(late.to_string().contains("already drew"), "{late}");
+        let mut unknown_source = weights(1.0, 1.0);
+        unknown_source.insert("gamma".into(), 1.0);
+        let named = action(update("run-a", Some(unknown_source), 4 * CHUNK, 6 * CHUNK)).await;
+        let named = named.expect_err("a source the pipeline does not serve");
+        assert!(named.to_string().contains("`gamma`"), "{named}");
         let unknown = action(update("no-such-run", None, 0, CHUNK)).await;
         assert!(
             matches!(unknown, Err(ClientError::Unavailable(_))),
