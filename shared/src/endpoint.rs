@@ -32,9 +32,6 @@ pub struct PipelineEndpoint {
     pub tls_ca: Option<PathBuf>,
     /// File holding the bearer token.
     pub token_file: Option<PathBuf>,
-    /// The HTTP/2 stream window this client asks for, when not the default (see
-    /// [`stream_window_bytes`]); `FLIGHTLM_STREAM_WINDOW_BYTES` overrides it.
-    pub stream_window: Option<u32>,
 }
 
 impl PipelineEndpoint {
@@ -44,15 +41,7 @@ impl PipelineEndpoint {
             url: url.into(),
             tls_ca: std::env::var_os(TLS_CA_FILE_ENV).map(PathBuf::from),
             token_file: std::env::var_os(AUTH_TOKEN_FILE_ENV).map(PathBuf::from),
-            stream_window: None,
         }
-    }
-
-    /// Asks for an HTTP/2 stream window of `bytes`: a reader that drops its streams early
-    /// (a trainer changing its weights) bounds what the pipeline produced for nothing.
-    pub fn with_stream_window(mut self, bytes: Option<u32>) -> Self {
-        self.stream_window = bytes;
-        self
     }
 
     /// Uses `ca` (when given) instead of the environment's CA file.
@@ -87,7 +76,7 @@ impl PipelineEndpoint {
                 ca.display()
             )));
         }
-        let window = stream_window_bytes(self.stream_window);
+        let window = stream_window_bytes();
         let channel = endpoint
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
@@ -151,13 +140,10 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ClientError> {
 }
 
 /// 8 MiB by default: enough to keep a high-latency link busy. Smaller values bound how much of a
-/// stream is in flight (and so how far a reader has to resume after a connection breaks, and
-/// what a dropped stream made for nothing). The environment's value comes first, then the
-/// client's own.
-fn stream_window_bytes(own: Option<u32>) -> u32 {
+/// stream is in flight (and so how far a reader has to resume after a connection breaks).
+fn stream_window_bytes() -> u32 {
     std::env::var(STREAM_WINDOW_ENV)
         .ok()
         .and_then(|value| value.parse().ok())
-        .or(own)
         .unwrap_or(8 * 1024 * 1024)
 }

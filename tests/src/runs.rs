@@ -299,3 +299,29 @@ pub fn copy_dir(from: &Path, to: &Path) {
         .expect("cp");
     assert!(status.success(), "copying {}", from.display());
 }
+
+/// The newest step of a `train` line in run directory `out`'s metrics (0 before the first, or
+/// while the file is being started).
+pub fn last_step(out: &Path) -> u64 {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["kind"] == "train")
+        .filter_map(|line| line["step"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until the trainer `child` writing to `out` logged `step`; panics if it exits first or
+/// takes longer than [`TIMEOUT`].
+pub fn wait_for_step(out: &Path, step: u64, child: &mut Child) {
+    let deadline = Instant::now() + TIMEOUT;
+    while last_step(out) < step {
+        if let Some(status) = child.try_wait().expect("polling the trainer") {
+            panic!("the trainer exited ({status}) before step {step}");
+        }
+        assert!(Instant::now() < deadline, "no step {step}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -6,34 +6,15 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flightlm_tests::runs::{
-    assert_close, assert_exact_audit, losses, metrics, step_blocks, trainer, wait_with_deadline,
-    KillOnDrop, TIMEOUT,
+    assert_close, assert_exact_audit, losses, metrics, step_blocks, trainer, wait_for_step,
+    wait_with_deadline, KillOnDrop, TIMEOUT,
 };
 use flightlm_tests::{run_ok, scratch_dir, two_source_corpus, Pipeline};
 
 const STEPS: usize = 60;
-
-fn last_step(out: &Path) -> u64 {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|line| line["kind"] == "train")
-        .filter_map(|line| line["step"].as_u64())
-        .max()
-        .unwrap_or(0)
-}
-
-fn wait_for_step(out: &Path, step: u64) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while last_step(out) < step {
-        assert!(Instant::now() < deadline, "training did not reach {step}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn weights_by_step(out: &Path) -> Vec<String> {
     metrics(out)
@@ -73,11 +54,11 @@ fn an_odm_run_continues_its_trajectory_through_pipeline_restarts() {
             .spawn()
             .expect("starting the trainer"),
     );
-    wait_for_step(&out, 10);
+    wait_for_step(&out, 10, &mut run.0);
     drop(first); // SIGKILL
     std::thread::sleep(Duration::from_millis(300));
     let second = Pipeline::start_with(&tokenizer, &arguments);
-    wait_for_step(&out, 35);
+    wait_for_step(&out, 35, &mut run.0);
     drop(second);
     std::thread::sleep(Duration::from_millis(300));
     let _third = Pipeline::start_with(&tokenizer, &arguments);

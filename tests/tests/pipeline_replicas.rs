@@ -10,7 +10,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use flightlm_tests::runs::{
-    assert_exact_audit, free_port, metrics, setup, KillOnDrop, Setup, TIMEOUT,
+    assert_exact_audit, free_port, last_step, metrics, setup, wait_for_step, KillOnDrop, Setup,
+    TIMEOUT,
 };
 use flightlm_tests::{
     binary, python, read_dump, repo_root, run_ok, sample_corpus, scratch_dir, Pipeline,
@@ -58,25 +59,6 @@ fn wait_for_line(lines: &mpsc::Receiver<String>, text: &str) {
             Ok(_) => {}
             Err(error) => panic!("no line with `{text}`: {error}"),
         }
-    }
-}
-
-fn last_step(out: &Path) -> u64 {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.contains(r#""kind":"train""#))
-        .count() as u64
-}
-
-fn wait_for_step(out: &Path, step: u64, child: &mut std::process::Child) {
-    let deadline = Instant::now() + TIMEOUT;
-    while last_step(out) < step {
-        if let Some(status) = child.try_wait().expect("polling") {
-            panic!("the trainer exited ({status}) before step {step}");
-        }
-        assert!(Instant::now() < deadline, "no step {step}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -12,22 +12,12 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use flightlm_tests::fault_proxy::FaultProxy;
+use flightlm_tests::runs::last_step;
 use flightlm_tests::{
     binary, last_json_line, run_ok, sample_corpus, scratch_dir, train_tokenizer, Pipeline,
 };
 
 const STEPS: u64 = 150;
-
-fn last_step(metrics: &Path) -> u64 {
-    std::fs::read_to_string(metrics)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|line| line["kind"] == "train")
-        .filter_map(|line| line["step"].as_u64())
-        .max()
-        .unwrap_or(0)
-}
 
 fn free_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -73,7 +63,7 @@ impl Trainer {
 
     fn wait_for_step(&self, step: u64) {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while last_step(&self.out.join("metrics.jsonl")) < step {
+        while last_step(&self.out) < step {
             assert!(
                 Instant::now() < deadline,
                 "training did not reach step {step}"
@@ -104,7 +94,7 @@ impl Trainer {
             "{}",
             log.join("\n")
         );
-        assert_eq!(last_step(&self.out.join("metrics.jsonl")), STEPS);
+        assert_eq!(last_step(&self.out), STEPS);
         let audit = last_json_line(&run_ok(
             Command::new(binary("flightlm-trainer"))
                 .arg("audit-blocks")

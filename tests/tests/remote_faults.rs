@@ -10,7 +10,7 @@ use std::time::Duration;
 use flightlm_tests::fault_proxy::FaultProxy;
 use flightlm_tests::object_servers::ObjectServer;
 use flightlm_tests::runs::{
-    assert_exact_audit, assert_same_losses, losses, metrics, trainer, wait_with_deadline,
+    assert_exact_audit, assert_same_losses, last_step, losses, trainer, wait_with_deadline,
     KillOnDrop, TIMEOUT,
 };
 use flightlm_tests::{binary, Pipeline};
@@ -18,18 +18,6 @@ use flightlm_tests::{last_json_line, run_ok, sample_lines, scratch_dir, train_to
 
 const STEPS: usize = 40;
 const RETRY_S: u64 = 2;
-
-fn last_step(out: &std::path::Path) -> u64 {
-    if !out.join("metrics.jsonl").exists() {
-        return 0;
-    }
-    metrics(out)
-        .iter()
-        .filter(|line| line["kind"] == "train")
-        .filter_map(|line| line["step"].as_u64())
-        .max()
-        .unwrap_or(0)
-}
 
 #[test]
 fn a_bucket_that_goes_dark_mid_object_costs_retries_never_data() {

@@ -101,11 +101,6 @@ impl WeightSchedule {
         self.changed.notify_all();
         Ok(())
     }
-
-    /// The block chunks wait at for the next update.
-    pub fn until(&self) -> Option<u64> {
-        self.lock().until
-    }
 }
 
 /// The schedules of the runs whose streams are open, by run name.
@@ -193,7 +188,7 @@ mod tests {
             ..change(0, 480, 0.0)
         };
         schedules.update(&extend).unwrap();
-        assert_eq!(schedule.until(), Some(480));
+        assert_eq!(schedule.lock().until, Some(480));
     }
 
     #[test]

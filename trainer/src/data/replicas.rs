@@ -208,7 +208,6 @@ mod tests {
             url: "http://a:1, http://b:2,http://c:3".into(),
             tls_ca: None,
             token_file: Some("token".into()),
-            stream_window: None,
         };
         let endpoints = replica_endpoints(&endpoint);
         assert_eq!(endpoints.len(), 3);
